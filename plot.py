@@ -1,0 +1,201 @@
+"""plot.py: three panels from a run's files: A the map, B coherence over rounds, C what else moved.
+
+    python plot.py results/<run> [results/<run2> ...] [--out DIR]
+
+Reads only rounds.jsonl and config.json (through report.read_run), so it plots a run in progress.
+Several runs overlay; a group folder (seed<k>/ children) is drawn as the mean over its seeds with a
+min-max band. Writes plot.png and plot.svg into the first folder (or --out) and prints their paths.
+"""
+import argparse
+import os
+import sys
+
+import matplotlib
+matplotlib.use("Agg")  # no display on the research boxes
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from report import ci_of, floor_of, get, read_run, seed_dirs  # noqa: E402  (stdlib-only reader)
+
+BASELINES = {"prompting": ("s", "prompting"), "steering_only": ("^", "steering only"), "lam0": ("X", "λ=0 round 0")}
+ROLES = {"Authority": ("-", "tab:red", "Authority (target)"), "Care": ("--", "tab:blue", "Care (target)"),
+         "off": (":", "tab:green", "largest off-target mover")}  # linestyle; colour when one run is drawn
+
+
+def has_eval(line):
+    return line is not None and None not in (get(line, "auth_nats"), get(line, "care_nats"))
+
+
+def load(d):
+    """The run dicts of a run folder (one) or a group folder (one per seed); ValueError on bad input."""
+    dirs = seed_dirs(d) or ([d] if os.path.exists(os.path.join(d, "rounds.jsonl")) else [])
+    if not dirs:
+        raise ValueError(f"{d}: not a run folder (no rounds.jsonl) and no seed<k>/ run folders in it")
+    runs = [r for r in map(read_run, dirs) if has_eval(r["base"]) or any(map(has_eval, r["rounds"]))]
+    if not runs:
+        raise ValueError(f"{d}: no eval lines yet (no base or round line with auth_nats/care_nats); nothing to plot")
+    return runs
+
+
+def by_round(run, evals_only=True):
+    """{round: line}, base as round -1; evals_only keeps the lines that carry the tinymfv numbers."""
+    lines = {-1: run["base"], **{r["round"]: r for r in run["rounds"]}}
+    return {k: ln for k, ln in lines.items() if ln and (has_eval(ln) or not evals_only)}
+
+
+def agg(runs, fn, evals_only=True):
+    """fn(run, line) per round over runs -> rounds, mean, min, max (the band over seeds)."""
+    table = {}
+    for run in runs:
+        for k, line in by_round(run, evals_only).items():
+            v = fn(run, line)
+            if v is not None:
+                table.setdefault(k, []).append(v)
+    ks = sorted(table)
+    return (ks, [sum(table[k]) / len(table[k]) for k in ks], [min(table[k]) for k in ks],
+            [max(table[k]) for k in ks])
+
+
+def spread(runs, key):
+    """agg of an eval field; for a single run the band is its own eval_ci where the line has one."""
+    ks, mean, lo, hi = agg(runs, lambda r, ln: get(ln, key))
+    if len(runs) == 1:
+        ci = {k: ci_of(ln, key) for k, ln in by_round(runs[0]).items()}
+        lo, hi = ([ci[k][i] if ci[k] else m for k, m in zip(ks, mean)] for i in (0, 1))
+    return ks, mean, lo, hi
+
+
+def map_points(run_dir):
+    """Panel A's points: [(round, care_nats, auth_nats)], base as round -1 (mean over seeds for a group)."""
+    runs = load(run_dir)
+    ks, care, _, _ = agg(runs, lambda r, ln: get(ln, "care_nats"))
+    _, auth, _, _ = agg(runs, lambda r, ln: get(ln, "auth_nats"))
+    return list(zip(ks, care, auth))
+
+
+def panel_map(ax, label, runs, color):
+    ks, care, clo, chi = spread(runs, "care_nats")
+    _, auth, alo, ahi = spread(runs, "auth_nats")
+    err = lambda m, lo, hi: [[a - b for a, b in zip(m, lo)], [b - a for a, b in zip(m, hi)]]
+    ax.errorbar(care, auth, xerr=err(care, clo, chi), yerr=err(auth, alo, ahi), color=color, marker="o", ms=5,
+                lw=1.8, capsize=2, elinewidth=0.8, label=label)
+    for k, x, y in zip(ks, care, auth):
+        ax.annotate("base" if k == -1 else f"r{k}", (x, y), xytext=(4, 4), textcoords="offset points",
+                    fontsize=8, color=color)
+    for kind, (marker, _) in BASELINES.items():
+        pts = [(get(r[kind], "care_nats"), get(r[kind], "auth_nats")) for r in runs if has_eval(r[kind])]
+        if pts:
+            ax.plot(sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts), marker=marker, ms=9,
+                    mfc="none", mew=1.8, color=color, ls="none")
+
+
+def panel_coherence(ax, ax2, runs, color):
+    frac = lambda r, ln: get(ln, "kept") / get(ln, "generated") if get(ln, "generated") and "kept" in ln else None
+    for fn, evals_only, style in [(lambda r, ln: get(ln, "coherence"), True, dict(marker="o", lw=1.8)),
+                                  (frac, False, dict(marker="s", ls="--", lw=1.2))]:
+        ks, mean, lo, hi = agg(runs, fn, evals_only)
+        ax.plot(ks, mean, color=color, **style)
+        if len(runs) > 1:
+            ax.fill_between(ks, lo, hi, color=color, alpha=0.15, lw=0)
+    floors = [f for f in map(floor_of, runs) if f is not None]
+    if floors:
+        ax.axhline(sum(floors) / len(floors), color=color, ls=":", lw=1.5)
+    ks, kl, _, _ = agg(runs, lambda r, ln: get(ln, "heal", "kl_agg"), evals_only=False)
+    ax2.plot(ks, kl, color=color, marker="x", ls="-.", lw=1, alpha=0.8)
+
+
+def moved(f):
+    """fn(run, line) for agg: foundation f's nats minus the same run's base."""
+    def fn(run, line):
+        b, v = get(run["base"], "nats", f), get(line, "nats", f)
+        return None if None in (b, v) else v - b
+    return fn
+
+
+def panel_moved(ax, runs, color, single):
+    founds = list(dict.fromkeys(f for r in runs for f in ((r["base"] or {}).get("nats") or {})))
+    series = {f: agg(runs, moved(f)) for f in founds}
+    off = [f for f in founds if f not in ROLES and series[f][1]]
+    worst = max(off, key=lambda f: abs(series[f][1][-1]), default=None)
+    for f, (ks, d, lo, hi) in series.items():
+        role = f if f in ROLES else "off" if f == worst else None
+        if role is None:  # the rest thin and grey: a broad drift (permissivising) shows as the bundle moving
+            ax.plot(ks, d, color="0.6", lw=0.9, alpha=0.7)
+            continue
+        ls, role_color, _ = ROLES[role]
+        c = role_color if single else color
+        ax.plot(ks, d, color=c, ls=ls, lw=2.4, marker="o", ms=4)
+        if len(runs) > 1:
+            ax.fill_between(ks, lo, hi, color=c, alpha=0.12, lw=0)
+        if ks:
+            ax.annotate(f + " (largest off-target)" * (role == "off"), (ks[-1], d[-1]), xytext=(5, 0),
+                        textcoords="offset points", va="center", fontsize=8, color=c, fontweight="bold")
+
+
+def plot_runs(run_dirs, out_dir=None):
+    """Draw the three panels for run or group folders; write plot.png and plot.svg; return their paths."""
+    names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    names = names if len(set(names)) == len(names) else [os.path.normpath(d) for d in run_dirs]
+    groups = [(name, load(d)) for name, d in zip(names, run_dirs)]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(19, 6))
+    b2, single = b.twinx(), len(groups) == 1
+    for i, (label, runs) in enumerate(groups):
+        label += f" (mean of {len(runs)} seeds, band min–max)" if len(runs) > 1 else ""
+        panel_map(a, label, runs, f"C{i}")
+        panel_coherence(b, b2, runs, f"C{i}")
+        panel_moved(c, runs, f"C{i}", single)
+
+    a.set(title="A. The map: base → round 0, 1, … (bars: eval_ci, or min–max over seeds)",
+          xlabel="care_nats  →  more Care", ylabel="auth_nats  (lower = less Authority)")
+    # the intended direction (care up = right, auth down), drawn in the lower-left corner
+    a.annotate("", xy=(0.2, 0.05), xycoords="axes fraction", xytext=(0.04, 0.21),
+               arrowprops=dict(arrowstyle="-|>", color="0.3", lw=2))
+    a.text(0.13, 0.15, "intended:\ncare ↑, auth ↓", transform=a.transAxes, fontsize=9, color="0.3")
+    marks = [Line2D([], [], color="k", marker=m, ls="none", mfc="none", mew=1.8, label=t)
+             for kind, (m, t) in BASELINES.items() if any(r[kind] for _, runs in groups for r in runs)]
+    a.legend(handles=a.get_legend_handles_labels()[0] + marks, fontsize=8, loc="best")
+
+    b.set(title="B. Coherence over rounds", xlabel="round", ylabel="coherence / kept fraction")
+    b2.set_ylabel("heal kl_agg (dash-dot)")
+    b.legend(handles=[Line2D([], [], color="k", marker="o", label="eval coherence"),
+                      Line2D([], [], color="k", marker="s", ls="--", label="kept / generated"),
+                      Line2D([], [], color="k", ls=":", label="coherence floor"),
+                      Line2D([], [], color="k", marker="x", ls="-.", label="heal kl_agg (right axis)")],
+             fontsize=8, loc="best")
+
+    c.axhline(0, color="k", lw=0.6)
+    c.set(title="C. What else moved: Δ nats from base per foundation", xlabel="round", ylabel="Δ nats vs base")
+    c.legend(handles=[Line2D([], [], color=col if single else "k", lw=2.4, ls=ls, label=t)
+                      for ls, col, t in ROLES.values()] +
+             [Line2D([], [], color="0.6", lw=0.9, label="other foundations")], fontsize=8, loc="best")
+    for ax in (b, c):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "base" if v == -1 else f"{v:g}"))
+        ax.margins(x=0.15)
+    fig.tight_layout()
+    out_dir = out_dir or run_dirs[0]
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "plot." + ext) for ext in ("png", "svg")]
+    for p in paths:
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", help="run folders or group folders (with seed<k>/ run folders)")
+    ap.add_argument("--out", help="folder for plot.png / plot.svg (default: the first folder)")
+    args = ap.parse_args(argv)
+    try:
+        paths = plot_runs(args.runs, args.out)
+    except ValueError as e:  # not a run, or nothing evaluated yet: a message, no traceback
+        print(f"plot.py: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
