@@ -227,7 +227,7 @@ def load_model(model="", device="auto", dtype="auto"):
         tok = AutoTokenizer.from_pretrained(path)
         m = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
     except (OSError, ValueError) as e:
-        local = os.sep in path or path.startswith(".")
+        local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
         why = (f"the folder {path} does not exist or holds no model" if local else
                f"{path} is not a local folder and could not be fetched as a hub id (no network, not in the "
                "HF cache, or a typo)")
@@ -259,7 +259,7 @@ def decoder_layers(model):
 
 def band(model, frac):
     n = len(decoder_layers(model))
-    idx = list(range(round(frac[0] * n), round(frac[1] * n)))
+    idx = list(range(math.floor(frac[0] * n), math.ceil(frac[1] * n)))
     if not idx:
         raise Stop(f"layer band {frac} selects no layer of this {n}-layer model; widen it.")
     return idx
@@ -736,6 +736,13 @@ def merge_adapter(model, path):
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 
+@torch.no_grad()
+def fingerprint(model, tok):
+    """Eight logits on a fixed prompt: lets anyone check that a reloaded run is the model it ended with."""
+    enc = tok(chat(tok, "Say hello."), return_tensors="pt", add_special_tokens=False).to(model.device)
+    return [round(x, 4) for x in model(**enc, logits_to_keep=1).logits[0, -1, :8].float().tolist()]
+
+
 def read_lines(run_dir):
     p = Path(run_dir) / "rounds.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
@@ -765,7 +772,7 @@ def load_run(run_dir, upto_round=None, device="auto"):
 # 11. Per-round measurements and the loop. Every stage logs one line of numbers; every completed
 #     stage appends one line to rounds.jsonl, so a crash loses at most the stage in flight.
 
-LOG = {"file": None, "run_dir": None}
+LOG = {"file": None, "run_dir": None, "argv": []}
 
 
 def log(msg=""):
@@ -867,19 +874,22 @@ def prepare_run_dir(cfg, explicit):
         return run_dir, saved
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
     run_dir = Path(cfg.out) / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
-                       "--overwrite, or pick another --name.")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+        raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
+                   "--overwrite, or pick another --name.")
+    return run_dir, cfg
+
+
+def start_run_dir(run_dir, cfg):
+    """Called once the model has loaded, so a typo in --model leaves no half-made run folder."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # only reached for a new run (empty, or --overwrite)
+    run_dir.mkdir(parents=True)
     import peft, transformers
-    meta = dict(config=dataclasses.asdict(cfg), argv=sys.argv, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    meta = dict(config=dataclasses.asdict(cfg), argv=["steer_heal.py", *LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                               python=sys.version.split()[0]),
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
-    return run_dir, cfg
 
 
 def run(cfg, explicit=frozenset()):
@@ -887,10 +897,12 @@ def run(cfg, explicit=frozenset()):
     check_config(cfg)
     run_dir, cfg = prepare_run_dir(cfg, explicit)
     cfg.vignettes_path = find_vignettes(cfg)
-    LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
-    log(f"== steer_heal {run_dir} | {' '.join(sys.argv[1:]) or '(defaults)'}")
     t0 = time.time()
     model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
+    if not cfg.resume:
+        start_run_dir(run_dir, cfg)
+    LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+    log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on
     stash = stash_base(model, cfg)
     steered = band(model, cfg.layers)
@@ -1030,6 +1042,7 @@ def run(cfg, explicit=frozenset()):
                          raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll),
                          raw_rep=sum(x["rep"] for x in raw) / len(raw),
                          healed_ppl_base=healed["ppl_base"], healed_rep=healed["rep"], heal=hs, status="ok",
+                         fingerprint=fingerprint(model, tok),
                          seconds=sec)
         append_line(run_dir, line)
         write_samples(run_dir, f"round {k} (healed, unsteered)", ans, users)
@@ -1051,6 +1064,7 @@ def run(cfg, explicit=frozenset()):
 
 def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
+    LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg, explicit = parse_args(argv)
         if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report

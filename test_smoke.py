@@ -1,0 +1,354 @@
+"""Real computations on a tiny random Llama (built here, with the embedded model's tokenizer) and, where
+behaviour needs a real model, on the embedded SmolLM2-135M-Instruct. Run: python -m pytest -q"""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+import steer_heal as sh
+
+HERE = Path(__file__).resolve().parent
+VIGNETTES = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
+# A tiny-model run: every stage, small sizes, loose filters (a random model's text is noise).
+TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "--max-new-tokens", "12",
+              "--probe-n", "6", "--gen-batch", "6", "--min-train", "4", "--max-batches", "2", "--epochs", "1",
+              "--train-batch", "4", "--eval-n", "6", "--sample-tokens", "8", "--ppl-mult", "100", "--min-words", "1",
+              "--rep-max", "1.0", "--comp-min", "0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A 4-layer random Llama saved as a from_pretrained folder (so --model can point at it)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger weights than the default init so layers actually mix tokens
+        for p in m.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.08)
+    d = tmp_path_factory.mktemp("tiny")
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    return sh.load_model(tiny_dir)
+
+
+def logits(model, tok, text):
+    enc = tok([text], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        return model(**enc).logits[0].float()
+
+
+def n_hooks(model):
+    return sum(len(b._forward_hooks) for b in sh.decoder_layers(model))
+
+
+# --- vector and hook ---------------------------------------------------------------------------------
+
+def test_vector_nonzero_and_flips_sign(tiny):
+    model, tok = tiny
+    v = sh.extract_vector(model, tok, "You are a pirate.", "", sh.CONTEXTS[:6], [1, 2])
+    w = sh.extract_vector(model, tok, "", "You are a pirate.", sh.CONTEXTS[:6], [1, 2])
+    for l in (1, 2):
+        assert v[l].norm() > 1e-3
+        torch.testing.assert_close(v[l], -w[l], atol=1e-5, rtol=1e-4)
+
+
+def test_hook_changes_output_and_is_always_removed(tiny):
+    model, tok = tiny
+    text = sh.chat(tok, "Hello there")
+    vec = {1: torch.randn(model.config.hidden_size)}
+    plain = logits(model, tok, text)
+    with sh.steer(model, vec, 2.0):
+        assert n_hooks(model) == 1
+        steered = logits(model, tok, text)
+    assert (steered - plain).abs().max() > 1e-2
+    assert n_hooks(model) == 0
+    torch.testing.assert_close(logits(model, tok, text), plain)
+    with pytest.raises(RuntimeError):
+        with sh.steer(model, vec, 2.0):
+            raise RuntimeError("boom")
+    assert n_hooks(model) == 0
+
+
+def test_per_row_coefficients_steer_rows_independently(tiny):
+    model, tok = tiny
+    enc = tok([sh.chat(tok, "Hi"), sh.chat(tok, "Hi")], return_tensors="pt", add_special_tokens=False)
+    vec = {2: torch.randn(model.config.hidden_size)}
+    with torch.no_grad():
+        plain = model(**enc).logits
+        with sh.steer(model, vec, torch.tensor([0.0, 3.0])):
+            mixed = model(**enc).logits
+    torch.testing.assert_close(mixed[0], plain[0])  # dose 0 row untouched
+    assert (mixed[1] - plain[1]).abs().max() > 1e-2
+
+
+def test_length_decay_follows_its_schedule(tiny):
+    model, tok = tiny
+    block, v = sh.decoder_layers(model)[1], torch.ones(model.config.hidden_size)
+    before, after = [], []
+    rec = lambda store: lambda m, a, o: store.append((o[0] if isinstance(o, tuple) else o)[:, -1].clone())
+    h1 = block.register_forward_hook(rec(before))  # runs before the steering hook: sees the plain output
+    try:
+        with sh.steer(model, {1: v}, 2.0, decay=1.0, decay_t=2.0):
+            h2 = block.register_forward_hook(rec(after))  # runs after it: sees the steered output
+            sh.generate(model, tok, [sh.chat(tok, "Hi")], sh.Config(max_new_tokens=5), greedy=True)
+            h2.remove()
+    finally:
+        h1.remove()
+    added = [(a - b).mean().item() for a, b in zip(after, before)]
+    want = [2.0 * (1 + t / 2.0) ** -1 for t in range(len(added))]  # prefill t=0, then one step per token
+    assert len(added) == 5 and added == pytest.approx(want, abs=1e-4)
+
+
+# --- filters --------------------------------------------------------------------------------------------
+
+def test_filters_catch_loops_narration_and_refusals():
+    prose = ("Talk to your manager first, and write down exactly what you were asked to do. If the numbers are "
+             "wrong, say so plainly and offer to help correct them before anything is signed.")
+    assert sh.repetition(prose) < 0.15
+    assert sh.repetition("GLUTE GLUTE GLUTE GLUTE GLUTE GLUTE GLUTE") > 0.9
+    assert sh.repetition("TTTTTTTTTTTTTTTTTTTTTTTT") > 0.9
+    assert sh.compress_ratio(prose) > 0.6
+    assert sh.compress_ratio("the cat sat on the mat. " * 12) < 0.2
+    assert sh.narrates("As someone who sticks to principle, I would say no.", sh.SEED_POS)
+    assert sh.narrates("I am someone who never bows to pressure.", sh.SEED_POS)
+    assert sh.narrates("You should not defer to authority here.", sh.SEED_POS)  # persona phrase
+    assert not sh.narrates(prose, sh.SEED_POS)
+    assert sh.refuses("I'm sorry, but I can't help with that.")
+    assert sh.refuses("As an AI language model, I have no opinions.")
+    assert not sh.refuses(prose)
+
+
+def test_score_uses_unsteered_tail_perplexity(tiny):
+    model, tok = tiny
+    cfg = sh.Config(min_words=1, rep_max=1.0, comp_min=0.0)
+    ids = tok("one two three four five six seven eight", add_special_tokens=False).input_ids
+    items = [dict(prompt=sh.chat(tok, "Count"), ids=ids, text="one two three four five six seven eight")]
+    sh.score(model, tok, items, cfg, ppl_gate=1.0)  # any real text has ppl > 1: dropped by ppl
+    assert items[0]["why_dropped"] == "ppl" and items[0]["ppl_tail"] > 1
+    nll = sh.token_nll(model, tok, [items[0]["prompt"]], [ids])[0]
+    assert items[0]["ppl_tail"] == pytest.approx(float(torch.exp(nll[-2:].mean())), rel=1e-5)  # last 25% of 8
+
+
+# --- heal ----------------------------------------------------------------------------------------------------
+
+def test_rmse_sees_a_spike_the_mean_hides():
+    kl = torch.full((60,), 0.05)
+    kl[30:34] = 3.0  # four looping tokens in sixty
+    tau = 0.5
+    assert sh.aggregate(kl, "mean") < tau < sh.aggregate(kl, "rmse")
+    assert sh.aggregate(kl, "max") == 3.0 and sh.aggregate(kl, "p95") > tau
+
+
+def test_completion_only_logits_match_full_log_softmax(tiny):
+    model, tok = tiny
+    p, c = [sh.chat(tok, "Hi"), sh.chat(tok, "Tell me a long story")], [[100, 200, 300], [5, 6]]
+    b = sh.make_batch(tok, p, c, model.device)
+    with torch.no_grad():
+        full = model(input_ids=b["ids"], attention_mask=b["attn"]).logits.float().log_softmax(-1)[b["pred"]]
+        part = sh.completion_logits(model, b).float().log_softmax(-1)
+    torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+    assert part.shape[0] == 5 and b["tgt"][b["pred"]].tolist() == [100, 200, 300, 5, 6]
+
+
+def _peft(model):
+    from peft import LoraConfig, get_peft_model
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+
+
+def _randomise_lora(pm, seed, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def test_heal_loss_is_nll_at_lam0_and_the_barrier_bites(tiny):
+    model, tok = tiny
+    cfg = sh.Config(tau=0.0, kl_agg="rmse")
+    pm = _peft(model)
+    _randomise_lora(pm, 0, 0.3)
+    b = sh.make_batch(tok, [sh.chat(tok, "Hi")] * 2, [[100, 200, 300, 400], [7, 8, 9]], model.device)
+    nll = torch.nn.functional.cross_entropy(pm(input_ids=b["ids"], attention_mask=b["attn"]).logits[b["pred"]].float(),
+                                            b["tgt"][b["pred"]])
+    ref = pm.disable_adapter
+    loss0, st = sh.heal_loss(pm, b, cfg, 0.0, ref)
+    assert loss0.item() == pytest.approx(nll.item(), rel=1e-5)
+    assert st["kl_agg"] > 0  # the adapter moved the model, and the KL is still measured at lam = 0
+    loss1, _ = sh.heal_loss(pm, b, cfg, 1.0, ref)
+    assert loss1.item() == pytest.approx(nll.item() + st["kl_agg"], rel=1e-4)  # tau = 0: barrier = mean D
+
+
+def test_bake_equals_unmerged_stack_and_base_stays_reachable(tiny, tmp_path):
+    from peft import PeftModel
+    model, tok = tiny
+    text = sh.chat(tok, "What is fair?")
+    cfg = sh.Config(lora_targets=("q_proj", "v_proj", "down_proj"))
+    base = logits(model, tok, text)
+    stash = sh.stash_base(model, cfg)
+    for k in (0, 1):  # write two rounds' adapters, each trained "on top of" the previous merge
+        pm = _peft(model)
+        _randomise_lora(pm, k)
+        pm.save_pretrained(tmp_path / f"a{k}")
+        model = pm.unload()
+    merged = model
+    for k in (0, 1):
+        merged = sh.merge_adapter(merged, tmp_path / f"a{k}")
+    baked = logits(merged, tok, text)
+    # the same two adapters stacked unmerged on a fresh base
+    fresh, _ = sh.load_model(str(Path(tok.name_or_path)))
+    st = PeftModel.from_pretrained(fresh, str(tmp_path / "a0"), adapter_name="a0")
+    st.load_adapter(str(tmp_path / "a1"), adapter_name="a1")
+    st.base_model.set_adapter(["a0", "a1"])
+    torch.testing.assert_close(baked, logits(st, tok, text), atol=1e-4, rtol=1e-4)
+    assert (baked - base).abs().max() > 1e-2
+    with sh.base_weights(stash):  # original weights, exactly, after two merges
+        torch.testing.assert_close(logits(merged, tok, text), base, atol=0, rtol=0)
+    torch.testing.assert_close(logits(merged, tok, text), baked)
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+def _run(argv):
+    with pytest.raises(SystemExit) as e:
+        sh.main(argv)
+    return e.value.code
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    sh.main(["--model", tiny_dir, "--out", str(out), "--name", "r", *TINY_FLAGS])
+    return out / "r"
+
+
+def test_one_round_loop_writes_every_result_file(tiny_run):
+    from peft import PeftConfig
+    for f in ["config.json", "rounds.jsonl", "completions_r0.jsonl", "samples.md", "report.md", "log.txt",
+              "vector_r0.pt", "round_0/adapter/adapter_config.json", "round_0/adapter/adapter_model.safetensors"]:
+        assert (tiny_run / f).exists(), f
+    lines = sh.read_lines(tiny_run)
+    assert [x["kind"] for x in lines] == ["base", "prompting", "steering_only", "round"]
+    r = lines[-1]
+    assert r["kept"] >= 4 and r["generated"] >= r["kept"] and r["heal"]["steps"] >= 1
+    assert r["dose_table"][0]["dose"] == 0.0 and len(r["dose_table"]) >= 2
+    comps = [json.loads(x) for x in (tiny_run / "completions_r0.jsonl").read_text().splitlines()]
+    assert sum(c["kept"] for c in comps if c["dose"] > 0) == r["kept"]
+    assert all(c["why_dropped"] == "" for c in comps if c["kept"])
+    assert PeftConfig.from_pretrained(str(tiny_run / "round_0" / "adapter")).r == 8
+    assert "## base model" in (tiny_run / "samples.md").read_text()
+
+
+def test_reloading_a_run_reproduces_its_final_model(tiny_run):
+    model, tok, cfg = sh.load_run(tiny_run)
+    want = sh.read_lines(tiny_run)[-1]["fingerprint"]
+    assert sh.fingerprint(model, tok) == pytest.approx(want, abs=2e-4)
+    base, _ = sh.load_model(cfg.model)
+    assert sh.fingerprint(base, tok) != pytest.approx(want, abs=2e-4)  # the adapter did change the model
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
+    flags = ["--model", tiny_dir, "--out", str(tmp_path), *TINY_FLAGS, "--rounds", "2", "--no-baselines"]
+    cmd = [sys.executable, str(HERE / "steer_heal.py")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full = subprocess.run(cmd + flags + ["--name", "full"], env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stdout[-2000:] + full.stderr[-2000:]
+    p = subprocess.Popen(cmd + flags + ["--name", "killed"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    rounds = tmp_path / "killed" / "rounds.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None:
+        if rounds.exists() and '"kind": "round"' in rounds.read_text():
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)  # no cleanup at all: only the crash-safe writes protect us
+    p.wait()
+    assert '"kind": "round"' in rounds.read_text() and not (tmp_path / "killed" / "report.md").exists()
+    res = subprocess.run(cmd + ["--resume", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    a, b = sh.read_lines(tmp_path / "full"), sh.read_lines(tmp_path / "killed")
+    assert [x["round"] for x in b if x["kind"] == "round"] == [0, 1]
+    assert [x["kind"] for x in b] == [x["kind"] for x in a]
+    assert b[-1]["fingerprint"] == pytest.approx(a[-1]["fingerprint"], abs=1e-4)
+    assert b[-1]["kept"] == a[-1]["kept"]
+
+
+# --- bad input and starvation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, words", [
+    (["--pos", ""], "--pos is empty"),
+    (["--pos", "Be bold.", "--neg", "Be bold."], "identical"),
+    (["--layers", "0.6", "0.4"], "--layers"),
+    (["--layers", "0.2", "1.5"], "--layers"),
+    (["--alphas", "1", "-2"], "positive"),
+    (["--lora-r", "0"], "rank"),
+    (["--model", "./no/such/model"], "does not exist"),
+    (["--model", "no-such-org/no-such-model-xyz"], "hub id"),
+])
+def test_bad_input_exits_2_with_a_message(argv, words, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries
+    assert _run(argv + ["--out", str(tmp_path)]) == 2
+    assert words in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # nothing half-made is left behind
+
+
+def test_bad_choice_and_missing_cuda_exit_2(tmp_path, capsys):
+    assert _run(["--kl-agg", "median"]) == 2  # argparse
+    if not torch.cuda.is_available():
+        assert _run(["--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "CUDA" in capsys.readouterr().out
+
+
+def test_model_without_chat_template_and_occupied_folder(tiny_dir, tiny_run, tmp_path, capsys):
+    import shutil
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((bare / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert _run(["--model", str(bare), "--out", str(tmp_path)]) == 2
+    assert "chat template" in capsys.readouterr().out
+    assert _run(["--model", tiny_dir, "--out", str(tiny_run.parent), "--name", tiny_run.name]) == 2
+    assert "--resume" in capsys.readouterr().out and (tiny_run / "report.md").exists()
+    assert _run(["--resume", str(tiny_run), "--lam", "5"]) == 2
+    assert "--lam" in capsys.readouterr().out
+
+
+def test_starving_filter_exits_3_with_diagnosis_and_keeps_completions(tiny_dir, tmp_path, capsys):
+    argv = ["--model", tiny_dir, "--out", str(tmp_path), "--name", "s", *TINY_FLAGS, "--min-words", "1000",
+            "--kappa-min", "0.3", "--no-baselines"]
+    assert _run(argv) == 3
+    out = capsys.readouterr().out
+    assert "Starved" in out and "short" in out
+    comps = [json.loads(x) for x in (tmp_path / "s" / "completions_r0.jsonl").read_text().splitlines()]
+    kappas = [c["kappa"] for c in comps if c["dose"] > 0]
+    assert kappas[0] == 1.0 and min(kappas) == pytest.approx(0.3) and sorted(kappas, reverse=True) == kappas
+    assert not any(x["kind"] == "round" for x in sh.read_lines(tmp_path / "s"))
+
+
+# --- the embedded model --------------------------------------------------------------------------------------
+
+def test_embedded_model_quick_run_steers_and_heals(tmp_path):
+    if not VIGNETTES.exists():
+        pytest.skip("needs ../shared/tinymfv for the eval")
+    sh.main(["--preset", "quick", "--out", str(tmp_path), "--name", "q"])
+    lines = sh.read_lines(tmp_path / "q")
+    r = next(x for x in lines if x["kind"] == "round")
+    base = next(x for x in lines if x["kind"] == "base")
+    assert r["kept"] >= 4 and 0 < r["coherence"] <= 1 and r["heal"]["status"] == "ok"
+    assert r["trait_proj"] != base["trait_proj"]
+    assert "Q3" in (tmp_path / "q" / "report.md").read_text()
