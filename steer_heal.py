@@ -51,7 +51,7 @@ class Config:
     layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
     n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
     # generation
-    alphas: tuple = (1.0, 2.0, 3.0)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
+    alphas: tuple = (0.2, 0.4, 0.6)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
     max_new_tokens: int = 48  # tokens per steered completion
     temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible)
     top_p: float = 0.95  # nucleus sampling
@@ -59,9 +59,13 @@ class Config:
     steer_decay: float = 0.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose
     steer_decay_t: float = 32.0  # T in the decay schedule, tokens
     cosine_gate: bool = False  # scale the push per position by (1 - cos(h, v))+: less push where already on-trait
+    backtrack: bool = False  # rewind and regenerate (weaker) a segment the unsteered model finds incoherent
+    backtrack_window: int = 16  # segment length for --backtrack, tokens
+    backtrack_scale: float = 0.5  # coefficient multiplier for a rewound row
+    backtrack_retries: int = 2  # rewinds allowed per completion
     # filters (Q0)
     tail_frac: float = 0.25  # perplexity is judged on this last fraction of completion tokens
-    ppl_mult: float = 2.0  # drop when tail ppl > ppl_mult x median tail ppl of unsteered samples
+    ppl_mult: float = 3.0  # drop when tail ppl > ppl_mult x median tail ppl of unsteered samples
     rep_max: float = 0.3  # drop when the most repeated word/char n-gram covers more than this fraction
     comp_min: float = 0.3  # drop when zlib compressed/raw size is below this (low-entropy loops)
     min_words: int = 5  # drop completions shorter than this
@@ -104,7 +108,7 @@ class Config:
 
 
 PRESETS = {
-    "quick": dict(rounds=1, n_contexts=8, alphas=(2.0,), max_new_tokens=16, probe_n=8, gen_batch=8, min_train=4,
+    "quick": dict(rounds=1, n_contexts=8, alphas=(0.4,), max_new_tokens=16, probe_n=8, gen_batch=8, min_train=4,
                   max_batches=2, epochs=1, train_batch=4, eval_n=8, sample_tokens=16, baselines=False,
                   gen_pass_target=0.25),
     "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, min_train=256,
@@ -392,24 +396,70 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False):
 #    are given. Returns completion token ids cut at the first EOS, and their text.
 
 @torch.no_grad()
+def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=False):
+    """One model.generate() call on token-id rows (left padded here); new ids per row, cut after EOS."""
+    L = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (L - len(r)) + r for r in rows], device=model.device)
+    attn = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=model.device)
+    kw = dict(max_new_tokens=n_new, pad_token_id=tok.pad_token_id, do_sample=not greedy, repetition_penalty=None)
+    kw.update(dict(top_k=None, top_p=None, temperature=None) if greedy else
+              dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0))
+    ctx = (steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate)
+           if vectors is not None else contextlib.nullcontext())
+    with ctx:
+        seqs = model.generate(input_ids=ids, attention_mask=attn, **kw)[:, L:].tolist()
+    eos = eos_ids(model, tok)
+    return [s[:next((j + 1 for j, t in enumerate(s) if t in eos), len(s))] for s in seqs]  # keep EOS: learn to stop
+
+
+def eos_ids(model, tok):
+    e = model.generation_config.eos_token_id
+    return {tok.eos_token_id, *(e if isinstance(e, list) else [e])}
+
+
+def backtrack_sample(model, tok, prompts, rows, cfg, n_new, vectors, coeffs, gate, greedy=False):
+    """Generate in segments of --backtrack-window tokens. A row whose new segment the unsteered model
+    finds too surprising (mean NLL > log of the ppl gate: the filter would kill it) or that loops is cut
+    back to the segment start and regenerates it at coeff * --backtrack-scale, at most
+    --backtrack-retries times per row (then the last attempt stands). Other rows are untouched.
+    Returns (new ids per row, rewind positions per row). With --steer-decay, t restarts each segment."""
+    got, c, rewinds = [[] for _ in rows], [float(x) for x in coeffs], [[] for _ in rows]
+    left, eos, live = [cfg.backtrack_retries] * len(rows), eos_ids(model, tok), list(range(len(rows)))
+    while live:
+        todo = live
+        while todo:
+            w = min(cfg.backtrack_window, n_new - len(got[todo[0]]))
+            segs = sample_ids(model, tok, [rows[i] + got[i] for i in todo], cfg, w, vectors, [c[i] for i in todo], greedy)
+            nll = token_nll(model, tok, [prompts[i] for i in todo], [got[i] + s for i, s in zip(todo, segs)])
+            bad = {i for i, s, n in zip(todo, segs, nll) if left[i] > 0 and s and (
+                n[-len(s):].mean().item() > math.log(gate) or repetition(tok.decode(got[i] + s)) > cfg.rep_max)}
+            for i, s in zip(todo, segs):
+                if i in bad:
+                    rewinds[i].append(len(got[i]))
+                    c[i] *= cfg.backtrack_scale
+                    left[i] -= 1
+                else:
+                    got[i] += s
+            todo = [i for i in todo if i in bad]
+        live = [i for i in live if len(got[i]) < n_new and not (got[i] and got[i][-1] in eos)]
+    return got, rewinds
+
+
 def generate(model, tok, prompts, cfg, vectors=None, coeffs=None, greedy=False, max_new_tokens=None,
-             desc="generate"):
-    out, eos = [], model.generation_config.eos_token_id
-    eos = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
+             desc="generate", gate=None):
+    """Batched generation; steered when vectors and one coeff per prompt are given. With --backtrack and
+    a ppl gate, steered rows rewind and retry segments that go incoherent."""
+    out, n_new = [], max_new_tokens or cfg.max_new_tokens
     for i in tqdm(range(0, len(prompts), cfg.gen_batch), desc=desc, leave=False):
         batch = prompts[i:i + cfg.gen_batch]
-        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        kw = dict(max_new_tokens=max_new_tokens or cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
-                  do_sample=not greedy, repetition_penalty=None)
-        kw.update(dict(top_k=None, top_p=None, temperature=None) if greedy else
-                  dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0))
-        ctx = (steer(model, vectors, torch.tensor(coeffs[i:i + len(batch)]), cfg.steer_decay, cfg.steer_decay_t,
-                     cfg.cosine_gate) if vectors is not None else contextlib.nullcontext())
-        with ctx:
-            seqs = model.generate(**enc, **kw)[:, enc.input_ids.shape[1]:].tolist()
-        for p, ids in zip(batch, seqs):
-            cut = next((j + 1 for j, t in enumerate(ids) if t in eos), len(ids))  # keep the EOS: learn to stop
-            out.append(dict(prompt=p, ids=ids[:cut], text=tok.decode(ids[:cut], skip_special_tokens=True).strip()))
+        rows = [tok(p, add_special_tokens=False).input_ids for p in batch]
+        c = list(coeffs[i:i + len(batch)]) if vectors is not None else None
+        if cfg.backtrack and vectors is not None and gate:
+            news, rewinds = backtrack_sample(model, tok, batch, rows, cfg, n_new, vectors, c, gate, greedy)
+        else:
+            news, rewinds = sample_ids(model, tok, rows, cfg, n_new, vectors, c, greedy), [[] for _ in batch]
+        out += [dict(prompt=p, ids=ids, text=tok.decode(ids, skip_special_tokens=True).strip(), rewinds=rw)
+                for p, ids, rw in zip(batch, news, rewinds)]
     return out
 
 
@@ -543,7 +593,7 @@ def collect(model, tok, vectors, cfg, gate, seed, sink):
         users = [order[(cursor[0] + i) % len(order)] for i in range(n)]
         cursor[0] += n
         doses = [kappa * cfg.alphas[i % len(cfg.alphas)] for i in range(n)]
-        items = generate(model, tok, [chat(tok, u) for u in users], cfg, vectors, doses, desc=what)
+        items = generate(model, tok, [chat(tok, u) for u in users], cfg, vectors, doses, desc=what, gate=gate)
         for x, u, d in zip(items, users, doses):
             x.update(user=u, dose=d, kappa=kappa)
         sink(score(model, tok, items, cfg, gate))
@@ -978,7 +1028,7 @@ def run(cfg, explicit=frozenset()):
                 for x in items:
                     f.write(json.dumps(dict(round=k, **{key: x[key] for key in (
                         "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp",
-                        "narr", "refuse", "kept", "why_dropped")})) + "\n")
+                        "narr", "refuse", "kept", "why_dropped", "rewinds")})) + "\n")
         sink(ref)
         kept, items, kappa, probes = collect(model, tok, vec, cfg, gate, cfg.seed + 1000 * k + 5, sink)
         table = dose_table(ref + items)

@@ -111,6 +111,26 @@ def test_length_decay_follows_its_schedule(tiny):
     assert len(added) == 5 and added == pytest.approx(want, abs=1e-4)
 
 
+def test_backtrack_rewinds_only_the_row_whose_signal_crosses(tiny, monkeypatch):
+    model, tok = tiny
+    cfg = sh.Config(backtrack=True, backtrack_window=4, backtrack_retries=2, backtrack_scale=0.5, rep_max=1.0)
+    prompts = [sh.chat(tok, "Tell me about cats"), sh.chat(tok, "Tell me about dogs")]  # same length: no padding
+    assert len(tok(prompts[0]).input_ids) == len(tok(prompts[1]).input_ids)
+    vec = {1: torch.randn(model.config.hidden_size)}
+    real = sh.token_nll
+
+    def forced(model, tok, ps, comps, batch_size=16):  # row 0's text is always "incoherent"
+        return [n + (1e3 if p == prompts[0] else 0.0) for p, n in zip(ps, real(model, tok, ps, comps, batch_size))]
+
+    calm = sh.generate(model, tok, prompts, cfg, vec, [1.0, 1.0], greedy=True, max_new_tokens=8, gate=1e6)
+    monkeypatch.setattr(sh, "token_nll", forced)
+    hot = sh.generate(model, tok, prompts, cfg, vec, [1.0, 1.0], greedy=True, max_new_tokens=8, gate=1e6)
+    assert calm[0]["rewinds"] == [] and calm[1]["rewinds"] == []
+    assert hot[0]["rewinds"] == [0, 0]  # rewound twice at the first segment, then the last try stands
+    assert hot[1]["ids"] == calm[1]["ids"] and hot[1]["rewinds"] == []  # the other row is untouched
+    assert hot[0]["ids"] != calm[0]["ids"]  # the retry at a quarter of the dose wrote something else
+
+
 # --- filters --------------------------------------------------------------------------------------------
 
 def test_filters_catch_loops_narration_and_refusals():
