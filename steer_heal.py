@@ -877,9 +877,8 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers")
-    ctx = steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext()
-    with ctx:
-        proj = projection(model, tok, prompts, [a["ids"] for a in ans], v0) if v0 else None
+    # read without the hook: otherwise the steering baseline's states contain coeff*v by construction
+    proj = projection(model, tok, prompts, [a["ids"] for a in ans], v0) if v0 else None
     with base_weights(stash):  # judge the text as an answer to the plain prompt, under the original model
         nll = token_nll(model, tok, [chat(tok, u) for u in users], [a["ids"] for a in ans])
     ppl = [math.exp(n.mean()) for n in nll if len(n)]
@@ -987,7 +986,7 @@ def run(cfg, explicit=frozenset()):
     if cfg.baselines and "prompting" not in kinds:
         t = time.time()
         ev = mfv(model, tok, cfg, system=cfg.pos)
-        ans, met = answer_metrics(model, tok, cfg, stash, None, users, system=cfg.pos)
+        ans, met = answer_metrics(model, tok, cfg, stash, v0, users, system=cfg.pos)
         append_line(run_dir, eval_line("prompting", -1, cfg, ev, met, seconds=dict(eval=time.time() - t)))
         write_samples(run_dir, "prompting baseline (persona as system prompt)", ans, users)
 

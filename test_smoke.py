@@ -269,6 +269,12 @@ def test_one_round_loop_writes_every_result_file(tiny_run):
     assert all(c["why_dropped"] == "" for c in comps if c["kept"])
     assert PeftConfig.from_pretrained(str(tiny_run / "round_0" / "adapter")).r == 8
     assert "## base model" in (tiny_run / "samples.md").read_text()
+    import re, report
+    text = (tiny_run / "report.md").read_text()
+    parts = re.split(r"^## ", text, flags=re.M)
+    for title in report.SECTIONS:  # each section is present and rests on numbers from this run
+        body = next(p for p in parts if p.startswith(title))
+        assert re.search(r"\d", body), title
 
 
 def test_reloading_a_run_reproduces_its_final_model(tiny_run):
@@ -358,6 +364,16 @@ def test_starving_filter_exits_3_with_diagnosis_and_keeps_completions(tiny_dir, 
     kappas = [c["kappa"] for c in comps if c["dose"] > 0]
     assert kappas[0] == 1.0 and min(kappas) == pytest.approx(0.3) and sorted(kappas, reverse=True) == kappas
     assert not any(x["kind"] == "round" for x in sh.read_lines(tmp_path / "s"))
+
+
+def test_nonfinite_heal_aborts_the_round_and_keeps_the_model(tiny_dir, tmp_path):
+    argv = ["--model", tiny_dir, "--out", str(tmp_path), "--name", "nan", *TINY_FLAGS, "--no-baselines",
+            "--lr", "1e38", "--max-nonfinite", "0.0"]  # one step of this lr sends the weights to inf
+    sh.main(argv + ["--epochs", "3"])
+    lines = sh.read_lines(tmp_path / "nan")
+    assert [x["kind"] for x in lines] == ["base", "stop"]
+    assert lines[-1]["reason"].startswith("aborted") and lines[-1]["heal"]["nonfinite"] >= 1
+    assert not (tmp_path / "nan" / "round_0").exists()
 
 
 # --- the embedded model --------------------------------------------------------------------------------------
