@@ -1,0 +1,299 @@
+"""bench.py: how fast is steer_heal, and where does a round's time go? One run, one model, one prompt set.
+
+    python bench.py --quick                          # embedded SmolLM2-135M, reduced sizes (~3 min on 2 free cores)
+    python bench.py --arch qwen2.5-1.5b              # GPU: random-weight Qwen2.5-1.5B shape in bf16
+
+Medians over --repeats after a warm-up: steered generation tokens/s batched vs one prompt at a time; hook overhead;
+one heal optimizer step (time, peak memory) for NLL+KL barrier, heal_loss at lam=0 and pure NLL, and full-sequence
+vs completion-only log-softmax; fast-eval vignettes/s; a whole round by stage. Writes results/bench_<device>.json.
+"""
+import argparse, dataclasses, datetime, json, os, platform, re, statistics, sys, time
+from pathlib import Path
+if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars around the table
+    os.environ.setdefault("TQDM_DISABLE", "1")
+import torch
+import eval_mfv
+import steer_heal as sh
+
+VIGNETTES = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
+ARCHS = {  # random-weight models of a real shape (GPU timing without downloading weights)
+    "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True,
+                         max_position_embeddings=32768, rope_theta=1e6),
+}
+RATIOS = {  # name -> (section, numerator, denominator, field, comparison, target, what it compares)
+    "gen_batched_vs_serial": ("generation", "serial_steered", "batched_steered", "seconds", ">=", 6.0,
+                              "steered tok/s: batched / one at a time"),
+    "hook_overhead": ("generation", "batched_steered", "batched_unsteered", "seconds", "<=", 1.1,
+                      "batched gen time: steered / unsteered"),
+    "heal_kl_vs_nll_time": ("heal", "kl_barrier", "nll", "seconds", "<=", 1.6, "heal step time: NLL+KL / NLL"),
+    "heal_kl_vs_nll_mem": ("heal", "kl_barrier", "nll", "peak_mb", "<=", 1.2, "heal step peak mem: NLL+KL / NLL"),
+    "heal_lam0_vs_nll_time": ("heal", "heal_loss_lam0", "nll", "seconds", None, None, "heal step time: lam=0 / NLL"),
+    "heal_lam0_vs_nll_mem": ("heal", "heal_loss_lam0", "nll", "peak_mb", None, None, "heal step peak mem: lam=0 / NLL"),
+    "full_vs_completion_mem": ("heal", "nll_full_logsoftmax", "nll", "peak_mb", None, None,
+                               "NLL step peak mem: full-seq / completion"),
+}
+MEM_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() at the step's start (tensor bytes)",
+    "cpu": "torch.profiler(profile_memory=True): running sum of every CPU tensor allocation and free during "
+           "the step, peak above the step's start (exact tensor bytes; not malloc retention, not Python objects)",
+}
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_times(fns, repeats, dev):
+    """{name: median wall seconds of fn()} over `repeats` rounds, the fns interleaved within each round so drift
+    in machine load hits every variant alike (the caller warms up)."""
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(dev)
+            t = time.perf_counter()
+            fn()
+            sync(dev)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_bytes(fn, dev):
+    """Peak tensor bytes allocated by fn() above what was live when it started (see MEM_METHOD)."""
+    if dev.type == "cuda":
+        sync(dev)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync(dev)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = torch.tensor([0] + [n for _, n in mem]).cumsum(0)  # live bytes after each allocation or free
+    return int(live.max())
+
+
+def build_arch(arch, dtype="auto"):
+    """A randomly initialised model of a real shape, with the embedded model's tokenizer (its ids all fit
+    the larger vocab; sampled ids above the tokenizer's range decode to nothing). UNTESTED on a GPU here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+    dev = sh.pick_device()
+    dt = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32}.get(dtype) or getattr(torch, dtype)
+    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    tok.pad_token = tok.pad_token or tok.eos_token
+    tok.padding_side = "left"
+    cfg = Qwen2Config(**ARCHS[arch], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    assert len(tok) <= cfg.vocab_size, "the tokenizer's ids must fit the model's vocab"
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
+    model.generation_config.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return model.eval(), tok
+
+
+def bench_generation(model, tok, vec, cfg, n_prompts, repeats, dev):
+    """Same prompts, same per-row doses, exactly cfg.max_new_tokens per row: min_new_tokens = max_new_tokens
+    masks EOS until the end, so every path generates len(prompts) * max_new_tokens tokens."""
+    prompts = [sh.chat(tok, sh.GEN_PROMPTS[i % len(sh.GEN_PROMPTS)]) for i in range(n_prompts)]
+    coeffs = [cfg.alphas[i % len(cfg.alphas)] for i in range(n_prompts)]
+    gc, old = model.generation_config, model.generation_config.min_new_tokens
+    gc.min_new_tokens = cfg.max_new_tokens
+
+    def gen(batch, steered, ps=prompts):
+        torch.manual_seed(0)
+        return sh.generate(model, tok, ps, dataclasses.replace(cfg, gen_batch=batch), vec if steered else None,
+                           coeffs[:len(ps)] if steered else None)
+    try:
+        full = gen(n_prompts, True)  # warm-up, and the check that the token count is fixed
+        gen(1, True, prompts[:2])
+        secs = median_times(dict(batched_steered=lambda: gen(n_prompts, True),
+                                 batched_unsteered=lambda: gen(n_prompts, False),
+                                 serial_steered=lambda: gen(1, True)), repeats, dev)
+    finally:
+        gc.min_new_tokens = old
+    tokens = n_prompts * cfg.max_new_tokens
+    out = {k: dict(seconds=s, tokens=tokens, tokens_per_s=tokens / s) for k, s in secs.items()}
+    out["rows_full_length"] = all(len(x["ids"]) == cfg.max_new_tokens for x in full)
+    out["prompt_tokens"] = sum(len(tok(p, add_special_tokens=False).input_ids) for p in prompts)  # prefill work
+    return out, [(x["prompt"], x["ids"]) for x in full]
+
+
+def nll_completion(pm, b):  # plain NLL: one forward, logits only where a completion token is predicted
+    logp = sh.completion_logits(pm, b).float().log_softmax(-1)
+    return -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()
+
+
+def nll_full(pm, b):  # the same NLL through the full [B, L, V] logits and log-softmax (completion_logits avoids it)
+    logp = pm(input_ids=b["ids"], attention_mask=b["attn"]).logits.float().log_softmax(-1)
+    return -logp[b["pred"]].gather(1, b["tgt"][b["pred"]][:, None]).mean()
+
+
+def bench_heal(model, tok, pairs, cfg, repeats, dev):
+    """One optimizer step (forward, backward, clip, AdamW step, zero_grad) per loss, same LoRA and batch.
+    KL reference = the adapter disabled. Returns (results, the model with the adapter removed)."""
+    from peft import LoraConfig, get_peft_model
+    pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                          target_modules=list(cfg.lora_targets),
+                                          layers_to_transform=sh.band(model, cfg.lora_layers)))
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    rows = pairs[:cfg.train_batch]
+    b = sh.make_batch(tok, [p for p, _ in rows], [c for _, c in rows], dev)
+    losses = dict(kl_barrier=lambda: sh.heal_loss(pm, b, cfg, cfg.lam, pm.disable_adapter)[0],
+                  heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter)[0],
+                  nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
+    out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
+               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg)
+
+    def step(loss_fn):  # grads are freed inside the step, so the memory profile sees their whole life
+        loss_fn().backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    steps = {k: (lambda f=f: step(f)) for k, f in losses.items()}
+    pm.train()
+    with torch.enable_grad():
+        for fn in steps.values():
+            fn()  # warm-up (AdamW allocates its state on the first step)
+        secs = median_times(steps, repeats, dev)
+        out |= {k: dict(seconds=secs[k], peak_mb=peak_bytes(fn, dev) / 2 ** 20) for k, fn in steps.items()}
+    return out, pm.unload().eval()  # drop the adapter unmerged: the model is untouched
+
+
+def bench_eval(model, tok, n, repeats, dev):
+    rows = eval_mfv.load_vignettes(VIGNETTES)
+    n = min(n or len(rows), len(rows))
+    run = lambda: eval_mfv.evaluate(model, tok, rows, backend="fast", n=n, progress=False)  # noqa: E731
+    frames = run()["frames"]  # warm-up
+    s = median_times(dict(eval=run), repeats, dev)["eval"]
+    return dict(n=n, frames=frames, seconds=s, vignettes_per_s=n / s)
+
+
+def bench_round(model, tok, cfg):
+    """steer_heal.run's round 0 in sequence: vector, unsteered reference + gate + dose controller (generation and
+    filters), heal (LoRA, KL barrier, kl_ref per cfg) and bake, eval (fast MFV + greedy sample answers).
+    If the filters starve the round, heal on everything generated (flagged) so the heal stage is still timed."""
+    cfg = dataclasses.replace(cfg, eval_backend="fast")
+    cfg.vignettes_path = str(VIGNETTES)
+    stash, steered = sh.stash_base(model, cfg), sh.band(model, cfg.layers)
+    torch.manual_seed(cfg.seed)
+    t = [time.time()]  # stage boundaries
+    vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:cfg.n_contexts], steered)
+    t.append(time.time())
+    ref_users = sh.GEN_PROMPTS[:cfg.probe_n]
+    ref = sh.generate(model, tok, [sh.chat(tok, u) for u in ref_users], cfg, desc="unsteered")
+    for x, u in zip(ref, ref_users):
+        x.update(user=u, dose=0.0, kappa=0.0)
+    sh.score(model, tok, ref, cfg)
+    gate = cfg.ppl_mult * sorted(x["ppl_tail"] for x in ref)[len(ref) // 2]
+    seen, starved = [], False
+    try:
+        kept, items, _, _ = sh.collect(model, tok, vec, cfg, gate, cfg.seed + 5, seen.extend)
+    except sh.Stop:
+        kept, items, starved = seen, seen, True
+    t.append(time.time())
+    n_val = max(1, round(cfg.val_frac * len(kept))) if len(kept) >= 8 else 0
+    with torch.enable_grad():
+        pm, hs = sh.heal(model, tok, kept[n_val:], kept[:n_val], ref, cfg, 0, stash, lam=cfg.lam)
+    model = pm.merge_and_unload().eval()
+    t.append(time.time())
+    sh.mfv(model, tok, cfg)
+    sh.answer_metrics(model, tok, cfg, stash, vec, sh.SAMPLE_PROMPTS)
+    t.append(time.time())
+    sec = {k: t[i + 1] - t[i] for i, k in enumerate(("vector", "generate+filter", "heal", "eval"))}
+    return dict(seconds=sec, total=sum(sec.values()), bottleneck=max(sec, key=sec.get), generated=len(items),
+                kept=len(kept), starved=starved, heal_steps=hs.get("steps"), eval_n=cfg.eval_n)
+
+
+def machine_info(model, dev):
+    import peft, transformers
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next(iter(re.findall(r"^model name\s*:\s*(.*)$", info, re.M)), platform.processor())
+    return dict(cpu=cpu, cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
+                torch_threads=torch.get_num_threads(), device=dev.type,
+                gpu=torch.cuda.get_device_name() if dev.type == "cuda" else None,
+                torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+                python=sys.version.split()[0], dtype=str(model.dtype).replace("torch.", ""),
+                params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+                date=datetime.datetime.now().isoformat(timespec="seconds"))
+
+
+def judge(r):
+    """Adds ratios (same tokens, so a tokens/s ratio is the inverse seconds ratio) and PASS/FAIL per target."""
+    r["ratios"] = {k: r[sec][num][f] / r[sec][den][f] for k, (sec, num, den, f, *_) in RATIOS.items()}
+    r["checks"] = {k: "PASS" if (r["ratios"][k] <= t if op == "<=" else r["ratios"][k] >= t) else "FAIL"
+                   for k, (*_, op, t, _) in RATIOS.items() if op}
+
+
+def table(r):
+    g, h, e, rd = r["generation"], r["heal"], r["eval"], r["round"]
+    rows = [(f"gen {k} tok/s", f"{g[k]['tokens_per_s']:.1f}") for k in ("batched_steered", "batched_unsteered",
+                                                                          "serial_steered")]
+    rows += [(f"heal step {k} s | peak MB", f"{h[k]['seconds']:.3f} | {h[k]['peak_mb']:.0f}")
+             for k in ("kl_barrier", "heal_loss_lam0", "nll", "nll_full_logsoftmax")]
+    rows += [(f"eval fast vignettes/s ({e['frames']})", f"{e['vignettes_per_s']:.2f}")]
+    rows += [(f"round {k} s", f"{v:.1f}") for k, v in rd["seconds"].items()] + [
+        (f"round total s (bottleneck: {rd['bottleneck']})", f"{rd['total']:.1f}")]
+    lines = [f"{'measurement':<44} {'value':>16} {'ratio':>7} {'target':>7}  verdict"]
+    lines += [f"{m:<44} {v:>16}" for m, v in rows]
+    for k, (*_, op, target, what) in RATIOS.items():
+        tgt = f"{op}{target}" if op else "-"
+        lines.append(f"{what:<44} {'':>16} {r['ratios'][k]:7.2f} {tgt:>7}  {r['checks'].get(k, 'info')}")
+    return "\n".join(lines + [f"memory: {r['memory_method']}"])
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="", help="HF id or local path; '' = embedded SmolLM2-135M-Instruct")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="random-weight model of this shape instead of --model")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--gen-batch", type=int, default=32, help="prompts per batched generate() call")
+    p.add_argument("--new-tokens", type=int, help="tokens per completion (default 48; --quick 16)")
+    p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 5; --quick 2)")
+    p.add_argument("--eval-n", type=int, help="vignettes for the eval throughput (default all; --quick 16)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, usually all cores)")
+    p.add_argument("--quick", action="store_true", help="reduced sizes; round uses steer_heal's quick preset")
+    p.add_argument("--out", default="", help="JSON path (default results/bench_<device>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse(argv)
+    repeats = a.repeats or (2 if a.quick else 5)
+    if a.threads:  # on a shared, busy CPU, 1 thread avoids OpenMP threads waiting on each other
+        torch.set_num_threads(a.threads)
+    cfg = dataclasses.replace(sh.Config(), model=a.model, **(sh.PRESETS["quick"] if a.quick else {}))
+    cfg.max_new_tokens = a.new_tokens or (16 if a.quick else 48)
+    model, tok = build_arch(a.arch, a.dtype) if a.arch else sh.load_model(a.model, dtype=a.dtype)
+    dev = model.device
+    torch.set_grad_enabled(False)  # as in steer_heal.run; the heal parts turn it on
+    res = dict(machine=machine_info(model, dev), memory_method=MEM_METHOD[dev.type],
+               settings=dict(model=a.arch or a.model or sh.EMBEDDED, quick=a.quick, gen_batch=a.gen_batch,
+                             new_tokens=cfg.max_new_tokens, repeats=repeats, round_config=dataclasses.asdict(cfg)))
+    t0 = time.time()
+    print(f"bench: {res['settings']['model']} on {dev} ({res['machine']['dtype']}), {repeats} repeats", flush=True)
+    vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:8], sh.band(model, cfg.layers))
+    res["generation"], pairs = bench_generation(model, tok, vec, cfg, a.gen_batch, repeats, dev)
+    print(f"  generation done ({time.time() - t0:.0f}s)", flush=True)
+    res["heal"], model = bench_heal(model, tok, pairs, cfg, repeats, dev)
+    print(f"  heal steps done ({time.time() - t0:.0f}s)", flush=True)
+    res["eval"] = bench_eval(model, tok, a.eval_n or (16 if a.quick else None), 1 if a.quick else repeats, dev)
+    print(f"  eval done ({time.time() - t0:.0f}s); whole round next", flush=True)
+    res["round"] = bench_round(model, tok, cfg)  # last: it bakes a LoRA into the model
+    res["wall_seconds"] = time.time() - t0
+    judge(res)
+    slug = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_") if dev.type == "cuda" else "cpu"
+    out = Path(a.out or f"results/bench_{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(table(res))
+    print(f"wrote {out} ({res['wall_seconds']:.0f}s)")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""bench.py end to end on a tiny random Llama (embedded tokenizer): the JSON has every key and every ratio is a
+positive finite number. No timing assertions: speed lives in the benchmark, never in a test."""
+import json, math
+
+import pytest
+import torch
+
+import bench
+import steer_heal as sh
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.mark.skipif(not bench.VIGNETTES.exists(), reason="needs ../shared/tinymfv vignettes")
+def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
+    out, threads = tmp_path / "bench.json", torch.get_num_threads()
+    try:  # 1 thread: a tiny model's many small ops crawl when OpenMP threads share busy cores
+        bench.main(["--model", tiny_dir, "--quick", "--gen-batch", "4", "--new-tokens", "4", "--repeats", "1",
+                    "--eval-n", "4", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    r = json.loads(out.read_text())
+    for key in ("machine", "memory_method", "settings", "generation", "heal", "eval", "round", "ratios", "checks",
+                "wall_seconds"):
+        assert key in r, key
+    for key in ("cpu", "cores", "gpu", "torch", "dtype", "date"):
+        assert key in r["machine"], key
+    g = r["generation"]
+    assert g["rows_full_length"] and g["prompt_tokens"] > 0  # min_new_tokens pins the token count
+    for k in ("batched_steered", "batched_unsteered", "serial_steered"):
+        assert g[k]["tokens"] == 4 * 4 and g[k]["tokens_per_s"] > 0
+    for k in ("kl_barrier", "heal_loss_lam0", "nll", "nll_full_logsoftmax"):
+        assert r["heal"][k]["seconds"] > 0 and r["heal"][k]["peak_mb"] > 0
+    assert r["eval"]["n"] == 4 and r["eval"]["vignettes_per_s"] > 0
+    assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}
+    assert set(r["ratios"]) == set(bench.RATIOS)
+    for k, v in r["ratios"].items():
+        assert isinstance(v, float) and math.isfinite(v) and v > 0, (k, v)
+    assert set(r["checks"]) == {k for k, v in bench.RATIOS.items() if v[4]}
+    assert set(r["checks"].values()) <= {"PASS", "FAIL"}
