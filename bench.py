@@ -144,7 +144,7 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
     rows = pairs[:cfg.train_batch]
     b = sh.make_batch(tok, [p for p, _ in rows], [c for _, c in rows], dev)
     losses = dict(kl_barrier=lambda: sh.heal_loss(pm, b, cfg, cfg.lam, pm.disable_adapter)[0],
-                  heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter)[0],
+                  heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, measure=False)[0],
                   nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
     out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
                lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg)

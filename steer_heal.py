@@ -366,13 +366,14 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False):
     blocks = decoder_layers(model)
     state = {"t": 0}  # generated-token counter for the length decay
     first = min(vectors)
+    coeff = torch.as_tensor(coeff, dtype=torch.float32).to(model.device)  # once: no host->device copy per call
 
     def make_hook(layer, v):
         def hook(module, args, out):
             h = out[0] if isinstance(out, tuple) else out
             if layer == first:  # count decode steps once per forward, at the first steered block
                 state["t"] = state["t"] + 1 if h.shape[1] == 1 else 0
-            c = torch.as_tensor(coeff, dtype=h.dtype, device=h.device)
+            c = coeff.to(h.dtype)
             c = c.view(-1, 1, 1) if c.ndim == 1 else c  # per-row doses
             if decay:
                 c = c * (1 + state["t"] / decay_t) ** -decay
@@ -677,16 +678,18 @@ def aggregate(kl, how="rmse"):
     return kl.max()
 
 
-def heal_loss(model, b, cfg, lam, ref_ctx):
-    """Returns (loss, stats). With lam == 0 the loss is exactly the NLL (KL is still logged)."""
+def heal_loss(model, b, cfg, lam, ref_ctx, measure=True):
+    """Returns (loss, stats). With lam == 0 the loss is exactly the NLL: the reference forward then runs
+    only when `measure` asks for the KL to be logged, and outside the autograd graph."""
     logp = completion_logits(model, b).float().log_softmax(-1)
     nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()
+    if not lam and not measure:
+        return nll, dict(nll=nll.item())
     with torch.no_grad(), ref_ctx():
         ref_logp = completion_logits(model, b).float().log_softmax(-1)
-    kl = kl_per_position(logp, ref_logp, cfg.kl_dir)
+    kl = kl_per_position(logp if lam else logp.detach(), ref_logp, cfg.kl_dir)
     D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
-    barrier = F.relu(D - cfg.tau).mean()
-    loss = nll + lam * barrier if lam else nll
+    loss = nll + lam * F.relu(D - cfg.tau).mean() if lam else nll
     return loss, dict(nll=nll.item(), kl_agg=D.mean().item(), kl_mean=kl.mean().item(),
                       barrier_active=(D > cfg.tau).float().mean().item())
 
@@ -732,7 +735,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
         stats, ok = [], True
         for mb in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]:
             b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
-            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx)
+            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, measure=s % every == 0 or s >= steps - max(1, steps // 4))
             if anchor and cfg.anchor_nll:  # keep the reference's own unsteered answers likely
                 a = [anchor[(s * cfg.train_batch + i) % len(anchor)] for i in range(cfg.train_batch)]
                 ab = make_batch(tok, [x["prompt"] for x in a], [x["ids"] for x in a], dev)
@@ -753,16 +756,18 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
             continue
         opt.step()
         sched.step()
-        hist.append({key: sum(x[key] for x in stats) / len(stats) for key in stats[0]})
+        hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
         if s % every == 0 or s == steps - 1:
-            h = hist[-1]
+            h = dict(dict.fromkeys(["kl_agg", "kl_mean", "barrier_active"], math.nan), **hist[-1])
             log(f"  heal r{k} step {s + 1}/{steps} loss {h['loss']:.3f} nll {h['nll']:.3f} "
                 f"kl_{cfg.kl_agg} {h['kl_agg']:.3f} kl_mean {h['kl_mean']:.4f} barrier {h['barrier_active']:.0%} "
                 f"lr {sched.get_last_lr()[0]:.2e}")
     pm.eval()
-    last = hist[-max(1, len(hist) // 4):] or [dict(nll=math.nan, kl_agg=math.nan, kl_mean=math.nan,
-                                                   barrier_active=math.nan)]
-    mean = lambda key: sum(h[key] for h in last) / len(last)  # noqa: E731  (last quarter of steps)
+    last = hist[-max(1, len(hist) // 4):]  # the last quarter of steps (where the KL is always measured)
+
+    def mean(key):
+        xs = [h[key] for h in last if key in h]
+        return sum(xs) / len(xs) if xs else math.nan
     return pm, dict(steps=steps, nll=mean("nll"), val_nll_before=before, val_nll=val_nll(), kl_agg=mean("kl_agg"),
                     kl_mean=mean("kl_mean"), barrier_active=mean("barrier_active"), lam=lam, tau=cfg.tau,
                     nonfinite=nonfinite, status="ok")
