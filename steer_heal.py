@@ -51,7 +51,7 @@ class Config:
     layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
     n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
     # generation
-    alphas: tuple = (0.2, 0.4, 0.6)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
+    alphas: tuple = (0.3, 0.6, 0.9)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
     max_new_tokens: int = 48  # tokens per steered completion
     temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible)
     top_p: float = 0.95  # nucleus sampling
