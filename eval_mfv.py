@@ -21,7 +21,9 @@ the embedded SmolLM2-135M (132 vignettes): its per-digit log-odds span 3.0 nats 
 "1"), so the forward frame reads Loyalty 0.30 and Fairness 0.27 (the options on "2" and "1"), fwdrev
 still spreads 0.03-0.28 and rot 0.07-0.24, while cyclic reads 0.13-0.16 for all seven: the digit
 preference was most of the answer.
-Cost: 7 passes of ~32 new tokens per vignette, ~55 s for 132 on 2 CPU cores; pass n= to trade.
+Cost: 7 passes of ~32 new tokens per vignette: 54 s for 132 on 2 idle CPU cores (n= trades). When
+another process holds a core, torch's two threads spin-wait: the same eval took 570 s, and 96 s
+after torch.set_num_threads(1).
 
 python eval_mfv.py --vignettes ../shared/tinymfv/vignettes_classic_other_violate.jsonl [--n 64]
 """
@@ -358,6 +360,8 @@ def main(argv=None):
     try:
         resolve_backend(a.backend, a.vignettes)  # fail on bad input before loading a model
         rows = load_vignettes(a.vignettes) if a.vignettes else None
+        if a.run and not (Path(a.run) / "config.json").is_file():
+            raise ValueError(f"--run {a.run} is not a run folder (no config.json); pass results/<run>")
         model, tok, _ = steer_heal.load_run(a.run, upto_round=a.round) if a.run else (*steer_heal.load_model(a.model), None)
         res = evaluate(model, tok, rows, backend=a.backend, frames=a.frames, n=a.n, seed=a.seed,
                        batch_size=a.batch_size, system=a.system)

@@ -27,6 +27,16 @@ def _steer_heal():
     return sh
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for this module: when another process holds a core, two threads spin-wait
+    and a tiny forward ran 50x slower (measured); one thread keeps the file well under a minute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def rows():
     if not DATA.exists():
