@@ -236,6 +236,13 @@ def vs_prompting(run):
 CHECKS = [q0_filter, q1_heal, q2_coherent, q3_trait, vs_prompting]
 
 
+def generator(cfg):
+    on = [f"length decay p={cfg.get('steer_decay')} T={cfg.get('steer_decay_t')}"] * bool(cfg.get("steer_decay")) + \
+         [f"backtrack (window {cfg.get('backtrack_window')}, scale {cfg.get('backtrack_scale')})"] * bool(cfg.get("backtrack")) + \
+         ["cosine gate"] * bool(cfg.get("cosine_gate"))
+    return " + ".join(on) or "constant dose (the default: README, 'Generator options', gives the measured comparison)"
+
+
 def header(runs, title):
     r, cfg = runs[0], runs[0]["cfg"]
     ev = next((ln for ln in [r["base"]] + r["rounds"] if ln and ln.get("eval_backend")), {})
@@ -246,6 +253,8 @@ def header(runs, title):
             f"rounds completed: {', '.join(str(len(evaluated(x))) for x in runs)}"
             + "".join(f" ({x['name']} stopped: {x['stop'].get('reason')})" for x in runs if x["stop"]),
             f"- eval: {ev.get('eval_backend')}, frames {ev.get('eval_frames')}, n {ev.get('eval_n')}",
+            f"- generator: {generator(cfg)}; doses kappa x {cfg.get('alphas')}; heal: lam {cfg.get('lam')}, "
+            f"tau {cfg.get('tau')}, KL {cfg.get('kl_dir')}/{cfg.get('kl_agg')}/ref {cfg.get('kl_ref')}",
             "- command: `python " + (" ".join(map(str, r["argv"])) if isinstance(r["argv"], list)
                                       else str(r["argv"] or "—")) + "`", ""]
 
