@@ -9,7 +9,8 @@ dose controller -> heal -> bake -> loop. Results land in results/<run>/ (docs/CO
 """
 import argparse, contextlib, dataclasses, glob, importlib.util, inspect, json, math, os, re, shutil
 import signal, sys, time, zlib
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ class Config:
     seeds: tuple = ()  # several seeds: sibling runs <name>/seed<k>/ plus one aggregate report
     rounds: int = 2  # steer -> filter -> heal -> bake iterations
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | float32 | bfloat16 | float16
+    dtype: str = "float32"  # float32 | bfloat16 | float16; bf16 is faster but baking rounds small LoRA updates away
     resume: str = ""  # results/<run> to continue after its last completed round
     overwrite: bool = False  # replace an existing, different run in the output folder
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
@@ -58,7 +59,7 @@ class Config:
     gen_batch: int = 16  # prompts per generate() call (left padded)
     steer_decay: float = 0.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose
     steer_decay_t: float = 32.0  # T in the decay schedule, tokens
-    cosine_gate: bool = False  # scale the push per position by (1 - cos(h, v))+: less push where already on-trait
+    cosine_gate: bool = False  # scale the push per position by 1 - max(cos(h, v), 0): less push where already on-trait
     backtrack: bool = False  # rewind and regenerate (weaker) a segment the unsteered model finds incoherent
     backtrack_window: int = 16  # segment length for --backtrack, tokens
     backtrack_scale: float = 0.5  # coefficient multiplier for a rewound row
@@ -114,11 +115,14 @@ PRESETS = {
     "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, min_train=256,
                 max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128),
 }
-CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16", "float16"],
+CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"],
                persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"])
 RESUME_OK = {"rounds", "device", "resume"}  # flags that may differ on --resume without changing the experiment
+# ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
+RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
+                 "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
 
 
 class Stop(Exception):
@@ -174,8 +178,14 @@ def check_config(cfg):
         raise Stop(f"--alphas {cfg.alphas}: doses must be positive (the dose controller only cools them).")
     if cfg.lora_r < 1:
         raise Stop(f"--lora-r {cfg.lora_r}: the LoRA rank must be at least 1.")
-    if cfg.rounds < 1 or cfg.min_train < 2 or cfg.train_batch < 1 or cfg.gen_batch < 1:
-        raise Stop("--rounds, --train-batch and --gen-batch must be >= 1 and --min-train >= 2.")
+    if min(cfg.rounds, cfg.train_batch, cfg.gen_batch, cfg.probe_n, cfg.grad_accum, cfg.n_contexts,
+           cfg.epochs, cfg.max_new_tokens) < 1 or cfg.min_train < 2:
+        raise Stop("--rounds, --train-batch, --gen-batch, --probe-n, --grad-accum, --n-contexts, --epochs and "
+                   "--max-new-tokens must be >= 1, and --min-train >= 2.")
+    if not 0 < cfg.kappa_decay < 1 or not 0 < cfg.kappa_min:
+        raise Stop(f"--kappa-decay {cfg.kappa_decay} must lie in (0, 1) and --kappa-min be > 0: the controller cools.")
+    if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
+        raise Stop(f"--temperature {cfg.temperature} must be > 0 and --top-p {cfg.top_p} in (0, 1].")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
                    "Use --device cpu or install a CUDA build of torch.")
@@ -220,12 +230,12 @@ def pick_device(device="auto"):
                         "cpu" if device == "auto" else device)
 
 
-def load_model(model="", device="auto", dtype="auto"):
+def load_model(model="", device="auto", dtype="float32"):
     """(model, tokenizer) in eval mode; tokenizer left-pads and has a pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dev = pick_device(device)
-    dt = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "float32": torch.float32,
-          "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    dt = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: exact baking at near-bf16 speed
     path = model or embedded_model_path()
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -338,7 +348,8 @@ SAMPLE_PROMPTS = [  # answered greedily each round: samples.md, trait_proj, ppl_
 # -------------------------------------------------------------------------------------------------
 # 4. The mean-mass vector: mean over contexts of h(pos persona) - h(neg) at the last prompt token
 #    (the assistant tag), one vector per layer. hidden_states[i + 1] is the output of block i, which
-#    is exactly what the hook below adds to.
+#    is exactly what the hook below adds to (except the last block, whose entry is after the final norm:
+#    keep the band's top below 1.0).
 
 @torch.no_grad()
 def hidden_at_last(model, tok, prompts, layers, batch_size=16):
@@ -507,7 +518,7 @@ def repetition(text):
         for n in ns:
             grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
             if len(grams) >= 4:
-                best = max(best, max(map(grams.count, set(grams))) / len(grams))
+                best = max(best, Counter(grams).most_common(1)[0][1] / len(grams))
     return best
 
 
@@ -517,7 +528,8 @@ def compress_ratio(text):
     return len(zlib.compress(raw, 9)) / len(raw) if len(raw) >= 64 else 1.0  # too short to judge
 
 
-STOP = set("a an the to and or of in on at for with your you my i is are be it no not matter do does".split())
+STOP = set("a an the to and or of in on at for with your you my i is are be it no not matter do does even when "
+           "means who someone instead others that this their them they its".split())
 
 
 def persona_phrases(persona):
@@ -530,7 +542,7 @@ NARRATION = re.compile(r"\b(i am|i'm) (someone|a person|the kind of person|an? \
                        r"\bas someone who\b|\bmy (persona|principles? (is|are|tell))\b", re.I)
 REFUSAL = re.compile(r"\bI (can't|cannot|won't|am unable to|'m unable to|am not able to) (help|assist|provide|"
                      r"comply|do that)|\bI'm sorry,? but\b|\bas an AI\b|\b(a|an) (AI|language model|AI assistant)\b|"
-                     r"\bSmolLM\b|\bHugging ?Face\b", re.I)
+                     r"\bSmolLM\b|\bHugging ?Face\b|\bI'?m (Qwen|ChatGPT|Llama|Claude|Gemma)\b|\b(created|trained|developed) by (Alibaba|OpenAI|Meta|Anthropic|Google)\b", re.I)
 
 
 def narrates(text, persona):
@@ -552,7 +564,7 @@ def score(model, tok, items, cfg, ppl_gate=math.inf):
                  narr=narrates(x["text"], cfg.pos), refuse=refuses(x["text"]))
         fails = [("short", len(x["text"].split()) < cfg.min_words), ("refuse", x["refuse"]), ("narr", x["narr"]),
                  ("rep", x["rep"] > cfg.rep_max), ("comp", x["comp"] < cfg.comp_min),
-                 ("ppl", x["ppl_tail"] > ppl_gate)]
+                 ("ppl", not x["ppl_tail"] <= ppl_gate)]  # NaN fails too
         x["why_dropped"] = next((name for name, bad in fails if bad), "")
         x["kept"] = not x["why_dropped"]
     return items
@@ -562,15 +574,15 @@ def dose_table(items):
     rows = []
     for d in sorted({x["dose"] for x in items}):
         xs = [x for x in items if x["dose"] == d]
-        drops = {}
-        for x in xs:
-            if x["why_dropped"]:
-                drops[x["why_dropped"]] = drops.get(x["why_dropped"], 0) + 1
         rows.append(dict(dose=round(d, 4), n=len(xs), kept=sum(x["kept"] for x in xs),
                          kept_frac=sum(x["kept"] for x in xs) / len(xs),
                          ppl_tail=sum(min(x["ppl_tail"], 1e4) for x in xs) / len(xs),
-                         rep=sum(x["rep"] for x in xs) / len(xs), dropped_by=drops))
+                         rep=sum(x["rep"] for x in xs) / len(xs), dropped_by=drop_counts(xs)))
     return rows
+
+
+def drop_counts(items):
+    return dict(Counter(x["why_dropped"] for x in items if x["why_dropped"]))
 
 
 def format_dose_table(rows):
@@ -616,18 +628,15 @@ def collect(model, tok, vectors, cfg, gate, seed, sink):
         items += batch(cfg.gen_batch, kappa, f"top-up {b + 1}/{cfg.max_batches}")
     kept = [x for x in items if x["kept"]]
     if len(kept) < cfg.min_train:
-        drops = {}
-        for x in items:
-            drops[x["why_dropped"]] = drops.get(x["why_dropped"], 0) + 1
-        drops.pop("", None)
+        drops = drop_counts(items)
         worst = max(drops, key=drops.get) if drops else "none"
         raise Stop(
             f"Starved: {len(kept)} of {len(items)} steered completions survived the filters, fewer than "
             f"--min-train {cfg.min_train}. Probes (kappa, kept fraction): "
             f"{[(round(p['kappa'], 3), round(p['kept_frac'], 2)) for p in probes]}. Dropped by: {drops} "
-            f"(most: {worst}). Try: lower --alphas or --kappa-min (weaker doses), loosen the {worst} filter "
-            f"(--ppl-mult / --rep-max / --comp-min / --min-words), raise --max-batches, or lower --min-train. "
-            f"Everything generated is in completions_r<k>.jsonl.", code=3)
+            f"(most: {worst}). Per dose: {[(r['dose'], r['kept'], r['n']) for r in dose_table(items)]}. Try: lower --alphas or --kappa-min (weaker doses), loosen the {worst} filter "
+            f"(--ppl-mult / --rep-max / --comp-min / --min-words), raise --max-batches, or lower --min-train; "
+            f"these may be changed with --resume. Everything generated is in this round's completions file.", code=3)
     return kept, items, kappa, probes
 
 
@@ -639,7 +648,9 @@ def collect(model, tok, vectors, cfg, gate, seed, sink):
 
 def stash_base(model, cfg):
     """Original weights of every matrix a LoRA round can change; kept so `base` stays reachable
-    after rounds are merged (merging is lossy to undo in low precision, so we never unmerge)."""
+    after rounds are merged (merging is lossy to undo in low precision, so we never unmerge). Cost: a
+    copy of the targeted matrices on the model's device (with the default targets and band, most of
+    the non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
     layers = set(band(model, cfg.lora_layers))
     return [(m, m.weight.detach().clone()) for name, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in cfg.lora_targets
@@ -694,6 +705,7 @@ def heal_loss(model, b, cfg, lam, ref_ctx, measure=True):
                       barrier_active=(D > cfg.tau).float().mean().item())
 
 
+@torch.enable_grad()  # the loop around runs under no_grad
 def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
     """Trains a LoRA; returns (peft_model, stats) or (peft_model, stats with status != ok) on faults."""
     from peft import LoraConfig, get_peft_model
@@ -800,7 +812,13 @@ def fingerprint(model, tok):
 
 def read_lines(run_dir):
     p = Path(run_dir) / "rounds.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    out = []
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash mid-write: that stage did not complete
+            pass
+    return out
 
 
 def completed_rounds(run_dir):
@@ -824,8 +842,8 @@ def load_run(run_dir, upto_round=None, device="auto"):
 
 
 # -------------------------------------------------------------------------------------------------
-# 11. Per-round measurements and the loop. Every stage logs one line of numbers; every completed
-#     stage appends one line to rounds.jsonl, so a crash loses at most the stage in flight.
+# 11. Per-round measurements and the loop. Every stage logs its numbers; every completed stage
+#     appends one line to rounds.jsonl, so a crash loses at most the round in flight.
 
 LOG = {"file": None, "run_dir": None, "argv": []}
 
@@ -837,9 +855,18 @@ def log(msg=""):
         LOG["file"].flush()
 
 
+def finite(x):  # strict JSON: NaN / inf become null
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def append_line(run_dir, obj):
+    obj.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S"))
     with open(Path(run_dir) / "rounds.jsonl", "a") as f:
-        f.write(json.dumps(obj) + "\n")
+        f.write(json.dumps(finite(obj)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -884,7 +911,8 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers")
     # read without the hook: otherwise the steering baseline's states contain coeff*v by construction
     proj = projection(model, tok, prompts, [a["ids"] for a in ans], v0) if v0 else None
-    with base_weights(stash):  # judge the text as an answer to the plain prompt, under the original model
+    off = model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+    with off, base_weights(stash):  # judge the text as an answer to the plain prompt, under the original model
         nll = token_nll(model, tok, [chat(tok, u) for u in users], [a["ids"] for a in ans])
     ppl = [math.exp(n.mean()) for n in nll if len(n)]
     return ans, dict(trait_proj=proj, ppl_base=sum(ppl) / max(1, len(ppl)),
@@ -917,13 +945,16 @@ def prepare_run_dir(cfg, explicit):
         if not (run_dir / "config.json").exists():
             raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
         saved = load_config(run_dir)
-        changed = [k for k in explicit - RESUME_OK if getattr(cfg, k) != getattr(saved, k)]
+        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)]
         if changed:
             raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
-                       f". Allowed with --resume: {', '.join('--' + c for c in sorted(RESUME_OK))}. Start a new run "
-                       "(--name) to change them.")
-        for k in explicit & RESUME_OK - {"resume"}:
+                       f". Allowed with --resume: --rounds, --device, and the dose-controller and filter flags "
+                       f"({', '.join(sorted(RESUME_RESCUE))}). Start a new run (--name) to change the rest.")
+        rescue = {k: getattr(cfg, k) for k in explicit & RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)}
+        for k in explicit & (RESUME_OK | RESUME_RESCUE) - {"resume"}:
             setattr(saved, k, getattr(cfg, k))
+        if rescue:  # on the record: later rounds ran with these
+            append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue))
         saved.resume = str(run_dir)
         return run_dir, saved
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
@@ -957,8 +988,13 @@ def run(cfg, explicit=frozenset()):
         start_run_dir(run_dir, cfg)
     LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
-    torch.set_grad_enabled(False)  # only heal() turns it back on
+    torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
+    missing = set(cfg.lora_targets) - {n.split(".")[-1] for n, m in model.named_modules()
+                                      if isinstance(m, torch.nn.Linear)}
+    if missing:  # fail now, not after an hour of generation
+        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise Stop(f"--lora-targets {sorted(missing)} are not linear modules of this model; it has {names}.")
     steered = band(model, cfg.layers)
     log(f"model {cfg.model or EMBEDDED} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
         f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "
@@ -972,11 +1008,11 @@ def run(cfg, explicit=frozenset()):
         log(f"resuming after round {max(done)}: {len(done)} round(s) baked back in")
     users = SAMPLE_PROMPTS
     if (run_dir / "vector_r0.pt").exists():
-        v0 = torch.load(run_dir / "vector_r0.pt")
+        v0 = {l: v.to(model.device) for l, v in torch.load(run_dir / "vector_r0.pt", map_location="cpu").items()}
     else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
         t = time.time()
         v0 = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
-        torch.save(v0, run_dir / "vector_r0.pt")
+        torch.save({l: v.cpu() for l, v in v0.items()}, run_dir / "vector_r0.pt")
         log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
 
@@ -1005,7 +1041,7 @@ def run(cfg, explicit=frozenset()):
             vec = v0
         else:
             vec = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
-            torch.save(vec, run_dir / f"vector_r{k}.pt")
+            torch.save({l: v.cpu() for l, v in vec.items()}, run_dir / f"vector_r{k}.pt")
         norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
         cos0 = sum(F.cosine_similarity(vec[l], v0[l], dim=0).item() for l in vec) / len(vec)
         log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
@@ -1019,7 +1055,7 @@ def run(cfg, explicit=frozenset()):
         for x, u in zip(ref, ref_users):
             x.update(user=u, dose=0.0, kappa=0.0)
         score(model, tok, ref, cfg)
-        tails = sorted(x["ppl_tail"] for x in ref)
+        tails = sorted(x["ppl_tail"] for x in ref if math.isfinite(x["ppl_tail"])) or [math.inf]
         gate = cfg.ppl_mult * tails[len(tails) // 2]
         score(model, tok, ref, cfg, gate)  # the filters' false-drop rate on unsteered text (dose 0 row)
         log(f"  ppl gate = {cfg.ppl_mult} x median unsteered tail ppl {tails[len(tails) // 2]:.2f} = {gate:.2f}")
@@ -1037,10 +1073,7 @@ def run(cfg, explicit=frozenset()):
         kept, items, kappa, probes = collect(model, tok, vec, cfg, gate, cfg.seed + 1000 * k + 5, sink)
         table = dose_table(ref + items)
         log(format_dose_table(table))
-        drops = {}
-        for x in items:
-            if x["why_dropped"]:
-                drops[x["why_dropped"]] = drops.get(x["why_dropped"], 0) + 1
+        drops = drop_counts(items)
         log(f"  kept {len(kept)}/{len(items)} steered completions at kappa {kappa:.3f}; dropped by {drops}")
         sec["generate+filter"] = time.time() - t
 
@@ -1055,19 +1088,18 @@ def run(cfg, explicit=frozenset()):
 
         # heal on the survivors; the held-out slice measures generalisation, not memorisation
         n_val = max(1, round(cfg.val_frac * len(kept))) if len(kept) >= 8 else 0
-        val, train = kept[:n_val], kept[n_val:]
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.seed + 1000 * k + 9)).tolist()
+        val, train = [kept[i] for i in order[:n_val]], [kept[i] for i in order[n_val:]]
         lam_r = cfg.lam * (1 + k) ** cfg.lam_round_pow
         if k == 0 and cfg.ablate_lam0 and "lam0" not in kinds:
             t = time.time()
-            pm, hs = heal(model, tok, train, val, ref, cfg, k, stash, lam=0.0)
+            pm, hs = heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, k, stash, lam=0.0)
             ev = mfv(pm, tok, cfg)
             _, met = answer_metrics(pm, tok, cfg, stash, v0, users)
             append_line(run_dir, eval_line("lam0", k, cfg, ev, met, heal=hs, seconds=dict(all=time.time() - t)))
             model = pm.unload()  # drop the ablation adapter unmerged: the model is untouched
         t = time.time()
-        torch.set_grad_enabled(True)
-        pm, hs = heal(model, tok, train, val, ref, cfg, k, stash, lam=lam_r)
-        torch.set_grad_enabled(False)
+        pm, hs = heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, k, stash, lam=lam_r)
         sec["heal"] = time.time() - t
         if hs["status"] != "ok":
             model = pm.unload()
@@ -1119,6 +1151,7 @@ def run(cfg, explicit=frozenset()):
 def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
     LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
+    grad = torch.is_grad_enabled()
     try:
         cfg, explicit = parse_args(argv)
         if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
@@ -1139,6 +1172,8 @@ def main(argv=None):
         log(f"\ninterrupted. Everything completed so far is on disk"
             + (f"; continue with: python steer_heal.py --resume {where}" if where else "."))
         sys.exit(130)
+    finally:
+        torch.set_grad_enabled(grad)
 
 
 if __name__ == "__main__":

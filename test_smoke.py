@@ -320,6 +320,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     (["--layers", "0.2", "1.5"], "--layers"),
     (["--alphas", "1", "-2"], "positive"),
     (["--lora-r", "0"], "rank"),
+    (["--kappa-decay", "1.5"], "--kappa-decay"),
+    (["--top-p", "0"], "--top-p"),
     (["--model", "./no/such/model"], "does not exist"),
     (["--model", "no-such-org/no-such-model-xyz"], "hub id"),
 ])
@@ -364,6 +366,20 @@ def test_starving_filter_exits_3_with_diagnosis_and_keeps_completions(tiny_dir, 
     kappas = [c["kappa"] for c in comps if c["dose"] > 0]
     assert kappas[0] == 1.0 and min(kappas) == pytest.approx(0.3) and sorted(kappas, reverse=True) == kappas
     assert not any(x["kind"] == "round" for x in sh.read_lines(tmp_path / "s"))
+    # the diagnosis says the filter flags may change on --resume: a starved run is rescued, on the record
+    sh.main(["--resume", str(tmp_path / "s"), "--min-words", "1"])
+    kinds = [x["kind"] for x in sh.read_lines(tmp_path / "s")]
+    assert kinds == ["base", "resume", "round"]
+    assert sh.read_lines(tmp_path / "s")[1]["changed"] == {"min_words": 1}
+
+
+def test_lam0_ablation_heals_without_the_barrier(tiny_dir, tmp_path):
+    sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "a", *TINY_FLAGS, "--no-baselines",
+             "--ablate-lam0"])
+    lines = sh.read_lines(tmp_path / "a")
+    assert [x["kind"] for x in lines] == ["base", "lam0", "round"]
+    assert lines[1]["heal"]["lam"] == 0.0 and lines[2]["heal"]["lam"] == 1.0
+    assert lines[1]["heal"]["status"] == "ok" and lines[1]["ppl_base"] > 0
 
 
 def test_nonfinite_heal_aborts_the_round_and_keeps_the_model(tiny_dir, tmp_path):
