@@ -57,8 +57,8 @@ class Config:
     temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible)
     top_p: float = 0.95  # nucleus sampling
     gen_batch: int = 16  # prompts per generate() call (left padded)
-    steer_decay: float = 0.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose
-    steer_decay_t: float = 32.0  # T in the decay schedule, tokens
+    steer_decay: float = 1.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose (compare_generators.py)
+    steer_decay_t: float = 16.0  # T in the decay schedule, tokens
     cosine_gate: bool = False  # scale the push per position by 1 - max(cos(h, v), 0): less push where already on-trait
     backtrack: bool = False  # rewind and regenerate (weaker) a segment the unsteered model finds incoherent
     backtrack_window: int = 16  # segment length for --backtrack, tokens
