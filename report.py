@@ -240,7 +240,7 @@ def generator(cfg):
     on = [f"length decay p={cfg.get('steer_decay')} T={cfg.get('steer_decay_t')}"] * bool(cfg.get("steer_decay")) + \
          [f"backtrack (window {cfg.get('backtrack_window')}, scale {cfg.get('backtrack_scale')})"] * bool(cfg.get("backtrack")) + \
          ["cosine gate"] * bool(cfg.get("cosine_gate"))
-    return " + ".join(on) or "constant dose (the default: README, 'Generator options', gives the measured comparison)"
+    return " + ".join(on) or "constant dose"
 
 
 def header(runs, title):
