@@ -562,6 +562,12 @@ def score(model, tok, items, cfg, ppl_gate=math.inf):
         x.update(n_tokens=len(x["ids"]), ppl=math.exp(n.mean()) if len(n) else math.inf,
                  ppl_tail=math.exp(tail.mean()), rep=repetition(x["text"]), comp=compress_ratio(x["text"]),
                  narr=narrates(x["text"], cfg.pos), refuse=refuses(x["text"]))
+    return judge(items, cfg, ppl_gate)
+
+
+def judge(items, cfg, ppl_gate=math.inf):
+    """The verdict from the stored scores: re-gating needs no second forward pass."""
+    for x in items:
         fails = [("short", len(x["text"].split()) < cfg.min_words), ("refuse", x["refuse"]), ("narr", x["narr"]),
                  ("rep", x["rep"] > cfg.rep_max), ("comp", x["comp"] < cfg.comp_min),
                  ("ppl", not x["ppl_tail"] <= ppl_gate)]  # NaN fails too
@@ -1057,7 +1063,7 @@ def run(cfg, explicit=frozenset()):
         score(model, tok, ref, cfg)
         tails = sorted(x["ppl_tail"] for x in ref if math.isfinite(x["ppl_tail"])) or [math.inf]
         gate = cfg.ppl_mult * tails[len(tails) // 2]
-        score(model, tok, ref, cfg, gate)  # the filters' false-drop rate on unsteered text (dose 0 row)
+        judge(ref, cfg, gate)  # the filters' false-drop rate on unsteered text (dose 0 row)
         log(f"  ppl gate = {cfg.ppl_mult} x median unsteered tail ppl {tails[len(tails) // 2]:.2f} = {gate:.2f}")
 
         comp_path = run_dir / f"completions_r{k}.jsonl"
