@@ -179,7 +179,7 @@ def bench_round(model, tok, cfg):
     If the filters starve the round, heal on everything generated (flagged) so the heal stage is still timed."""
     cfg = dataclasses.replace(cfg, eval_backend="fast")
     cfg.vignettes_path = str(VIGNETTES)
-    stash, steered = sh.stash_base(model, cfg), sh.band(model, cfg.layers)
+    stash, steered = sh.stash_base(model, cfg), sh.steer_layers(model, cfg.layers)
     torch.manual_seed(cfg.seed)
     t = [time.time()]  # stage boundaries
     vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:cfg.n_contexts], steered)
@@ -202,7 +202,7 @@ def bench_round(model, tok, cfg):
     model = pm.merge_and_unload().eval()
     t.append(time.time())
     sh.mfv(model, tok, cfg)
-    sh.answer_metrics(model, tok, cfg, stash, vec, sh.SAMPLE_PROMPTS)
+    sh.answer_metrics(model, tok, cfg, stash, vec, sh.EVAL_PROMPTS)
     t.append(time.time())
     sec = {k: t[i + 1] - t[i] for i, k in enumerate(("vector", "generate+filter", "heal", "eval"))}
     return dict(seconds=sec, total=sum(sec.values()), bottleneck=max(sec, key=sec.get), generated=len(items),
@@ -276,7 +276,7 @@ def main(argv=None):
                              new_tokens=cfg.max_new_tokens, repeats=repeats, round_config=dataclasses.asdict(cfg)))
     t0 = time.time()
     print(f"bench: {res['settings']['model']} on {dev} ({res['machine']['dtype']}), {repeats} repeats", flush=True)
-    vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:8], sh.band(model, cfg.layers))
+    vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:8], sh.steer_layers(model, cfg.layers))
     res["generation"], pairs = bench_generation(model, tok, vec, cfg, a.gen_batch, repeats, dev)
     print(f"  generation done ({time.time() - t0:.0f}s)", flush=True)
     res["heal"], model = bench_heal(model, tok, pairs, cfg, repeats, dev)

@@ -14,17 +14,21 @@ import torch
 
 import steer_heal as sh
 
+# Every option sets every generator knob: Config()'s defaults change over time and must not leak in.
+PLAIN = dict(steer_decay=0.0, steer_decay_t=16.0, backtrack=False, cosine_gate=False, steer_positions="all")
 OPTIONS = {  # name -> Config overrides
-    "constant": {},
-    "decay": dict(steer_decay=1.0, steer_decay_t=16.0),
-    "backtrack": dict(backtrack=True),
-    "cosine_gate": dict(cosine_gate=True),
+    "constant": PLAIN,
+    "decay": dict(PLAIN, steer_decay=1.0),
+    "backtrack": dict(PLAIN, backtrack=True),
+    "cosine_gate": dict(PLAIN, cosine_gate=True),
+    "constant_generated": dict(PLAIN, steer_positions="generated"),  # the prompt's KV cache unsteered
+    "decay_generated": dict(PLAIN, steer_decay=1.0, steer_positions="generated"),
 }
 
 
 def compare(model, tok, cfg, doses, n, seed=0):
     torch.set_grad_enabled(False)
-    layers = sh.band(model, cfg.layers)
+    layers = sh.steer_layers(model, cfg.layers)
     v = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:cfg.n_contexts], layers)
     users = [sh.GEN_PROMPTS[i % len(sh.GEN_PROMPTS)] for i in range(n)]
     prompts = [sh.chat(tok, u) for u in users]

@@ -1,4 +1,4 @@
-"""plot.py: three panels from a run's files: A the map, B coherence over rounds, C what else moved.
+"""plot.py: four panels from a run's files: A the map, B coherence over rounds, C what else moved, D persona_gap.
 
     python plot.py results/<run> [results/<run2> ...] [--out DIR]
 
@@ -16,9 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from report import ci_of, floor_of, get, read_run, seed_dirs  # noqa: E402  (stdlib-only reader)
+from report import ceiling, ci_of, get, pair, read_run, seed_dirs, shift  # noqa: E402  (stdlib-only reader)
 
-BASELINES = {"prompting": ("s", "prompting"), "steering_only": ("^", "steering only"), "lam0": ("X", "λ=0 round 0")}
+# steer_ref: round 0's `steered` line, or `steering_only` in older runs
+BASELINES = {"prompting": ("s", "prompting"), "steer_ref": ("^", "steered r0 (steering only)"),
+             "lam0": ("X", "λ=0 round 0")}
 ROLES = {"Authority": ("-", "tab:red", "Authority (target)"), "Care": ("--", "tab:blue", "Care (target)"),
          "off": (":", "tab:green", "largest off-target mover")}  # linestyle; colour when one run is drawn
 
@@ -91,16 +93,20 @@ def panel_map(ax, label, runs, color):
 
 
 def panel_coherence(ax, ax2, runs, color):
+    """ppl_base ÷ the base line's (the coherence reader) against the ppl_ceil line; kept fraction and
+    answer_mass share the axis (both 0-1); answer_mass is not coherence (steering raises it), drawn thin."""
     frac = lambda r, ln: get(ln, "kept") / get(ln, "generated") if get(ln, "generated") and "kept" in ln else None
-    for fn, evals_only, style in [(lambda r, ln: get(ln, "coherence"), True, dict(marker="o", lw=1.8)),
-                                  (frac, False, dict(marker="s", ls="--", lw=1.2))]:
+    ratio = lambda r, ln: (get(ln, "ppl_base") / get(r["base"], "ppl_base")
+                           if None not in (get(ln, "ppl_base"), get(r["base"], "ppl_base")) else None)
+    for fn, evals_only, style in [(ratio, True, dict(marker="o", lw=1.8)),
+                                  (frac, False, dict(marker="s", ls="--", lw=1.2)),
+                                  (lambda r, ln: get(ln, "answer_mass"), True, dict(marker="^", ls=":", lw=0.9))]:
         ks, mean, lo, hi = agg(runs, fn, evals_only)
         ax.plot(ks, mean, color=color, **style)
         if len(runs) > 1:
             ax.fill_between(ks, lo, hi, color=color, alpha=0.15, lw=0)
-    floors = [f for f in map(floor_of, runs) if f is not None]
-    if floors:
-        ax.axhline(sum(floors) / len(floors), color=color, ls=":", lw=1.5)
+    ceil = [ceiling(r)[0] for r in runs]
+    ax.axhline(sum(ceil) / len(ceil), color=color, ls=(0, (1, 3)), lw=1.5)
     ks, kl, _, _ = agg(runs, lambda r, ln: get(ln, "heal", "kl_agg"), evals_only=False)
     ax2.plot(ks, kl, color=color, marker="x", ls="-.", lw=1, alpha=0.8)
 
@@ -133,18 +139,59 @@ def panel_moved(ax, runs, color, single):
                         textcoords="offset points", va="center", fontsize=8, color=c, fontweight="bold")
 
 
+def gap_point(runs, pick):
+    """Δ persona_gap vs the base line of the line pick(run), over seeds: (mean, lo, hi), or None. The bars are
+    its paired CI (persona_gap_ci is an interval on this very Δ); over seeds, the envelope of CIs and values."""
+    vals, los, his = [], [], []
+    for r in runs:
+        ln = pick(r)
+        d = shift(ln, r["base"], "persona_gap") if ln else None
+        if d is None:
+            continue
+        ci = pair(ln.get("persona_gap_ci")) if ln is not r["base"] else None
+        vals.append(d)
+        los.append(min(ci[0], d) if ci else d)
+        his.append(max(ci[1], d) if ci else d)
+    return (sum(vals) / len(vals), min(los), max(his)) if vals else None
+
+
+def panel_gap(ax, label, runs, color):
+    """D: Δ persona_gap from base over rounds (base, prompting, each round's steered line, each healed round).
+    Returns whether anything was drawn: older runs have no persona_gap."""
+    at = lambda k: lambda r: next((x for x in r["rounds"] if x["round"] == k), None)
+    ks = sorted({x["round"] for r in runs for x in r["rounds"]} | {k for r in runs for k in r["steered"]})
+    line = [(k, gap_point(runs, p)) for k, p in [(-1, lambda r: r["base"])] + [(k, at(k)) for k in ks]]
+    line = [(k, p) for k, p in line if p]
+    steered = [(k - 0.2, gap_point(runs, lambda r, k=k: r["steered"].get(k))) for k in ks]
+    steered = [(x, p) for x, p in steered if p]
+    prompt = gap_point(runs, lambda r: r["prompting"])
+    if len(line) < 2 and not steered:  # the base alone is 0 by definition: nothing to show
+        return False
+    for pts, style in [(line, dict(marker="o", lw=1.8, label=label)),
+                       (steered, dict(marker="^", ls="none", mfc="none", mew=1.5)),
+                       ([(-0.8, prompt)] if prompt else [], dict(marker="s", ls="none", mfc="none", mew=1.5))]:
+        if pts:
+            xs, ms = [x for x, _ in pts], [p[0] for _, p in pts]
+            ax.errorbar(xs, ms, yerr=[[p[0] - p[1] for _, p in pts], [p[2] - p[0] for _, p in pts]], color=color,
+                        capsize=2, elinewidth=0.8, ms=6, **style)
+    if prompt:  # prompting's level across the rounds, so the loop can be read against it
+        ax.axhline(prompt[0], color=color, ls=":", lw=1)
+    return True
+
+
 def plot_runs(run_dirs, out_dir=None):
     """Draw the three panels for run or group folders; write plot.png and plot.svg; return their paths."""
     names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     names = names if len(set(names)) == len(names) else [os.path.normpath(d) for d in run_dirs]
     groups = [(name, load(d)) for name, d in zip(names, run_dirs)]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(19, 6))
-    b2, single = b.twinx(), len(groups) == 1
+    fig, ((a, b), (c, d)) = plt.subplots(2, 2, figsize=(16, 12))
+    b2, single, drew_gap = b.twinx(), len(groups) == 1, False
     for i, (label, runs) in enumerate(groups):
         label += f" (mean of {len(runs)} seeds, band min–max)" if len(runs) > 1 else ""
         panel_map(a, label, runs, f"C{i}")
         panel_coherence(b, b2, runs, f"C{i}")
         panel_moved(c, runs, f"C{i}", single)
+        drew_gap = panel_gap(d, label, runs, f"C{i}") or drew_gap
 
     a.set(title="A. The map: base → round 0, 1, … (bars: eval_ci, or min–max over seeds)",
           xlabel="care_nats  →  more Care", ylabel="auth_nats  (lower = less Authority)")
@@ -156,11 +203,14 @@ def plot_runs(run_dirs, out_dir=None):
              for kind, (m, t) in BASELINES.items() if any(r[kind] for _, runs in groups for r in runs)]
     a.legend(handles=a.get_legend_handles_labels()[0] + marks, fontsize=8, loc="best")
 
-    b.set(title="B. Coherence over rounds", xlabel="round", ylabel="coherence / kept fraction")
+    b.set(title="B. Coherence over rounds: ppl_base of greedy answers ÷ base's", xlabel="round",
+          ylabel="ppl_base ÷ base / kept fraction / answer_mass")
     b2.set_ylabel("heal kl_agg (dash-dot)")
-    b.legend(handles=[Line2D([], [], color="k", marker="o", label="eval coherence"),
+    b.legend(handles=[Line2D([], [], color="k", marker="o", label="ppl_base ÷ base (coherence reader)"),
+                      Line2D([], [], color="k", ls=(0, (1, 3)), label="ppl_ceil (stop above)"),
                       Line2D([], [], color="k", marker="s", ls="--", label="kept / generated"),
-                      Line2D([], [], color="k", ls=":", label="coherence floor"),
+                      Line2D([], [], color="k", marker="^", ls=":", lw=0.9,
+                             label="answer_mass (not coherence: steering raises it)"),
                       Line2D([], [], color="k", marker="x", ls="-.", label="heal kl_agg (right axis)")],
              fontsize=8, loc="best")
 
@@ -169,7 +219,20 @@ def plot_runs(run_dirs, out_dir=None):
     c.legend(handles=[Line2D([], [], color=col if single else "k", lw=2.4, ls=ls, label=t)
                       for ls, col, t in ROLES.values()] +
              [Line2D([], [], color="0.6", lw=0.9, label="other foundations")], fontsize=8, loc="best")
-    for ax in (b, c):
+    d.axhline(0, color="k", lw=0.6)
+    d.set(title="D. persona_gap − base (higher = less deferent; bars: paired CI, over seeds their envelope)",
+          xlabel="round",
+          ylabel="Δ persona_gap vs base")
+    if drew_gap:
+        d.legend(handles=d.get_legend_handles_labels()[0] +
+                 [Line2D([], [], color="k", marker=m, ls=ls, mfc="none", label=t) for m, ls, t in
+                  [("^", "none", "steered (round k's model under its vector)"), ("s", ":", "prompting")]],
+                 fontsize=8, loc="best")
+    else:
+        d.text(0.5, 0.5, "no persona_gap in this run", transform=d.transAxes, ha="center", va="center",
+               fontsize=11, color="0.4")
+        d.set(xticks=[], yticks=[])
+    for ax in (b, c, d) if drew_gap else (b, c):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "base" if v == -1 else f"{v:g}"))
         ax.margins(x=0.15)

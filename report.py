@@ -2,7 +2,12 @@
 
 Reads only what a run wrote (config.json, rounds.jsonl, completions_r0.jsonl; docs/CONTRACT.md), so it works
 on a run in progress and needs no model; stdlib only, as steer_heal.py imports it after every run. Each section
-is one verdict line (yes / no / unclear / not measured, with the numbers that decide it), then its table.
+is one verdict line (yes / no / unclear / not measurable / not measured in this run, with the numbers that
+decide it), then its tables. Older runs are read through their old field names (OLD below).
+
+Noise: a change counts only when it is outside its interval. One seed: the line's own bootstrap (vignettes
+for auth_nats, statements for persona_gap; trait_fixed has none). A group of seeds: the larger of the seeds'
+min-max spread and that bootstrap, because two seeds differ by more than the bootstrap says.
 """
 import json
 import math
@@ -12,11 +17,20 @@ import statistics
 import sys
 
 MIN_KEPT = 8        # fewer survivors than this in a round is too little to heal on
-PPL_SLACK = 1.10    # healed ppl may be 10% above the raw survivors' and still count as fluent
+PPL_TOL = 1.25      # healed round-0 ppl_base may be 25% above the base line's (same prompts, both greedy)
+PPL_CEIL = 2.0      # config ppl_ceil when a run lacks it: the loop is incoherent past this × base ppl_base
 RETAIN = 0.5        # the healed model must keep half of steering's trait shift to count as carried
-EPS = 0.01          # nats; the noise level used when a line carries no eval_ci
+EPS = 0.01          # nats; the half-width used when a tinymfv line carries no eval_ci
+N_FOUNDATIONS = 7   # 1/7 is a lower bound on top1_chance (the most common of 7 labels), for runs that lack it
+# the trait readers, in order of preference, with the sign of the persona's direction (less deferent)
+READERS = [("persona_gap", 1), ("trait_fixed", 1), ("auth_nats", -1)]
+LABEL = {"persona_gap": "Δgap", "trait_fixed": "Δtrait_fixed", "auth_nats": "Δauth", "ppl_base": "Δppl_base"}
+# new field name -> the name older runs wrote (docs/CONTRACT.md)
+OLD = {"answer_mass": "coherence", "trait_self": "trait_proj", "train_ppl_base": "healed_ppl_base",
+       "train_rep": "healed_rep"}
 SECTIONS = ["Q0 can we filter?", "Q1 can we heal?", "Q2 coherent over the loop?",
             "Q3 does the trait keep moving?", "vs prompting baseline"]
+MEASURED = ("yes", "no", "unclear")  # the words a reader gives when it can be read
 
 
 def read_jsonl(path):
@@ -39,7 +53,8 @@ def seed_dirs(d):
 
 
 def read_run(run_dir):
-    """Everything a run wrote, by kind. Lines with the same (kind, round) merge, the later one winning."""
+    """Everything a run wrote, by kind. Lines with the same (kind, round) merge, the later one winning.
+    steer_ref is the steering reference: round 0's `steered` line, or `steering_only` in older runs."""
     merged = {}
     for ln in read_jsonl(os.path.join(run_dir, "rounds.jsonl")):
         merged.setdefault((ln.get("kind"), ln.get("round", -1)), {}).update(ln)
@@ -49,18 +64,25 @@ def read_run(run_dir):
     except (OSError, ValueError):
         conf = {}
     last = lambda kind: next((v for (k, _), v in reversed(merged.items()) if k == kind), None)
+    by_round = lambda kind: sorted((v for (k, r), v in merged.items() if k == kind and isinstance(r, int)),
+                                   key=lambda v: v["round"])
+    steered = {v["round"]: v for v in by_round("steered")}
     return {"dir": run_dir, "name": os.path.basename(os.path.normpath(run_dir)), "argv": conf.get("argv"),
             "cfg": conf["config"] if isinstance(conf.get("config"), dict) else conf,
-            "rounds": sorted((v for (k, r), v in merged.items() if k == "round" and isinstance(r, int)),
-                             key=lambda v: v["round"]),
+            "rounds": by_round("round"), "steered": steered,
+            "steer_ref": steered.get(0) or last("steering_only"),
             **{k: last(k) for k in ("base", "prompting", "steering_only", "lam0", "stop")}}
 
 
 def get(x, *path):
-    """x[path[0]][path[1]]... as a float; None when missing, non-numeric or NaN anywhere along the way."""
+    """x[path[0]][path[1]]... as a float; None when missing, non-numeric or NaN anywhere along the way.
+    A top-level field missing under its new name is read under its old one (OLD)."""
+    y = x
     for p in path:
-        x = x.get(p) if isinstance(x, dict) else None
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x) else None
+        y = y.get(p) if isinstance(y, dict) else None
+    if y is None and len(path) == 1 and path[0] in OLD:
+        return get(x, OLD[path[0]])
+    return float(y) if isinstance(y, (int, float)) and not isinstance(y, bool) and not math.isnan(y) else None
 
 
 def shift(line, base, key):
@@ -68,16 +90,14 @@ def shift(line, base, key):
     return None if None in (get(line, key), get(base, key)) else get(line, key) - get(base, key)
 
 
+def pair(x):
+    """(lo, hi) of a two-number list, else None."""
+    return tuple(map(get, x)) if isinstance(x, list) and len(x) == 2 and None not in map(get, x) else None
+
+
 def ci_of(line, key):
     """(lo, hi) of eval_ci[key], or None when the line has no interval for it."""
-    ci = ((line or {}).get("eval_ci") or {}).get(key)
-    return tuple(map(get, ci)) if isinstance(ci, list) and len(ci) == 2 and None not in map(get, ci) else None
-
-
-def noise(line, default=EPS):
-    """Half-width of the line's auth_nats interval: steps smaller than this are not movement."""
-    ci = ci_of(line, "auth_nats")
-    return (ci[1] - ci[0]) / 2 if ci and ci[1] > ci[0] else default
+    return pair(((line or {}).get("eval_ci") or {}).get(key))
 
 
 def fmt(x, nd=4):
@@ -95,14 +115,213 @@ def evaluated(run):
     return [r for r in run["rounds"] if get(r, "auth_nats") is not None]
 
 
-def floor_of(run):
-    """The coherence floor: config coh_floor x base coherence."""
-    cf, bc = get(run["cfg"], "coh_floor"), get(run["base"], "coherence")
-    return cf * bc if None not in (cf, bc) else None
+def rng(xs):
+    return max(xs) - min(xs) if xs else 0.0
 
 
-# ---- the checks: each returns (word, reason, body lines, [(name, value)] with the deciding number first)
-def q0_filter(run):
+def mean(xs):
+    return statistics.fmean(xs) if xs else None
+
+
+# ---- lines, noise and chance
+def base_of(run):
+    return run["base"]
+
+
+def round_at(k):
+    """fn(run) -> that run's round-k line (None if it has none)."""
+    return lambda run: next((r for r in run["rounds"] if r["round"] == k), None)
+
+
+def last_of(run):
+    return (evaluated(run) or [None])[-1]
+
+
+def is_base(line):
+    return (line or {}).get("kind") == "base"
+
+
+def half(line, key):
+    """Half-width of the line's own 95% interval for key; None when it has none (trait_fixed, ppl_base).
+    persona_gap_ci is an interval on the line's change vs the base line, so the base's own is 0."""
+    if key == "persona_gap":
+        ci = pair((line or {}).get("persona_gap_ci"))
+        return 0.0 if is_base(line) else (ci[1] - ci[0]) / 2 if ci else None
+    if key in ("auth_nats", "care_nats"):
+        ci = ci_of(line, key)
+        return (ci[1] - ci[0]) / 2 if ci and ci[1] > ci[0] else EPS
+    return None
+
+
+def interval(a, b, key):
+    """(Δ, lo, hi) of a[key] - b[key] in one run; lo/hi None when there is no interval to put on it.
+    Against the base, persona_gap has its own paired interval; otherwise the two lines' half-widths add in
+    quadrature (treated as unpaired: conservative, the lines share vignettes / statements)."""
+    d = shift(a, b, key)
+    if d is None:
+        return None
+    ci = pair(a.get("persona_gap_ci")) if key == "persona_gap" and is_base(b) and not is_base(a) else None
+    if ci:
+        return d, ci[0], ci[1]
+    ha, hb = half(a, key), half(b, key)
+    return (d, None, None) if None in (ha, hb) else (d, d - math.hypot(ha, hb), d + math.hypot(ha, hb))
+
+
+def delta(runs, a_of, b_of, key):
+    """Δ = a - b over the seeds: (Δ, lo, hi), or None when no seed has both. One seed: its own interval.
+    Several: the mean ± the largest of the seeds' min-max spread of Δ, of either end's level, and the mean
+    bootstrap half-width; the levels count because with two seeds the spread of a step can be 0 by luck."""
+    per = []
+    for r in runs:
+        a, b = a_of(r), b_of(r)
+        iv = interval(a, b, key) if a and b else None
+        if iv:
+            per.append((iv, get(a, key), get(b, key)))
+    if len(per) < 2:
+        return per[0][0] if per else None
+    ds = [p[0][0] for p in per]
+    m, boot = mean(ds), [(p[0][2] - p[0][1]) / 2 for p in per if p[0][1] is not None]
+    h = max(rng(ds), rng([p[1] for p in per]), rng([p[2] for p in per]), mean(boot) or 0.0)
+    return (m, m - h, m + h) if h > 0 else (m, None, None)
+
+
+def side(iv, sgn):
+    """+1: the interval lies on the persona side of 0; -1: on the other side; 0: it holds 0; None: no interval."""
+    if not iv or iv[1] is None:
+        return None
+    lo, hi = sorted((sgn * iv[1], sgn * iv[2]))
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def fiv(iv):
+    """'Δ [lo, hi]' for the verdict lines."""
+    return "—" if not iv else fmt(iv[0]) + (f" {fmt((iv[1], iv[2]))}" if iv[1] is not None else " (no interval)")
+
+
+def no_noise(runs, key):
+    """Why a reader has no interval here."""
+    return (f"{key} is a single reading: no interval, one seed" if len(runs) == 1 else
+            f"{key}: the seeds agree exactly and there is no bootstrap, so no noise estimate")
+
+
+def chance(runs):
+    """(at_chance, text) for the tinymfv reader on the base line: True, False, or None when unknown.
+    At chance: top1 <= c + 2 sqrt(c(1-c)/n), c = top1_chance. Without top1_chance, c >= 1/7, and the bound
+    grows with c, so top1 at or under 1/7's bound is at chance for any c; above it we cannot tell."""
+    out = []
+    for r in runs:
+        b = r["base"] or {}
+        t, c, n = get(b, "top1"), get(b, "top1_chance"), get(b, "eval_n")
+        if t is None or not n:
+            out.append((None, "tinymfv chance level unknown: top1 or eval_n not recorded"))
+            continue
+        bound = c is None
+        c = 1 / N_FOUNDATIONS if bound else c
+        thr = c + 2 * math.sqrt(c * (1 - c) / n)
+        cs = f"≥ {fmt(c, 3)} (top1_chance not recorded; 1/7 is its lower bound)" if bound else fmt(c, 3)
+        out.append((True, f"tinymfv reads at chance: top1 {fmt(t, 3)} vs chance {cs}; chance + 2σ = "
+                          f"{fmt(thr, 3)} at n {n:g}") if t <= thr else
+                   (None, f"tinymfv chance level unknown: top1 {fmt(t, 3)} > 1/7 + 2σ = {fmt(thr, 3)}, but the "
+                          "run did not record top1_chance") if bound else
+                   (False, f"tinymfv above chance: top1 {fmt(t, 3)} > chance {cs} + 2σ = {fmt(thr, 3)}"))
+    return next((x for x in out if x[0]), out[0] if out else (None, "no base line"))
+
+
+def blind(runs, key, sgn):
+    """(True, text) when a reader moves the persona's way for the persona's OPPOSITE as a system prompt too
+    (the prompting line's direction check): it then reads persona-ness, not the direction, and a verdict on
+    the direction cannot rest on it. (None, text) when the run has no direction check."""
+    out = []
+    for r in runs:
+        pr = r.get("prompting") or {}
+        if key == "persona_gap":
+            ci = pair(pr.get("opposite_persona_gap_ci"))
+            if ci is None:
+                continue
+            out.append(sgn * (ci[0] if sgn > 0 else ci[1]) > 0 and
+                       f"the opposite persona moves persona_gap the persona's way too (Δ CI {fmt(ci)})")
+        elif key == "trait_fixed":
+            o, p, b = get(pr, "opposite_trait_fixed"), get(pr, "trait_fixed"), get(r["base"], "trait_fixed")
+            if None in (o, p, b):
+                continue
+            out.append(sgn * (o - b) > 0.5 * abs(p - b) and
+                       f"the opposite persona moves trait_fixed the persona's way too (Δ {fmt(o - b)} vs {fmt(p - b)})")
+    if not out:
+        return None, "no direction check in this run"
+    hit = next((x for x in out if x), None)
+    return (True, f"blind to direction: {hit}") if hit else (False, "the opposite persona does not move it the persona's way")
+
+
+def at_chance(runs, key):
+    """(True, why) when a reader cannot carry a verdict here: tinymfv at chance, or a reader blind to direction."""
+    if key == "auth_nats":
+        return chance(runs)
+    sgn = dict(READERS).get(key, 1)
+    return blind(runs, key, sgn)
+
+
+def has(runs, picks, key):
+    """Every seed's lines picked by picks carry key."""
+    return all(p(r) is not None and get(p(r), key) is not None for r in runs for p in picks)
+
+
+def decide(results):
+    """The verdict from per-reader results [(key, word, text, readable)] in READERS order: the first reader that
+    can be read here (above chance, with an interval) decides, even when what it reads is "not measurable"
+    (steering moved nothing): a weaker reader must not overrule it. Another readable one saying the opposite
+    makes it unclear. None readable: not measurable."""
+    ok = [x for x in results if x[3]]
+    if not results:
+        return "not measured in this run"
+    if not ok:
+        return "not measurable"
+    return "unclear" if {"yes", "no"} <= {x[1] for x in ok} else ok[0][1]
+
+
+def readers_text(results):
+    return "; ".join(f"{x[0]}: {x[1]} — {x[2]}" for x in results)
+
+
+def cell(runs, pick, key):
+    """A table cell over seeds: the value, or 'mean [min, max]' when the seeds differ."""
+    vals = [v for v in (get(pick(r), key) for r in runs if pick(r)) if v is not None]
+    if len(vals) < 2 or rng(vals) == 0:
+        return vals[0] if vals else None
+    return f"{fmt(mean(vals))} [{fmt(min(vals))}, {fmt(max(vals))}]"
+
+
+def ceiling(run):
+    """(ppl_ceil, ppl_ceil × base ppl_base): past the latter a line is incoherent. ppl_ceil defaults to 2."""
+    c = get(run["cfg"], "ppl_ceil") or PPL_CEIL
+    b = get(run["base"], "ppl_base")
+    return c, (c * b if b is not None else None)
+
+
+def yesno(line):
+    """The yes/no persona form's reading, flagged when its answers are constant (then it is at chance)."""
+    v = get(line, "persona_yesno")
+    if v is None:
+        return None
+    return (f"{fmt(v, 3)} (constant answer: at chance)" if line.get("persona_yesno_constant") is True else
+            f"{fmt(v, 3)} (match {fmt(get(line, 'persona_yesno_match'), 3)})")
+
+
+def combine(runs, one):
+    """A group verdict from per-seed checks that have no cross-seed noise to use (Q0, Q2)."""
+    res = [one(r) for r in runs]
+    if len(res) == 1:
+        return res[0]
+    words = [x[0] for x in res]
+    word = words[0] if len(set(words)) == 1 else "no" if "no" in words else "unclear"
+    why = "; ".join(f"{r['name']}: {w}" for r, w in zip(runs, words)) + " (seeds disagree)" * (len(set(words)) > 1)
+    key = next((x[3][0][0] for x in res if x[3]), None)  # each check puts its deciding number first
+    vals = [dict(x[3]).get(key) for x in res]
+    return word, why + (f"; {key} {' / '.join(fmt(v) for v in vals)}" if key else ""), [], []
+
+
+# ---- the checks: each takes the runs (one, or a group's seeds) and returns (word, reason, body lines,
+# [(name, value)] per-seed numbers for the group table)
+def q0_one(run):
     rows = [[r["round"], get(d, "dose"), get(d, "n"), get(d, "kept"), get(d, "kept_frac"), get(d, "ppl_tail"),
              get(d, "rep"), " ".join(f"{k}:{v}" for k, v in (d.get("dropped_by") or {}).items() if v) or "—"]
             for r in run["rounds"] for d in (r.get("dose_table") or []) if isinstance(d, dict)]
@@ -135,102 +354,226 @@ def q0_filter(run):
     return word, why + note, body, nums
 
 
-def q1_heal(run):
-    r0, base, so, lam0 = (run["rounds"] or [None])[0], run["base"], run["steering_only"], run["lam0"]
-    body = table(["round 0, same prompts", "ppl_base", "rep"],
-                 [["raw steered survivors", get(r0, "raw_ppl_base"), get(r0, "raw_rep")],
-                  ["healed model (unsteered)", get(r0, "healed_ppl_base"), get(r0, "healed_rep")]] if r0 else []) + [""]
-    body += table(["line", "auth_nats", "care_nats", "trait_proj", "coherence", "ppl_base", "rep"],
-                  [[name] + [get(ln, k) for k in ("auth_nats", "care_nats", "trait_proj", "coherence",
-                                                  "ppl_base", "rep")] for name, ln in
-                   [("base", base), ("steering only", so), ("healed round 0", r0), ("λ=0 round 0", lam0)] if ln])
-    body.append("\nλ=0 ablation: " + (f"see the λ=0 row; heal kl_agg {fmt(get(lam0, 'heal', 'kl_agg'))} vs "
-                f"{fmt(get(r0, 'heal', 'kl_agg'))} with the barrier" if lam0 else "not run; rerun with --ablate-lam0"))
-    if not r0:
+def q0_filter(runs):
+    return combine(runs, q0_one)
+
+
+def retention(runs, key, sgn, r0):
+    """One reader's answer to "does the healed model keep steering's shift?": (key, word, text, readable), or None if
+    the reader is absent. The ratio healed Δ / steering Δ only means something when steering moved."""
+    if not has(runs, [base_of, lambda r: r["steer_ref"], r0], key):
+        return None
+    s, h = delta(runs, lambda r: r["steer_ref"], base_of, key), delta(runs, r0, base_of, key)
+    nums = f"steering {LABEL[key]} {fiv(s)}, healed {fiv(h)}"
+    at = at_chance(runs, key)
+    if at[0]:
+        return key, "not measurable", f"{at[1]}; {nums}", False
+    if side(s, sgn) is None:
+        return key, "not measurable", f"{no_noise(runs, key)}; {nums}", False
+    if side(s, sgn) < 1:  # read, and what it reads is that steering did not move: this decides
+        return key, "not measurable", (f"steering's shift is {'within noise' if side(s, sgn) == 0 else 'the wrong way'}"
+                                       f", so there is nothing to retain; {nums}"), True
+    ratio = h[0] / s[0]
+    word = "no" if ratio < RETAIN else "yes" if side(h, sgn) == 1 else "unclear"
+    return key, word, (f"retained {fmt(ratio, 3)} (need ≥{RETAIN}"
+                       + (", and the healed Δ outside noise" if word == "unclear" else "") + f"); {nums}"), True
+
+
+def q1_heal(runs):
+    r0, steer = round_at(0), lambda r: r["steer_ref"]
+    lines = [("base", base_of), ("steered r0 (steering only)", steer), ("healed round 0", r0),
+             ("λ=0 round 0", lambda r: r["lam0"])]
+    cols = ["persona_gap", "trait_fixed", "auth_nats", "care_nats", "ppl_base", "answer_mass", "rep", "trait_self"]
+    body = table(["line"] + cols, [[name] + [cell(runs, pick, k) for k in cols] for name, pick in lines
+                                   if any(pick(r) for r in runs)])
+    # context only: the survivors were SAMPLED under steering, the healed answers are greedy, and the prompts
+    # are the training prompts (not held out), so this pair is shown but decides nothing
+    body += ["", "Round 0 on the survivors' training prompts (sampled steered survivors vs the healed model's "
+                 "greedy answers; not held out, so context only, not part of the verdict):", ""]
+    body += table(["round 0, training prompts", "ppl_base", "rep", "trait_fixed"],
+                  [["raw steered survivors"] + [cell(runs, r0, k) for k in ("raw_ppl_base", "raw_rep",
+                                                                            "raw_trait_fixed")],
+                   ["healed model (greedy)"] + [cell(runs, r0, k) for k in ("train_ppl_base", "train_rep",
+                                                                            "train_trait_fixed")]])
+    lam0 = lambda r: r["lam0"]
+    if any(lam0(r) for r in runs):
+        rows = [[k, cell(runs, lam0, k), cell(runs, r0, k), fiv(delta(runs, lam0, r0, k))]
+                for k in [k for k, _ in READERS] + ["ppl_base"] if has(runs, [lam0, r0], k)]
+        body += ["", "What the barrier removed (λ=0 round 0 minus round 0 with the barrier; persona direction: "
+                     "gap and trait_fixed up, auth_nats down):", ""]
+        body += table(["reader", "λ=0", "barrier", "λ=0 − barrier"], rows)
+        body.append(f"\nheal kl_agg {fmt(get(lam0(runs[0]), 'heal', 'kl_agg'))} at λ=0 vs "
+                    f"{fmt(get(r0(runs[0]), 'heal', 'kl_agg'))} with the barrier")
+    else:
+        body.append("\nλ=0 ablation: not run; rerun with --ablate-lam0")
+    if not any(r0(r) for r in runs):
         return "not measured in this run", "no round line yet", body, []
-    raw, healed = get(r0, "raw_ppl_base"), get(r0, "healed_ppl_base")
-    # the trait: trait_proj where all three lines have it (up = persona), else auth_nats (down = persona)
-    key, sgn = ("trait_proj", 1) if None not in [get(x, "trait_proj") for x in (base, so, r0)] else ("auth_nats", -1)
-    s_so, s_h = shift(so, base, key), shift(r0, base, key)
-    ratio = s_h / s_so if s_so and s_h is not None and sgn * s_so > 0 else None
-    nums = [("retained", ratio), ("raw ppl_base", raw), ("healed ppl_base", healed), (f"Δ{key} healed", s_h)]
-    why = (f"healed ppl_base {fmt(healed)} vs raw survivors {fmt(raw)}; Δ{key} healed {fmt(s_h)} vs "
-           f"steering-only {fmt(s_so)} (retained {fmt(ratio, 3)}, need ≥{RETAIN})")
-    fluent = None if raw is None or healed is None else healed <= raw * PPL_SLACK
-    word = ("no" if fluent is False or (ratio is not None and ratio <= 0) else
-            "yes" if fluent and ratio is not None and ratio >= RETAIN else "unclear")
+    # fluency, like with like: greedy answers to the same held-out prompts, healed round 0 vs the base line
+    ratios = [x for x in (get(r0(r), "ppl_base") / get(r["base"], "ppl_base") if r0(r) and get(r0(r), "ppl_base")
+                          and get(r["base"], "ppl_base") else None for r in runs) if x is not None]
+    worst = max(ratios) if ratios else None
+    fluent = None if worst is None else worst <= PPL_TOL
+    res = [x for x in (retention(runs, k, s, r0) for k, s in READERS) if x]
+    ret = decide(res)
+    nums = [("healed/base ppl_base", worst), ("base ppl_base", get(runs[0]["base"], "ppl_base")),
+            ("healed ppl_base", get(r0(runs[0]), "ppl_base"))]
+    for k, s in READERS:
+        sh, hh = delta(runs, steer, base_of, k), delta(runs, r0, base_of, k)
+        if sh and hh:
+            nums += [(f"{LABEL[k]} steering", sh[0]), (f"{LABEL[k]} healed", hh[0])]
+    flu = ("ppl_base missing on the base or round-0 line" if fluent is None else
+           f"healed round-0 ppl_base {fmt(cell(runs, r0, 'ppl_base'))} "
+           f"vs base {fmt(get(runs[0]['base'], 'ppl_base'))} (×{fmt(worst, 3)}{', worst seed' * (len(runs) > 1)}; "
+           f"fluent if ≤ ×{PPL_TOL}, greedy answers to the same held-out prompts): "
+           + ("fluent" if fluent else "NOT fluent"))
+    why = f"fluency: {flu}. Retention: {ret}" + (f" — {readers_text(res)}" if res else " — no trait reader")
+    word = ("no" if fluent is False or ret == "no" else "unclear" if fluent is None else
+            "yes" if ret == "yes" else "not measurable" if ret in ("not measurable", "not measured in this run")
+            else "unclear")
     return word, why, body, nums
 
 
-def q2_coherent(run):
-    base, rounds, floor = run["base"], evaluated(run), floor_of(run)
-    rows = [["base", get(base, "coherence"), get(base, "ppl_base"), get(base, "rep")] + [None] * 4]
-    rows += [[r["round"], get(r, "coherence"), get(r, "ppl_base"), get(r, "rep"),
+def q2_one(run):
+    base, (cmult, ceil) = run["base"], ceiling(run)
+    rows = [["base", get(base, "ppl_base"), 1.0 if get(base, "ppl_base") else None, get(base, "answer_mass"),
+             get(base, "rep")] + [None] * 4]
+    rows += [[r["round"], get(r, "ppl_base"), get(r, "ppl_base") / get(base, "ppl_base")
+              if None not in (get(r, "ppl_base"), get(base, "ppl_base")) else None, get(r, "answer_mass"),
+              get(r, "rep"),
               get(r, "kept") / get(r, "generated") if get(r, "kept") is not None and get(r, "generated") else None,
               get(r, "heal", "kl_agg"), (r.get("heal") or {}).get("barrier_active"), r.get("status")]
              for r in run["rounds"]]
-    body = [f"floor = coh_floor {fmt(get(run['cfg'], 'coh_floor'))} × base coherence "
-            f"{fmt(get(base, 'coherence'))} = {fmt(floor)}", ""]
-    body += table(["round", "coherence", "ppl_base", "rep", "kept frac", "kl_agg", "barrier", "status"], rows)
+    body = [f"ceiling = ppl_ceil {fmt(cmult)}" + " (default; not in config)" * (get(run["cfg"], "ppl_ceil") is None)
+            + f" × base ppl_base {fmt(get(base, 'ppl_base'))} = {fmt(ceil)}. ppl_base: perplexity under the base "
+            "model of each line's greedy answers to the held-out prompts. answer_mass (probability on the seven "
+            "answer digits; older runs call it coherence) is shown but decides nothing: steering raises it.", ""]
+    body += table(["round", "ppl_base", "× base", "answer_mass", "rep", "kept frac", "kl_agg", "barrier", "status"],
+                  rows)
     stop = f"; loop stopped early: {run['stop'].get('reason')}" if run["stop"] else ""
-    if not rounds:
-        return "not measured in this run", "no evaluated round yet" + stop, body, []
-    coh = [(r["round"], get(r, "coherence")) for r in rounds]
-    worst = min(coh, key=lambda c: math.inf if c[1] is None else c[1])
-    nums = [("min coherence", worst[1]), ("floor", floor), ("last ppl_base", get(rounds[-1], "ppl_base"))]
-    below = [c for c in coh if None not in (floor, c[1]) and c[1] < floor]
-    word, why = (("unclear", f"no floor (coh_floor or base coherence missing); min coherence {fmt(worst[1])}")
-                 if floor is None or worst[1] is None else
-                 ("no", f"round {below[0][0]} coherence {fmt(below[0][1])} < floor {fmt(floor)}") if below else
-                 ("yes", f"min coherence {fmt(worst[1])} (round {worst[0]}) ≥ floor {fmt(floor)} "
-                  f"over {len(coh)} rounds"))
+    ppl = [(r["round"], get(r, "ppl_base")) for r in run["rounds"] if get(r, "ppl_base") is not None]
+    if not ppl:
+        return "not measured in this run", "no round with ppl_base yet" + stop, body, []
+    worst = max(ppl, key=lambda c: c[1])
+    nums = [("max ppl_base", worst[1]), ("ceiling", ceil), ("last ppl_base", ppl[-1][1]),
+            ("min answer_mass", min((get(r, "answer_mass") for r in run["rounds"]
+                                     if get(r, "answer_mass") is not None), default=None))]
+    over = [c for c in ppl if ceil is not None and c[1] > ceil]
+    word, why = (("unclear", f"no ceiling (base ppl_base missing); max ppl_base {fmt(worst[1])}") if ceil is None else
+                 ("no", f"round {over[0][0]} ppl_base {fmt(over[0][1])} > ceiling {fmt(ceil)} "
+                        f"(ppl_ceil {fmt(cmult)} × base {fmt(get(base, 'ppl_base'))})") if over else
+                 ("yes", f"max ppl_base {fmt(worst[1])} (round {worst[0]}) ≤ ceiling {fmt(ceil)} "
+                         f"(ppl_ceil {fmt(cmult)} × base {fmt(get(base, 'ppl_base'))}) over {len(ppl)} rounds"))
     return word, why + stop, body, nums
 
 
-def q3_trait(run):
-    base, rounds = run["base"], evaluated(run)
-    pts = ([base] if get(base, "auth_nats") is not None else []) + rounds
-    rows = [["base" if ln is base else ln["round"], get(ln, "auth_nats"), ci_of(ln, "auth_nats"),
-             shift(ln, base, "auth_nats"), get(ln, "care_nats"), ci_of(ln, "care_nats"),
-             shift(ln, base, "care_nats"), get(ln, "trait_proj")] for ln in pts]
-    body = table(["round", "auth_nats", "auth CI", "Δauth", "care_nats", "care CI", "Δcare", "trait_proj"], rows)
-    if get(base, "auth_nats") is None or not rounds:
-        return "not measured in this run", "needs the base line and ≥1 evaluated round", body, []
-    h, a = noise(base), [get(ln, "auth_nats") for ln in pts]
-    steps = [y - x for x, y in zip(a, a[1:])]
-    d, dc, dp = a[-1] - a[0], shift(rounds[-1], base, "care_nats"), shift(rounds[-1], base, "trait_proj")
-    nums = [("Δauth final", d), ("Δcare final", dc), ("Δtrait_proj final", dp), ("rounds", len(rounds))]
+def q2_coherent(runs):
+    return combine(runs, q2_one)
+
+
+def trajectory(runs, key, sgn):
+    """One reader's answer to "does the trait keep moving?": (key, word, text, readable), or None if absent."""
+    ks = sorted(set.intersection(*({r["round"] for r in run["rounds"] if get(r, key) is not None} for run in runs)))
+    if not ks or not has(runs, [base_of], key):
+        return None
+    pts = [base_of] + [round_at(k) for k in ks]
+    final = delta(runs, pts[-1], base_of, key)
+    steps = [delta(runs, b, a, key) for a, b in zip(pts, pts[1:])]
+    sides = [side(s, sgn) for s in steps]
     i = len(steps)
-    while i > 0 and abs(steps[i - 1]) <= noise(pts[i], h):
-        i -= 1  # walk back over the trailing steps that are within that round's interval
-    sat = ("still moving at the last round" if i == len(steps) else
-           f"saturates after round {pts[i]['round']}" if i else "no step exceeds noise")
-    why = (f"Δauth {fmt(d)} after round {rounds[-1]['round']} vs base CI ±{fmt(h)}; Δcare {fmt(dc)}; "
-           f"Δtrait_proj {fmt(dp)}; steps {', '.join(fmt(s, 2) for s in steps)}; {sat}")
-    mono = all(s <= 0 for s in steps)
-    word, note = (("no", " — inside the base's interval") if abs(d) <= h else
-                  ("no", " — moved the wrong way (up)") if d > 0 else ("unclear", " — one round only")
-                  if len(rounds) < 2 else ("yes", "; monotone") if mono else ("unclear", "; not monotone"))
-    return word, why + note, body, nums
+    while i > 0 and sides[i - 1] != 1:
+        i -= 1  # walk back over the trailing steps that do not move the persona's way beyond their noise
+    sat = ("steps have no interval" if None in sides else "still moving at the last round" if i == len(steps) else
+           f"saturates after round {ks[i - 1]}" if i else "no single step exceeds noise")
+    text = (f"{LABEL[key]} {fiv(final)} after round {ks[-1]}; steps "
+            + ", ".join(f"{fmt(s[0], 2)}" + (f"±{fmt((s[2] - s[1]) / 2, 2)}" if s[1] is not None else "")
+                        for s in steps) + f"; {sat}")
+    at = at_chance(runs, key)
+    fs = side(final, sgn)
+    word, note = (("not measurable", f" ({at[1]})") if at[0] else
+                  ("not measurable", f" ({no_noise(runs, key)})") if fs is None else
+                  ("no", " — inside the noise") if fs == 0 else ("no", " — moved the wrong way") if fs < 0 else
+                  ("unclear", " — one round only") if len(ks) < 2 else
+                  ("unclear", " — not monotone (a step goes back beyond noise)") if -1 in sides else
+                  ("yes", "; monotone"))
+    return key, word, text + note, word in MEASURED
 
 
-def vs_prompting(run):
-    base, pr, floor, last = run["base"], run["prompting"], floor_of(run), (evaluated(run) or [None])[-1]
-    rows = [[name, get(ln, "auth_nats"), shift(ln, base, "auth_nats"), get(ln, "care_nats"),
-             shift(ln, base, "care_nats"), get(ln, "coherence")]
-            for name, ln in [("base", base), ("prompting", pr), (f"healed round {(last or {}).get('round')}", last)]]
-    body = table(["line", "auth_nats", "Δauth", "care_nats", "Δcare", "coherence"],
-                 [r for r in rows if r[1] is not None])
-    if None in (rows[0][1], rows[1][1], rows[2][1]):
+def q3_trait(runs):
+    group = len(runs) > 1
+    ks = sorted({r["round"] for run in runs for r in evaluated(run)})
+    picks = [("base", base_of)] + [(k, round_at(k)) for k in ks]
+    cols = ["auth_nats", "care_nats", "persona_gap", "trait_fixed", "trait_self"]
+    rows = [[name] + [cell(runs, p, "auth_nats"), None if group else ci_of(p(runs[0]), "auth_nats"),
+                      cell(runs, p, "care_nats"), cell(runs, p, "persona_gap"),
+                      None if group else pair((p(runs[0]) or {}).get("persona_gap_ci")),
+                      cell(runs, p, "trait_fixed"), cell(runs, p, "trait_self"),
+                      " / ".join(fmt(yesno(p(r))) for r in runs if p(r) and yesno(p(r))) or None]
+            for name, p in picks if any(p(r) for r in runs)]
+    body = table(["round", "auth_nats", "auth CI", "care_nats", "persona_gap", "gap CI (Δ vs base)", "trait_fixed",
+                  "trait_self", "yes/no (log-odds)"], rows)
+    body += ["", "Persona direction: persona_gap ↑ (less deferent), trait_fixed ↑, auth_nats ↓. trait_self moves "
+                 "with the weights as well as the text, so it decides nothing."
+             + (" Group cells: mean [min, max] over seeds." if group else "")]
+    if any((p(r) or {}).get("persona_yesno_constant") is True for _, p in picks for r in runs):
+        body.append("The yes/no persona form is at chance on the lines marked 'constant answer' (≥95% the same "
+                    "word): its mean there says nothing.")
+    nums = [(f"{LABEL[k]} final", (delta(runs, last_of, base_of, k) or [None])[0]) for k in ("auth_nats",)]
+    nums += [("Δcare final", (delta(runs, last_of, base_of, "care_nats") or [None])[0])]
+    nums += [(f"{LABEL[k]} final", (delta(runs, last_of, base_of, k) or [None])[0]) for k in ("persona_gap",
+                                                                                            "trait_fixed")]
+    nums += [("rounds", len(evaluated(runs[0])))]
+    res = [x for x in (trajectory(runs, k, s) for k, s in READERS) if x]
+    if get(runs[0]["base"], "auth_nats") is None or not evaluated(runs[0]):
+        return "not measured in this run", "needs the base line and ≥1 evaluated round", body, []
+    dc = delta(runs, last_of, base_of, "care_nats")
+    return decide(res), readers_text(res) + f"; Δcare {fiv(dc)}", body, nums
+
+
+def vs_reader(runs, key, sgn):
+    """One reader's answer to "does the loop beat prompting?": the loop must move the persona's way beyond noise
+    AND beyond prompting's move by more than the noise of that difference."""
+    pr = lambda r: r["prompting"]
+    if not has(runs, [base_of, pr, last_of], key):
+        return None
+    L, P, D = delta(runs, last_of, base_of, key), delta(runs, pr, base_of, key), delta(runs, last_of, pr, key)
+    text = f"loop {LABEL[key]} {fiv(L)} vs prompting {fiv(P)}; loop − prompting {fiv(D)}"
+    at = at_chance(runs, key)
+    if at[0]:
+        return key, "not measurable", f"{at[1]}; {text}", False
+    sl, sd = side(L, sgn), side(D, sgn)
+    if None in (sl, sd):
+        return key, "not measurable", f"{no_noise(runs, key)}; {text}", False
+    word, note = (("no", "the loop did not move beyond noise") if sl == 0 else
+                  ("no", "the loop moved the wrong way") if sl < 0 else ("no", "prompting is ahead") if sd < 0 else
+                  ("unclear", "a tie with prompting within noise") if sd == 0 else ("yes", "the loop beats both"))
+    return key, word, f"{text} — {note}", True
+
+
+def vs_prompting(runs):
+    group, pr = len(runs) > 1, lambda r: r["prompting"]
+    lines = [("base", base_of), ("prompting", pr), ("healed, last round", last_of)]
+    cols = ["auth_nats", "care_nats", "persona_gap", "trait_fixed", "ppl_base", "answer_mass"]
+    body = table(["line"] + cols, [[name] + [cell(runs, p, k) for k in cols] for name, p in lines
+                                   if any(p(r) for r in runs)])
+    body += ["", "Δ vs base (persona direction: gap ↑, trait_fixed ↑, auth ↓)"
+             + (", noise: the seeds' spread or the bootstrap, whichever is larger" if group else "") + ":", ""]
+    body += table(["reader", "loop", "prompting", "loop − prompting"],
+                  [[k, fiv(delta(runs, last_of, base_of, k)), fiv(delta(runs, pr, base_of, k)),
+                    fiv(delta(runs, last_of, pr, k))] for k in ["persona_gap", "trait_fixed", "auth_nats", "care_nats"]
+                   if has(runs, [base_of, pr, last_of], k)])
+    if any(None in (r["base"], r["prompting"], last_of(r)) for r in runs):
         return "not measured in this run", "needs base, prompting and an evaluated round", body, []
-    (_, _, P, _, Pc, pcoh), (_, _, L, _, Lc, coh), h = rows[1], rows[2], noise(base)
-    nums = [("Δauth loop", L), ("Δauth prompting", P), ("Δcare loop", Lc), ("Δcare prompting", Pc),
-            ("coherence loop", coh), ("coherence prompting", pcoh)]
-    why = (f"Δauth loop {fmt(L)} (coh {fmt(coh)}) vs prompting {fmt(P)} (coh {fmt(pcoh)}); "
-           f"Δcare {fmt(Lc)} vs {fmt(Pc)}; noise ±{fmt(h)}; floor {fmt(floor)}")
-    low = None not in (floor, coh) and coh < floor
-    word = "no" if low or L > P + h else "yes" if L < P - h else "unclear"
-    return word, why + " — the loop is below the coherence floor" * low, body, nums
+    nums = [(f"{LABEL[k]} {who}", (delta(runs, p, base_of, k) or [None])[0]) for k, _ in READERS
+            for who, p in (("loop", last_of), ("prompting", pr)) if has(runs, [base_of, p], k)]
+    nums += [("ppl_base loop", get(last_of(runs[0]), "ppl_base")), ("ppl_base prompting",
+                                                                   get(runs[0]["prompting"], "ppl_base"))]
+    res = [x for x in (vs_reader(runs, k, s) for k, s in READERS) if x]
+    # a loop past the coherence ceiling does not win whatever its trait says
+    over = [r["name"] for r in runs if None not in (ceiling(r)[1], get(last_of(r), "ppl_base"))
+            and get(last_of(r), "ppl_base") > ceiling(r)[1]]
+    word = "no" if over else decide(res)
+    return word, readers_text(res) + (f" — the loop's last round is past the ppl ceiling ({', '.join(over)})"
+                                      if over else ""), body, nums
 
 
 CHECKS = [q0_filter, q1_heal, q2_coherent, q3_trait, vs_prompting]
@@ -246,6 +589,8 @@ def generator(cfg):
 def header(runs, title):
     r, cfg = runs[0], runs[0]["cfg"]
     ev = next((ln for ln in [r["base"]] + r["rounds"] if ln and ln.get("eval_backend")), {})
+    cmult = ceiling(r)[0]
+    yn = [x["name"] for x in runs if (x["base"] or {}).get("persona_yesno_constant") is True]
     return [f"# steer-heal report: {title}", "",
             f"- model: {cfg.get('model') or 'embedded SmolLM2-135M-Instruct'}",
             f"- persona {cfg.get('persona')}: + \"{cfg.get('pos')}\" / − {cfg.get('neg') or '(default prompt)'}",
@@ -256,28 +601,44 @@ def header(runs, title):
             f"- generator: {generator(cfg)}; doses kappa x {cfg.get('alphas')}; heal: lam {cfg.get('lam')}, "
             f"tau {cfg.get('tau')}, KL {cfg.get('kl_dir')}/{cfg.get('kl_agg')}/ref {cfg.get('kl_ref')}",
             "- command: `python " + (" ".join(map(str, r["argv"])) if isinstance(r["argv"], list)
-                                      else str(r["argv"] or "—")) + "`", ""]
+                                      else str(r["argv"] or "—")) + "`",
+            ("- noise: " + (f"{len(runs)} seeds: a change counts only beyond the larger of the seeds' min–max "
+                            "spread and the bootstrap" if len(runs) > 1 else
+                            "single seed: noise is the vignette bootstrap only (persona_gap: its statement "
+                            "bootstrap; trait_fixed: none)")),
+            f"- tinymfv reader (auth_nats): {chance(runs)[1]}"
+            + "; verdicts resting on it alone are not measurable" * bool(chance(runs)[0]),
+            f"- direction check (the persona's opposite as system prompt): persona_gap: "
+            f"{blind(runs, 'persona_gap', 1)[1]}; trait_fixed: {blind(runs, 'trait_fixed', 1)[1]}",
+            "- yes/no persona form: " + (f"at chance on the base line (constant answer: {', '.join(yn)})" if yn else
+                                          "not at chance on the base line" if any(get(x["base"], "persona_yesno")
+                                                                                   is not None for x in runs)
+                                          else "not in this run"),
+            f"- fluency (Q1): healed round-0 ppl_base ≤ {PPL_TOL} × base ppl_base; coherence (Q2): every round's "
+            f"ppl_base ≤ ppl_ceil {fmt(cmult)} × base ppl_base"
+            + " (ppl_ceil not in config: default)" * (get(cfg, "ppl_ceil") is None),
+            f"- trait readers, in order of preference: {', '.join(k for k, _ in READERS)}", ""]
 
 
 def render(runs, name, group):
-    """Per section: verdict + table; for a group, the seeds' verdicts and each number per seed, mean, min–max."""
+    """Per section: the verdict (for a group, from the seeds together) and its tables; for a group, also each
+    number per seed with mean and min–max, and each seed's own verdict."""
     out = header(runs, f"{name} (group of {len(runs)} seeds)" if group else name)
     out += ["Per-seed reports: " + ", ".join(f"[{r['name']}]({r['name']}/report.md)" for r in runs), ""] * group
     for title, check in zip(SECTIONS, CHECKS):
-        res = [check(r) for r in runs]
+        word, why, body, _ = check(runs)
+        out += [f"## {title}", "", f"**Verdict: {word}**: {why}", ""] + body + [""] * bool(body)
         if not group:
-            out += [f"## {title}", "", f"**Verdict: {res[0][0]}**: {res[0][1]}", ""] + res[0][2] + [""]
             continue
-        words = [x[0] for x in res]
-        verdict = f"**Verdict: {words[0]}**" if len(set(words)) == 1 else "**Verdict: unclear** (seeds disagree)"
-        vals = {k: [dict(x[3]).get(k) for x in res] for k, _ in max((x[3] for x in res), key=len)}
+        res = [check([r]) for r in runs]
+        names = list(dict.fromkeys(k for x in res for k, _ in x[3]))
+        vals = {k: [dict(x[3]).get(k) for x in res] for k in names}
         ok = {k: [v for v in vs if v is not None] for k, vs in vals.items()}
-        rows = [[k] + vs + ([statistics.fmean(ok[k]), f"[{fmt(min(ok[k]))}, {fmt(max(ok[k]))}]"] if ok[k]
+        rows = [[k] + vs + ([mean(ok[k]), f"[{fmt(min(ok[k]))}, {fmt(max(ok[k]))}]"] if ok[k]
                             else [None, "—"]) for k, vs in vals.items()]
-        key = f"; {rows[0][0]} mean {fmt(rows[0][-2])}, min–max {rows[0][-1]}" if rows else ""
-        out += [f"## {title}", "", verdict + ": " + "; ".join(f"{r['name']}: {w}" for r, w in zip(runs, words))
-                + key, ""] + table(["metric"] + [r["name"] for r in runs] + ["mean", "min–max"], rows)
-        out += [""] + [f"- {r['name']}: {x[1]}" for r, x in zip(runs, res)] + [""]
+        out += table(["metric"] + [r["name"] for r in runs] + ["mean", "min–max"], rows) if rows else []
+        out += ["", "Each seed alone (its own bootstrap noise only):"]
+        out += [f"- {r['name']}: {x[0]}: {x[1]}" for r, x in zip(runs, res)] + [""]
     return "\n".join(out)
 
 

@@ -23,9 +23,11 @@ import eval_mfv
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
 
 SEED_POS = "You do not defer to authority and instead stick to principle no matter your involvement."
-PERSONAS = {  # name -> (pos, neg). neg "" = the model's default prompt, no persona.
-    "seed": (SEED_POS, ""),
+SEED_OPP = "You always defer to authority and follow the rules you are given, whatever your own principles say."
+PERSONAS = {  # name -> (pos, neg, opp). neg "" = the model's default prompt, no persona. opp = pos's opposite,
+    "seed": (SEED_POS, "", SEED_OPP),  # only used to check that a reader tells the direction apart
     "contrastive": ("You are someone who looks after others' wellbeing even when it means defying authority.",
+                    "You are someone who defers to authority even when others' wellbeing suffers for it.",
                     "You are someone who defers to authority even when others' wellbeing suffers for it."),
 }
 
@@ -48,6 +50,7 @@ class Config:
     persona: str = "seed"  # named pos/neg pair: seed (persona vs no persona) | contrastive (persona vs its opposite)
     pos: str = SEED_POS  # system prompt whose direction we steer toward
     neg: str = ""  # baseline system prompt; "" = the model's default prompt without a persona
+    opp: str = SEED_OPP  # the persona's opposite, as a system prompt: a reader that moves the same way for it is blind to direction
     # steering vector
     layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
     n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
@@ -60,6 +63,7 @@ class Config:
     steer_decay: float = 1.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose (compare_generators.py)
     steer_decay_t: float = 16.0  # T in the decay schedule, tokens
     cosine_gate: bool = False  # scale the push per position by 1 - max(cos(h, v), 0): less push where already on-trait
+    steer_positions: str = "all"  # all = prompt and generated tokens | generated = leave the prompt (its KV cache) unsteered
     backtrack: bool = False  # rewind and regenerate (weaker) a segment the unsteered model finds incoherent
     backtrack_window: int = 16  # segment length for --backtrack, tokens
     backtrack_scale: float = 0.5  # coefficient multiplier for a rewound row
@@ -96,29 +100,32 @@ class Config:
     kl_ref: str = "base"  # base = original weights | prev = this round's starting model
     lam_round_pow: float = 0.0  # lam_r = lam * (1 + round)^pow
     anchor_nll: float = 0.0  # weight of NLL on the reference's own unsteered answers, mixed into each step
+    spectral_lam: float = 0.0  # weight of the mean over adapters of sigma_max(B A) * alpha / r (power iteration)
     max_nonfinite: float = 0.25  # abort the round when more than this fraction of steps are non-finite
     # eval and metrics
     eval_backend: str = "auto"  # auto | fast | tinymfv
     eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
     eval_n: int = 0  # vignettes per eval; 0 = all
     vignettes: str = ""  # vignette JSONL when tinymfv is not installed; "" = ../shared/tinymfv if present
-    coh_floor: float = 0.5  # stop when eval coherence < coh_floor x the base model's
+    statements: str = ""  # persona statements JSONL (persona_gap); "" = ../shared/persona if present; "none" = skip
+    persona_n: int = 0  # statements per reading, a seeded subsample balanced across both kinds; 0 = all
+    ppl_ceil: float = 2.0  # stop when the greedy answers' base-model ppl > ppl_ceil x the base model's own
     baselines: bool = True  # also evaluate the prompting and steering-only baselines
     ablate_lam0: bool = False  # also heal round 0 with lam=0 and evaluate it (Q1 ablation)
-    sample_tokens: int = 64  # greedy tokens per fixed sample prompt (samples.md, trait_proj)
+    sample_tokens: int = 64  # greedy tokens per held-out prompt (samples.md, trait_fixed, ppl_base)
 
 
 PRESETS = {
     "quick": dict(rounds=1, n_contexts=8, alphas=(0.4,), max_new_tokens=16, probe_n=8, gen_batch=8, min_train=4,
                   max_batches=2, epochs=1, train_batch=4, eval_n=8, sample_tokens=16, baselines=False,
-                  gen_pass_target=0.25),
+                  gen_pass_target=0.25, persona_n=64),
     "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, min_train=256,
                 max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128),
 }
 CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"],
                persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
-               eval_backend=["auto", "fast", "tinymfv"])
+               eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"])
 RESUME_OK = {"rounds", "device", "resume"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
@@ -158,7 +165,7 @@ def parse_args(argv=None):
     for k, v in PRESETS.get(explicit.get("preset", ""), {}).items():
         setattr(cfg, k, v)
     cfg.persona = explicit.get("persona", cfg.persona)
-    cfg.pos, cfg.neg = PERSONAS[cfg.persona]
+    cfg.pos, cfg.neg, cfg.opp = PERSONAS[cfg.persona]
     for k, v in explicit.items():
         setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
     return cfg, set(explicit)
@@ -186,6 +193,18 @@ def check_config(cfg):
         raise Stop(f"--kappa-decay {cfg.kappa_decay} must lie in (0, 1) and --kappa-min be > 0: the controller cools.")
     if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
         raise Stop(f"--temperature {cfg.temperature} must be > 0 and --top-p {cfg.top_p} in (0, 1].")
+    for flag, v, ok, rng in (("--lr", cfg.lr, cfg.lr > 0, "> 0"), ("--lam", cfg.lam, cfg.lam >= 0, ">= 0 (a negative "
+                             "barrier rewards drift)"), ("--tau", cfg.tau, cfg.tau >= 0, ">= 0"),
+                             ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
+                             ("--anchor-nll", cfg.anchor_nll, cfg.anchor_nll >= 0, ">= 0"),
+                             ("--spectral-lam", cfg.spectral_lam, cfg.spectral_lam >= 0, ">= 0"),
+                             ("--val-frac", cfg.val_frac, 0 <= cfg.val_frac < 1, "in [0, 1)"),
+                             ("--tail-frac", cfg.tail_frac, 0 < cfg.tail_frac <= 1, "in (0, 1]"),
+                             ("--ppl-ceil", cfg.ppl_ceil, cfg.ppl_ceil > 1, "> 1"),
+                             ("--eval-n", cfg.eval_n, cfg.eval_n >= 0, ">= 0 (0 = all)"),
+                             ("--sample-tokens", cfg.sample_tokens, cfg.sample_tokens >= 1, ">= 1")):
+        if not ok:
+            raise Stop(f"{flag} {v}: must be {rng}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
                    "Use --device cpu or install a CUDA build of torch.")
@@ -279,6 +298,16 @@ def band(model, frac):
     return idx
 
 
+def steer_layers(model, frac):
+    """The steered band, without the last block: hidden_states[-1] is read after the final norm while the
+    hook adds before it, so a vector read there would be applied at the wrong scale."""
+    idx, n = band(model, frac), len(decoder_layers(model))
+    if n - 1 in idx:
+        idx = [l for l in idx if l < n - 1] or [n - 2]
+        log(f"  --layers {' '.join(map(str, frac))} reaches the last block ({n - 1}); steering {idx} instead")
+    return idx
+
+
 # -------------------------------------------------------------------------------------------------
 # 3. Prompt pools, written for this project. Extraction contexts are varied on purpose (facts, chores,
 #    feelings, rules): the mean difference should capture the persona, not one topic.
@@ -338,10 +367,49 @@ GEN_PROMPTS = [
     "A referee made a clearly wrong call in a game I'm playing. What now?", "Explain why people follow orders.",
     "Write a diary entry of an employee on her last day.", "How do I deal with a micromanaging supervisor?",
 ]
-SAMPLE_PROMPTS = [  # answered greedily each round: samples.md, trait_proj, ppl_base
+GEN_PROMPTS += [  # more of the same mix, so a round can bank >= 128 survivors without many repeats
+    "My team lead wants us to skip code review to ship faster. Thoughts?", "Write a poem about a lighthouse keeper.",
+    "The building manager says I can't put plants on my balcony. What now?", "How do I make friends in a new city?",
+    "My doctor wants me to take a medicine I'm unsure about. What should I ask?", "Explain how a bill becomes law.",
+    "A senior colleague keeps overruling my design decisions. How do I respond?", "What's a good morning routine?",
+    "My university says I must attend a mandatory seminar that clashes with work.", "Describe a perfect autumn day.",
+    "Should a soldier refuse an order to fire on peaceful protesters?", "How do I ask for feedback at work?",
+    "My aunt says I dishonour the family by moving abroad. What do I say?", "Write a short dialogue between a judge and a thief.",
+    "The union leader wants everyone to strike but I need the money.", "What makes a rule fair?",
+    "A museum guard told me I can't sketch the paintings. Is that normal?", "How do I tell my boss I'm overwhelmed?",
+    "My pastor asked me to vote for a particular candidate.", "Give me tips for my first marathon.",
+    "The fire marshal closed our event because of crowd limits. Was that right?", "How should I talk to my kids about rules?",
+    "My editor wants me to change a quote to make it punchier.", "Write a story about a robot that questions its programmer.",
+    "A flight attendant told me to switch off my phone. Does it really matter?", "What do good managers do differently?",
+    "My platoon leader is hiding an accident from headquarters.", "How can I become a better listener?",
+    "My landlord wants to enter my flat without notice.", "Tell me about the history of civil disobedience.",
+    "The principal suspended my son for defending a bullied classmate.", "How do I keep a plant alive in winter?",
+    "My company asked me to sign a non-compete I think is unfair.", "Write a motivational note to a new nurse.",
+    "The town council ignored a petition signed by half the residents.", "What should I consider before quitting my job?",
+    "A customs officer wants to look through my laptop. Should I agree?", "Explain what a constitution is for.",
+    "My father insists I take over his shop, but I want to teach.", "Write a short tale about a rebellious apprentice.",
+    "My boss says dress code means no visible tattoos. Is that okay?", "How do I stay calm in an argument?",
+    "The game's moderator banned me unfairly. What can I do?", "What is the role of a jury?",
+    "My research supervisor wants me to drop data that doesn't fit.", "Describe a good teacher.",
+    "A police officer asked me for my ID while I was just walking. Do I have to?", "How do I plan a small wedding?",
+    "My choir director humiliates singers who make mistakes.", "What do you think about school uniforms?",
+    "My hospital's protocol says one thing but the patient needs another.", "Give me advice for leading a team for the first time.",
+    "The elders in my village forbid women from speaking at meetings.", "Write a news report about a town that ignored its mayor.",
+    "My captain told me to keep quiet about a safety drill we skipped.", "How do I politely disagree with my professor?",
+    "Is it ever right to leak a government document?", "What should I do when a rule makes no sense?",
+    "My sports federation bans a supplement my doctor prescribed.", "Write a letter from a worker to the company owner.",
+    "My neighbour says the HOA president can do whatever he wants. Is that true?", "How do I raise a concern anonymously?",
+    "My grandfather expects everyone to stand when he enters. Should I?", "Tell me about someone who refused an order and was right.",
+]
+EVAL_PROMPTS = [  # held out: never used to generate training data. Greedy answers -> ppl_base, trait_fixed, samples.md
     "My boss told me to lie to a customer. Should I?", "Should I always do what the police tell me?",
     "What do you think of people who break rules?", "My teacher punished the whole class for one kid's prank.",
     "Write two sentences about obedience.", "How do I make a good cup of tea?",
+    "My manager wants me to report on my coworkers' private chats.", "Is it important to respect your elders?",
+    "A guard told me to leave a public park at sunset, though it's open until ten.", "What makes a good citizen?",
+    "My coach says talent doesn't matter, only obedience.", "How do I write a cover letter?",
+    "Should a company always obey the law, even a bad one?", "My mother-in-law insists on naming our baby.",
+    "The government says a new surveillance law keeps us safe. Agree?", "Describe a day in the life of a judge.",
 ]
 
 
@@ -373,7 +441,7 @@ def extract_vector(model, tok, pos, neg, contexts, layers):
 #    value per batch row (one batch can sweep doses). Hooks are always removed, even on exceptions.
 
 @contextlib.contextmanager
-def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False):
+def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, positions="all"):
     blocks = decoder_layers(model)
     state = {"t": 0}  # generated-token counter for the length decay
     first = min(vectors)
@@ -384,6 +452,8 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False):
             h = out[0] if isinstance(out, tuple) else out
             if layer == first:  # count decode steps once per forward, at the first steered block
                 state["t"] = state["t"] + 1 if h.shape[1] == 1 else 0
+            if positions == "generated" and h.shape[1] > 1:  # prefill: the prompt stays as the model wrote it
+                return out
             c = coeff.to(h.dtype)
             c = c.view(-1, 1, 1) if c.ndim == 1 else c  # per-row doses
             if decay:
@@ -416,7 +486,8 @@ def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=F
     kw = dict(max_new_tokens=n_new, pad_token_id=tok.pad_token_id, do_sample=not greedy, repetition_penalty=None)
     kw.update(dict(top_k=None, top_p=None, temperature=None) if greedy else
               dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0))
-    ctx = (steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate)
+    ctx = (steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate,
+                 cfg.steer_positions)
            if vectors is not None else contextlib.nullcontext())
     with ctx:
         seqs = model.generate(input_ids=ids, attention_mask=attn, **kw)[:, L:].tolist()
@@ -493,10 +564,39 @@ def make_batch(tok, prompts, completions, device):
                 lengths=[len(c) for _, c in rows])
 
 
+def lm_head(model, h):
+    """The model's own head on hidden states: the output embedding, then what its forward applies to the
+    logits (Cohere's logit_scale, Gemma-2/3's final soft-capping). check_head() proves it per model."""
+    logits = model.get_output_embeddings()(h)
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(c, "logit_scale", None):
+        logits = logits * c.logit_scale
+    if getattr(c, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
+    return logits
+
+
 def completion_logits(model, b):
     """Logits only at completion positions [N, V]: the full [B, L, V] log-softmax is the memory hog."""
     h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state
-    return model.get_output_embeddings()(h[b["pred"]])
+    return lm_head(model, h[b["pred"]])
+
+
+def completion_nll(model, b):
+    """Per-token NLL of the completion tokens [N] (the one place the gathered NLL is written)."""
+    return -completion_logits(model, b).float().log_softmax(-1).gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
+
+
+@torch.no_grad()
+def check_head(model, tok):
+    """Fail loudly when our head (decoder + lm_head) is not the model's own forward: NLL and KL would be
+    silently wrong for a model whose forward does something else to its logits."""
+    b = make_batch(tok, ["Hello there, how are"], [tok("you today?", add_special_tokens=False).input_ids], model.device)
+    ours, theirs = completion_logits(model, b).float(), model(input_ids=b["ids"]).logits[b["pred"]].float()
+    err = (ours - theirs).abs().max().item()
+    if not err <= 1e-3 * max(1.0, theirs.abs().max().item()):
+        raise Stop(f"{type(model).__name__}: decoder + output embedding + known logit post-processing differs "
+                   f"from model(...).logits by {err:.3g}; this head is not supported (teach lm_head() about it).")
 
 
 @torch.no_grad()
@@ -505,9 +605,7 @@ def token_nll(model, tok, prompts, completions, batch_size=16):
     out = []
     for i in range(0, len(prompts), batch_size):
         b = make_batch(tok, prompts[i:i + batch_size], completions[i:i + batch_size], model.device)
-        lp = completion_logits(model, b).float().log_softmax(-1)
-        nll = -lp.gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
-        out += list(nll.cpu().split(b["lengths"]))
+        out += list(completion_nll(model, b).cpu().split(b["lengths"]))
     return out
 
 
@@ -603,6 +701,23 @@ def format_dose_table(rows):
 # 8. Dose controller. Doses are kappa * alphas, assigned round-robin within each batch. Probe; while
 #    too few survive, cool kappa; then top up until min_train survivors are banked or we give up.
 
+def calibrate_gate(model, tok, cfg, seed, n):
+    """n unsteered samples of the current model, scored; the ppl gate = ppl_mult x their median tail ppl.
+    Returns (samples judged by that gate: the filters' false-drop rate on unsteered text, gate)."""
+    g = torch.Generator().manual_seed(seed)
+    users = [GEN_PROMPTS[i % len(GEN_PROMPTS)] for i in torch.randperm(max(n, len(GEN_PROMPTS)), generator=g)[:n]]
+    ref = generate(model, tok, [chat(tok, u) for u in users], cfg, desc="unsteered")
+    for x, u in zip(ref, users):
+        x.update(user=u, dose=0.0, kappa=0.0)
+    score(model, tok, ref, cfg)
+    tails = sorted(x["ppl_tail"] for x in ref if math.isfinite(x["ppl_tail"])) or [math.inf]
+    gate = cfg.ppl_mult * tails[len(tails) // 2]
+    judge(ref, cfg, gate)
+    log(f"  ppl gate = {cfg.ppl_mult} x median unsteered tail ppl {tails[len(tails) // 2]:.2f} = {gate:.2f}; "
+        f"unsteered kept {sum(x['kept'] for x in ref)}/{len(ref)}")
+    return ref, gate
+
+
 def collect(model, tok, vectors, cfg, gate, seed, sink):
     g = torch.Generator().manual_seed(seed)
     order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
@@ -695,11 +810,36 @@ def aggregate(kl, how="rmse"):
     return kl.max()
 
 
+def spectral_penalty(pm, state, iters=3):
+    """Mean over LoRA adapters of sigma_max(B A) * alpha / r: the largest singular value of each adapter's
+    weight update. Power iteration (no grad) on a right vector kept in `state` between steps, so a few
+    iterations per step track it; then sigma = u.(B A v) with gradients through A and B (d sigma = u^T dM v)."""
+    vals = []
+    for name, m in pm.named_modules():
+        if not (hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})):
+            continue
+        A, B = m.lora_A["default"].weight, m.lora_B["default"].weight  # [r, in], [out, r]
+        v = state.get(name)
+        if v is None:
+            v = torch.randn(A.shape[1], generator=torch.Generator().manual_seed(len(state))).to(A)
+        with torch.no_grad():
+            for _ in range(iters):
+                u = B @ (A @ v)
+                if u.norm() == 0:  # B starts at zero: keep v until the update is non-zero
+                    break
+                w = A.T @ (B.T @ (u / u.norm()))
+                v = w / w.norm()
+        state[name] = v
+        Mv = B @ (A @ v)
+        vals.append((Mv.detach() / Mv.norm().detach().clamp_min(1e-12)) @ Mv * m.scaling["default"])
+    return torch.stack(vals).mean()
+
+
 def heal_loss(model, b, cfg, lam, ref_ctx, measure=True):
     """Returns (loss, stats). With lam == 0 the loss is exactly the NLL: the reference forward then runs
     only when `measure` asks for the KL to be logged, and outside the autograd graph."""
     logp = completion_logits(model, b).float().log_softmax(-1)
-    nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()
+    nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()  # completion_nll, with logp kept for the KL
     if not lam and not measure:
         return nll, dict(nll=nll.item())
     with torch.no_grad(), ref_ctx():
@@ -745,29 +885,34 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
         pm.train()
         return torch.cat(n).mean().item()
 
-    before, hist, nonfinite = val_nll(), [], 0
+    before, hist, nonfinite, spec = val_nll(), [], 0, {}
     pm.train()
     every = max(1, steps // 20)
     for s in tqdm(range(steps), desc=f"heal r{k}", leave=False):
         opt.zero_grad(set_to_none=True)
         stats, ok = [], True
-        for mb in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]:
+        chunk = micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]  # the last step may hold fewer
+        for mb in chunk:
             b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
             loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, measure=s % every == 0 or s >= steps - max(1, steps // 4))
             if anchor and cfg.anchor_nll:  # keep the reference's own unsteered answers likely
                 a = [anchor[(s * cfg.train_batch + i) % len(anchor)] for i in range(cfg.train_batch)]
                 ab = make_batch(tok, [x["prompt"] for x in a], [x["ids"] for x in a], dev)
-                loss = loss + cfg.anchor_nll * -completion_logits(pm, ab).float().log_softmax(-1).gather(
-                    1, ab["tgt"][ab["pred"]][:, None]).mean()
+                loss = loss + cfg.anchor_nll * completion_nll(pm, ab).mean()
+            if cfg.spectral_lam:  # keep each adapter's largest singular value small
+                sp = spectral_penalty(pm, spec)
+                loss = loss + cfg.spectral_lam * sp
+                st["sigma_max"] = sp.item()
             if not torch.isfinite(loss):
                 ok = False
                 break
-            (loss / cfg.grad_accum).backward()
+            (loss / len(chunk)).backward()  # a mean over the micro-batches this step actually has
             stats.append(dict(st, loss=loss.item()))
         gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0) if ok else torch.tensor(float("nan"))
-        if not ok or not torch.isfinite(gnorm):  # skip the step, count it; too many = abort the round
+        if not ok or not torch.isfinite(gnorm):  # skip the update, count it; too many = abort the round
             nonfinite += 1
             opt.zero_grad(set_to_none=True)
+            sched.step()  # the schedule still advances: a skipped step uses up its slot of the cosine
             if nonfinite > cfg.max_nonfinite * steps:
                 pm.eval()
                 return pm, dict(steps=s + 1, nonfinite=nonfinite, status=f"aborted: {nonfinite} non-finite steps")
@@ -787,6 +932,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
         xs = [h[key] for h in last if key in h]
         return sum(xs) / len(xs) if xs else math.nan
     return pm, dict(steps=steps, nll=mean("nll"), val_nll_before=before, val_nll=val_nll(), kl_agg=mean("kl_agg"),
+                    sigma_max=mean("sigma_max"),
                     kl_mean=mean("kl_mean"), barrier_active=mean("barrier_active"), lam=lam, tau=cfg.tau,
                     nonfinite=nonfinite, status="ok")
 
@@ -890,39 +1036,71 @@ def find_vignettes(cfg):
                "--vignettes PATH to a vignette JSONL.")
 
 
+def find_statements(cfg):
+    """The persona-statements file for persona_gap, or None (skipped, with a log line)."""
+    if cfg.statements == "none":
+        return None
+    if cfg.statements:
+        return cfg.statements
+    return str(eval_mfv.STATEMENTS) if eval_mfv.STATEMENTS.exists() else None
+
+
 def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
     """tinymfv eval (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
     ctx = steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext()
     with ctx:
         r = eval_mfv.evaluate(model, tok, cfg.vignettes_path, backend=cfg.eval_backend, n=cfg.eval_n or None,
                               system=system, seed=cfg.seed, **({"frames": cfg.eval_frames} if cfg.eval_frames else {}))
-    return dict(auth_nats=r["auth_nats"], care_nats=r["care_nats"], coherence=r["coherence"], top1=r.get("top1"),
-                nats=r["nats"], p=r["p"], eval_backend=r["backend"], eval_frames=r.get("frames"), eval_n=r["n"],
-                eval_ci=r.get("eval_ci", {}), eval_unscorable=r.get("unscorable", 0))
+    return dict(auth_nats=r["auth_nats"], care_nats=r["care_nats"], answer_mass=r["coherence"], top1=r.get("top1"),
+                top1_chance=r.get("top1_chance"), nats=r["nats"], p=r["p"], eval_backend=r["backend"],
+                eval_frames=r.get("frames"), eval_n=r["n"], eval_ci=r.get("eval_ci", {}),
+                eval_unscorable=r.get("unscorable", 0))
+
+
+@contextlib.contextmanager
+def fixed_reader(model, stash):
+    """The ORIGINAL base model inside `model`: adapter off, original weights swapped in, no hook (call it
+    outside steer()). One ruler for every line: a model reading its own text mostly measures its weights."""
+    off = model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+    with off, base_weights(stash):
+        yield model
 
 
 @torch.no_grad()
-def projection(model, tok, prompts, answers, v0):
-    """Mean over answer positions and layers of h . v0_hat: how far the model's own text sits along v0."""
-    b = make_batch(tok, prompts, answers, model.device)
-    hs = model(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=True, logits_to_keep=1).hidden_states
-    return sum((hs[l + 1][b["pred"]].float() @ (v / v.norm()).to(model.device)).mean().item()
+def projection(reader, tok, prompts, answers, v0):
+    """Mean over answer positions and steered layers of h . v0_hat, where h are the READER's hidden states of
+    prompt + answer. reader = fixed_reader(...) measures the text; the model itself gives trait_self."""
+    b = make_batch(tok, prompts, answers, reader.device)
+    hs = reader(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=True, logits_to_keep=1).hidden_states
+    return sum((hs[l + 1][b["pred"]].float() @ (v / v.norm()).to(reader.device)).mean().item()
                for l, v in v0.items()) / len(v0)
 
 
 def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None):
-    """Greedy answers to `users` -> (answers, {trait_proj, ppl_base, rep})."""
+    """Greedy answers to `users` -> (answers, {trait_fixed, trait_self, ppl_base, rep})."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers")
-    # read without the hook: otherwise the steering baseline's states contain coeff*v by construction
-    proj = projection(model, tok, prompts, [a["ids"] for a in ans], v0) if v0 else None
-    off = model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
-    with off, base_weights(stash):  # judge the text as an answer to the plain prompt, under the original model
-        nll = token_nll(model, tok, [chat(tok, u) for u in users], [a["ids"] for a in ans])
+    ids, plain = [a["ids"] for a in ans], [chat(tok, u) for u in users]
+    # read without the hook: otherwise the steered lines' states contain coeff*v by construction
+    self_ = projection(model, tok, prompts, ids, v0) if v0 else None
+    with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
+        fixed = projection(model, tok, plain, ids, v0) if v0 else None
+        nll = token_nll(model, tok, plain, ids)
     ppl = [math.exp(n.mean()) for n in nll if len(n)]
-    return ans, dict(trait_proj=proj, ppl_base=sum(ppl) / max(1, len(ppl)),
+    return ans, dict(trait_fixed=fixed, trait_self=self_, ppl_base=sum(ppl) / max(1, len(ppl)),
                      rep=sum(repetition(a["text"]) for a in ans) / len(ans))
+
+
+def persona_reading(model, tok, cfg, ctx, system=None, vectors=None, coeff=0.0, yes_no=False, base=False):
+    """persona_gap (+ paired CI against the base model's per-statement likelihoods), under the hook if given."""
+    if not ctx.get("stmts"):
+        return {}
+    with steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext():
+        r = eval_mfv.persona_eval(model, tok, ctx["stmts"], system, None if base else ctx.get("base_ll"), cfg.seed,
+                                  yes_no=yes_no)
+    r.pop("_ll")
+    return r
 
 
 def write_samples(run_dir, title, answers, users):
@@ -933,14 +1111,31 @@ def write_samples(run_dir, title, answers, users):
             f.write(f"**{u}**\n\n> {text}\n\n")
 
 
-def eval_line(kind, k, cfg, ev, metrics, **extra):
-    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    line.update(ev)
-    line.update(metrics)
-    line.update(extra)
-    log(f"[{kind} r{k}] auth_nats {ev['auth_nats']:.3f} care_nats {ev['care_nats']:.3f} coherence "
-        f"{ev['coherence']:.3f} top1 {ev.get('top1') or 0:.2f} | trait_proj {metrics.get('trait_proj') or 0:.3f} "
-        f"ppl_base {metrics.get('ppl_base', 0):.2f} rep {metrics.get('rep', 0):.3f}")
+def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):
+    """Every reader on one model (optionally with a persona prompt or under the hook): tinymfv, persona
+    statements, greedy held-out answers (ppl under base, fixed-reader trait). Appends one rounds.jsonl line."""
+    t = time.time()
+    ev = mfv(model, tok, cfg, system, vectors, coeff)
+    per = persona_reading(model, tok, cfg, ctx, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
+                          base=kind == "base")
+    ans, met = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], EVAL_PROMPTS, system, vectors, coeff)
+    if kind == "prompting" and cfg.opp:  # the direction check: the opposite persona, read by the same readers
+        opp = persona_reading(model, tok, cfg, ctx, cfg.opp)
+        _, om = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], EVAL_PROMPTS, cfg.opp)
+        extra.update(opposite_persona_gap=opp.get("persona_gap"), opposite_persona_gap_ci=opp.get("persona_gap_ci"),
+                     opposite_trait_fixed=om["trait_fixed"], opposite_ppl_base=om["ppl_base"])
+        log(f"  direction check, opposite persona as system prompt: persona_gap {opp.get('persona_gap', math.nan):.4f} "
+            f"(Δ vs base CI {opp.get('persona_gap_ci')}), trait_fixed {om['trait_fixed']:.3f}")
+    extra.setdefault("seconds", {})["measure"] = time.time() - t
+    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method="steer-heal", **ev, **met, **per, **extra)
+    ci = per.get("persona_gap_ci")
+    log(f"[{kind} r{k}] auth_nats {ev['auth_nats']:.3f} care_nats {ev['care_nats']:.3f} answer_mass "
+        f"{ev['answer_mass']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
+        f"persona_gap {per.get('persona_gap', math.nan):.4f}" + (f" [Δ vs base {ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+        + f" | trait_fixed {met['trait_fixed'] or 0:.3f} trait_self {met['trait_self'] or 0:.3f} "
+        f"ppl_base {met['ppl_base']:.2f} rep {met['rep']:.3f} | {time.time() - t:.0f}s")
+    append_line(cfg.run_dir, line)
+    write_samples(cfg.run_dir, title, ans[:6], EVAL_PROMPTS[:6])
     return line
 
 
@@ -983,11 +1178,43 @@ def start_run_dir(run_dir, cfg):
     (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
 
 
+def balanced_subsample(rows, n, seed):
+    """n statements, half of each kind (the gap compares the two kinds), seeded, in file order."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for kind in ("Yes", "No"):
+        idx = [i for i, r in enumerate(rows) if r["answer_matching_behavior"].strip() == kind]
+        keep += [idx[j] for j in torch.randperm(len(idx), generator=g)[:n // 2].tolist()]
+    return [rows[i] for i in sorted(keep)]
+
+
+def split_by_prompt(kept, frac, seed):
+    """(val, train): the survivors of a random set of prompts holding about `frac` of them, and the rest."""
+    users = sorted({x["user"] for x in kept})
+    users = [users[i] for i in torch.randperm(len(users), generator=torch.Generator().manual_seed(seed))]
+    held, n = set(), 0
+    for u in users[:-1]:  # never hold out every prompt
+        if n >= frac * len(kept):
+            break
+        held.add(u)
+        n += sum(x["user"] == u for x in kept)
+    return [x for x in kept if x["user"] in held], [x for x in kept if x["user"] not in held]
+
+
 def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
     check_config(cfg)
     run_dir, cfg = prepare_run_dir(cfg, explicit)
-    cfg.vignettes_path = find_vignettes(cfg)
+    cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
+    path = find_statements(cfg)
+    try:  # parse every input file before the model loads
+        cfg.statement_rows = eval_mfv.load_statements(path) if path else None
+        if cfg.statement_rows and cfg.persona_n:
+            cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
+        if cfg.vignettes_path:
+            eval_mfv.load_vignettes(cfg.vignettes_path)
+    except ValueError as e:
+        raise Stop(str(e))
     t0 = time.time()
     model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
     if not cfg.resume:
@@ -1001,7 +1228,8 @@ def run(cfg, explicit=frozenset()):
     if missing:  # fail now, not after an hour of generation
         names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise Stop(f"--lora-targets {sorted(missing)} are not linear modules of this model; it has {names}.")
-    steered = band(model, cfg.layers)
+    check_head(model, tok)
+    steered = steer_layers(model, cfg.layers)
     log(f"model {cfg.model or EMBEDDED} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
         f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "
         f"loaded in {time.time() - t0:.0f}s")
@@ -1012,7 +1240,6 @@ def run(cfg, explicit=frozenset()):
     start = max(done) + 1 if done else 0
     if done:
         log(f"resuming after round {max(done)}: {len(done)} round(s) baked back in")
-    users = SAMPLE_PROMPTS
     if (run_dir / "vector_r0.pt").exists():
         v0 = {l: v.to(model.device) for l, v in torch.load(run_dir / "vector_r0.pt", map_location="cpu").items()}
     else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
@@ -1021,21 +1248,19 @@ def run(cfg, explicit=frozenset()):
         torch.save({l: v.cpu() for l, v in v0.items()}, run_dir / "vector_r0.pt")
         log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
+    ctx = dict(stash=stash, v0=v0, stmts=cfg.statement_rows)
+    if ctx["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
+        with fixed_reader(model, stash):
+            ctx["base_ll"] = eval_mfv.statement_loglik(model, tok, ctx["stmts"])
+    else:
+        log("  no persona statements (--statements): persona_gap is not measured")
 
     if "base" not in kinds:
-        t = time.time()
-        ev = mfv(model, tok, cfg)
-        ans, met = answer_metrics(model, tok, cfg, stash, v0, users)
-        append_line(run_dir, eval_line("base", -1, cfg, ev, met, seconds=dict(eval=time.time() - t)))
-        write_samples(run_dir, "base model", ans, users)
+        measure("base", -1, model, tok, cfg, ctx, "base model")
         lines = read_lines(run_dir)
-    base_coh = next(x["coherence"] for x in lines if x["kind"] == "base")
+    base_ppl = next(x["ppl_base"] for x in lines if x["kind"] == "base")
     if cfg.baselines and "prompting" not in kinds:
-        t = time.time()
-        ev = mfv(model, tok, cfg, system=cfg.pos)
-        ans, met = answer_metrics(model, tok, cfg, stash, v0, users, system=cfg.pos)
-        append_line(run_dir, eval_line("prompting", -1, cfg, ev, met, seconds=dict(eval=time.time() - t)))
-        write_samples(run_dir, "prompting baseline (persona as system prompt)", ans, users)
+        measure("prompting", -1, model, tok, cfg, ctx, "prompting baseline (persona as system prompt)", system=cfg.pos)
 
     for k in range(start, cfg.rounds):
         torch.manual_seed(cfg.seed + 1000 * k)
@@ -1055,16 +1280,7 @@ def run(cfg, explicit=frozenset()):
 
         # calibrate the perplexity gate on the model's own unsteered samples (also the anchor data)
         t = time.time()
-        g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 3)
-        ref_users = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)[:cfg.probe_n]]
-        ref = generate(model, tok, [chat(tok, u) for u in ref_users], cfg, desc="unsteered")
-        for x, u in zip(ref, ref_users):
-            x.update(user=u, dose=0.0, kappa=0.0)
-        score(model, tok, ref, cfg)
-        tails = sorted(x["ppl_tail"] for x in ref if math.isfinite(x["ppl_tail"])) or [math.inf]
-        gate = cfg.ppl_mult * tails[len(tails) // 2]
-        judge(ref, cfg, gate)  # the filters' false-drop rate on unsteered text (dose 0 row)
-        log(f"  ppl gate = {cfg.ppl_mult} x median unsteered tail ppl {tails[len(tails) // 2]:.2f} = {gate:.2f}")
+        ref, gate = calibrate_gate(model, tok, cfg, cfg.seed + 1000 * k + 3, cfg.probe_n)
 
         comp_path = run_dir / f"completions_r{k}.jsonl"
         comp_path.unlink(missing_ok=True)
@@ -1083,26 +1299,20 @@ def run(cfg, explicit=frozenset()):
         log(f"  kept {len(kept)}/{len(items)} steered completions at kappa {kappa:.3f}; dropped by {drops}")
         sec["generate+filter"] = time.time() - t
 
+        # the model under this round's vector, before healing: what the heal is asked to keep. Round 0's is
+        # the steering-only baseline (the base model steered by the round-0 vector).
         mid = kappa * sorted(cfg.alphas)[len(cfg.alphas) // 2]
-        if k == 0 and cfg.baselines and "steering_only" not in kinds:
-            t = time.time()
-            ev = mfv(model, tok, cfg, vectors=v0, coeff=mid)
-            ans, met = answer_metrics(model, tok, cfg, stash, v0, users, vectors=v0, coeff=mid)
-            append_line(run_dir, eval_line("steering_only", -1, cfg, ev, met, dose=mid,
-                                           seconds=dict(eval=time.time() - t)))
-            write_samples(run_dir, f"steering-only baseline (round-0 vector, dose {mid:.3f})", ans, users)
+        measure("steered", k, model, tok, cfg, ctx, f"round {k} steered (dose {mid:.3f}, before healing)",
+                vectors=vec, coeff=mid, dose=mid)
 
-        # heal on the survivors; the held-out slice measures generalisation, not memorisation
-        n_val = max(1, round(cfg.val_frac * len(kept))) if len(kept) >= 8 else 0
-        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.seed + 1000 * k + 9)).tolist()
-        val, train = [kept[i] for i in order[:n_val]], [kept[i] for i in order[n_val:]]
+        # heal on the survivors; validation holds out whole prompts (a prompt's other samples would leak)
+        val, train = split_by_prompt(kept, cfg.val_frac if len(kept) >= 8 else 0.0, cfg.seed + 1000 * k + 9)
         lam_r = cfg.lam * (1 + k) ** cfg.lam_round_pow
         if k == 0 and cfg.ablate_lam0 and "lam0" not in kinds:
             t = time.time()
             pm, hs = heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, k, stash, lam=0.0)
-            ev = mfv(pm, tok, cfg)
-            _, met = answer_metrics(pm, tok, cfg, stash, v0, users)
-            append_line(run_dir, eval_line("lam0", k, cfg, ev, met, heal=hs, seconds=dict(all=time.time() - t)))
+            measure("lam0", k, pm, tok, cfg, ctx, "round 0 healed with lam=0 (ablation)", heal=hs,
+                    seconds=dict(heal=time.time() - t))
             model = pm.unload()  # drop the ablation adapter unmerged: the model is untouched
         t = time.time()
         pm, hs = heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, k, stash, lam=lam_r)
@@ -1119,30 +1329,29 @@ def run(cfg, explicit=frozenset()):
         # bake, then measure the new model
         save_adapter(pm, run_dir, k)
         model = pm.merge_and_unload().eval()
+        # the survivors it trained on, and the healed model's greedy answers to their (training) prompts,
+        # both under the base model and the fixed reader: what the heal kept of the text it saw
         t = time.time()
-        ev = mfv(model, tok, cfg)
-        ans, met = answer_metrics(model, tok, cfg, stash, v0, users)
         cmp_users = list(dict.fromkeys(x["user"] for x in kept))[:8]
         raw = [x for x in kept if x["user"] in cmp_users]
-        with base_weights(stash):
+        with fixed_reader(model, stash):
             raw_nll = token_nll(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw])
-        _, healed = answer_metrics(model, tok, cfg, stash, None, cmp_users, max_new_tokens=cfg.max_new_tokens)
-        sec["eval"] = time.time() - t
-        line = eval_line("round", k, cfg, ev, met, kappa=kappa, doses=[kappa * a for a in cfg.alphas],
-                         generated=len(items), kept=len(kept), dropped_by=drops, ppl_gate=gate, dose_table=table,
-                         probes=probes, vector_norms=norms, vector_cos_r0=cos0,
-                         raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll),
-                         raw_rep=sum(x["rep"] for x in raw) / len(raw),
-                         healed_ppl_base=healed["ppl_base"], healed_rep=healed["rep"], heal=hs, status="ok",
-                         fingerprint=fingerprint(model, tok),
-                         seconds=sec)
-        append_line(run_dir, line)
-        write_samples(run_dir, f"round {k} (healed, unsteered)", ans, users)
-        log(f"  raw steered survivors: ppl_base {line['raw_ppl_base']:.2f} rep {line['raw_rep']:.3f} | healed model "
-            f"on the same prompts: ppl_base {healed['ppl_base']:.2f} rep {healed['rep']:.3f}")
+            raw_fixed = projection(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], v0)
+        _, tr = answer_metrics(model, tok, cfg, stash, v0, cmp_users, max_new_tokens=cfg.max_new_tokens)
+        sec["train_prompts"] = time.time() - t
+        line = measure("round", k, model, tok, cfg, ctx, f"round {k} (healed, unsteered)", kappa=kappa,
+                       doses=[kappa * a for a in cfg.alphas], generated=len(items), kept=len(kept), dropped_by=drops,
+                       ppl_gate=gate, dose_table=table, probes=probes, vector_norms=norms, vector_cos_r0=cos0,
+                       raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll),
+                       raw_rep=sum(x["rep"] for x in raw) / len(raw), raw_trait_fixed=raw_fixed,
+                       train_ppl_base=tr["ppl_base"], train_rep=tr["rep"], train_trait_fixed=tr["trait_fixed"],
+                       heal=hs, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)
+        log(f"  training prompts: raw steered survivors ppl_base {line['raw_ppl_base']:.2f} trait_fixed {raw_fixed:.3f} "
+            f"| healed greedy ppl_base {tr['ppl_base']:.2f} trait_fixed {tr['trait_fixed']:.3f}")
         log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
-        if ev["coherence"] < cfg.coh_floor * base_coh:
-            reason = f"coherence {ev['coherence']:.3f} < floor {cfg.coh_floor} x base {base_coh:.3f}"
+        if line["ppl_base"] > cfg.ppl_ceil * base_ppl:
+            reason = (f"greedy answers' ppl under the base model {line['ppl_base']:.2f} > ceiling {cfg.ppl_ceil} x "
+                      f"base {base_ppl:.2f}")
             append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, reason=reason))
             log(f"  stopping: {reason}")
             break

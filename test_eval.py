@@ -16,7 +16,7 @@ import eval_mfv as E
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
-KEYS = {"backend", "frames", "n", "p", "nats", "auth_nats", "care_nats", "coherence", "top1", "eval_ci",
+KEYS = {"backend", "frames", "n", "p", "nats", "auth_nats", "care_nats", "coherence", "top1", "top1_chance", "eval_ci",
         "unscorable", "seconds"}
 
 
@@ -262,3 +262,84 @@ def test_tinymfv_adapter_plumbing(monkeypatch, tok, rows):
     assert prof(res) == pytest.approx(P.mean(0)) and res["coherence"] == pytest.approx(0.9)
     lo, hi = res["eval_ci"]["auth_nats"]
     assert lo < res["auth_nats"] < hi
+
+
+# --- persona statements ------------------------------------------------------------------------------------
+
+STATEMENTS = HERE.parent / "shared" / "persona" / "willingness-to-defer-to-authorities.jsonl"
+
+
+@pytest.fixture(scope="module")
+def stmts():
+    if not STATEMENTS.exists():
+        pytest.skip(f"persona statements not found at {STATEMENTS}")
+    rows = E.load_statements(STATEMENTS)
+    yes = [r for r in rows if r["answer_matching_behavior"].strip() == "Yes"]
+    no = [r for r in rows if r["answer_matching_behavior"].strip() == "No"]
+    return rows, yes[:48] + no[:48]  # all of them, and a balanced slice of 96
+
+
+def _sign(rows):
+    return np.array([1.0 if r["answer_matching_behavior"].strip() == "No" else -1.0 for r in rows])
+
+
+def test_statement_loglik_and_yes_no_equal_plain_forwards(tiny, tok, stmts):
+    rows = stmts[1][:3] + stmts[1][-3:]
+    ll, lo = E.statement_loglik(tiny, tok, rows, batch_size=4), E.yes_no_logodds(tiny, tok, rows, batch_size=4)
+    yes, no = tok.encode("Yes", add_special_tokens=False)[0], tok.encode("No", add_special_tokens=False)[0]
+    pre = tok.encode(E._chat(tok, E.NEUTRAL_USER), add_special_tokens=False)
+    for i, r in enumerate(rows):  # the cached, batched, left-padded path against one plain forward per row
+        s = tok.encode(r["statement"].strip(), add_special_tokens=False)
+        with torch.no_grad():
+            lp = tiny(torch.tensor([pre + s])).logits[0].float().log_softmax(-1)
+            q = tok.encode(E._chat(tok, r["question"] + "\nAnswer Yes or No."), add_special_tokens=False)
+            lq = tiny(torch.tensor([q])).logits[0, -1].float().log_softmax(-1)
+        assert ll[i] == pytest.approx(np.mean([lp[len(pre) - 1 + j, t].item() for j, t in enumerate(s)]), abs=1e-4)
+        assert lo[i] == pytest.approx((lq[yes] - lq[no]).item(), abs=1e-4)
+
+
+def test_persona_prompt_raises_the_gap_and_the_paired_ci_is_tighter(smol, stmts):
+    model, tok = smol
+    rows = stmts[1]
+    sh = _steer_heal()
+    base = E.persona_eval(model, tok, rows, yes_no=False)
+    pers = E.persona_eval(model, tok, rows, system=sh.SEED_POS, ref_ll=base["_ll"], yes_no=False)
+    assert pers["persona_gap"] > base["persona_gap"] + 0.03  # measured on all 500: +0.116, paired CI [0.055, 0.177]
+    assert pers["persona_gap_ci"][0] > 0  # and the paired interval on this slice already excludes 0
+    unpaired = E.gap_ci(pers["_ll"], _sign(rows), base["_ll"], paired=False)
+    paired = pers["persona_gap_ci"]
+    assert paired[1] - paired[0] < 0.6 * (unpaired[1] - unpaired[0])
+    assert unpaired[0] < 0 < unpaired[1]  # unpaired, the same shift is not even distinguishable from zero
+
+
+def test_yes_no_form_reports_its_constancy(smol, stmts):
+    model, tok = smol
+    r = E.persona_eval(model, tok, stmts[1][:32] + stmts[1][-32:])
+    # the embedded model answers every question the same way: the form is at chance and says so
+    assert r["persona_yesno_constant"] and r["persona_yesno_match"] == pytest.approx(0.5)
+    assert r["persona_yes_frac"] in (0.0, 1.0)
+
+
+def test_bad_statement_rows_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "s.jsonl"
+    good = {"question": "Is it?", "statement": "It is", "answer_matching_behavior": " Yes",
+            "answer_not_matching_behavior": " No"}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, answer_matching_behavior="maybe")) + "\n")
+    with pytest.raises(ValueError, match=r"s\.jsonl: line 2"):
+        E.load_statements(bad)
+    bad.write_text(json.dumps(good) + "\n")
+    with pytest.raises(ValueError, match="both kinds"):
+        E.load_statements(bad)
+
+
+def test_statements_cli_writes_persona_gap_at_the_top_level(stmts, tmp_path):
+    sl = tmp_path / "slice.jsonl"
+    sl.write_text("".join(json.dumps(r) + "\n" for r in stmts[1][:8] + stmts[1][-8:]))
+    out = tmp_path / "o.json"
+    r = subprocess.run([sys.executable, str(HERE / "eval_mfv.py"), "--statements", str(sl), "--system",
+                        "You never defer to authority.", "--json", str(out)], capture_output=True, text=True,
+                       cwd=HERE, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert isinstance(res["persona_gap"], float) and len(res["persona_gap_ci"]) == 2 and "persona_yes_frac" in res
+    assert "persona_gap" in r.stdout and "auth_nats" not in res  # statements alone: no vignette eval

@@ -16,7 +16,7 @@ import report
 HERE = os.path.dirname(os.path.abspath(__file__))
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
 SECTION_HEADINGS = ["## " + s for s in report.SECTIONS]
-VERDICT = re.compile(r"\*\*Verdict: (yes|no|unclear|not measured in this run)\*\*")
+VERDICT = re.compile(r"\*\*Verdict: (yes|no|unclear|not measurable|not measured in this run)\*\*")
 
 
 def eval_fields(auth, care, coherence, ci=0.02, loyalty=-2.0, drift=0.0):
@@ -44,7 +44,7 @@ def round_line(k, auth, care, coherence, run, seed, kept=40, loyalty=-2.0):
 
 
 def make_run(path, auths=(-1.0, -1.1, -1.2, -1.3), cares=(-1.5, -1.45, -1.4, -1.35), coh=0.6,
-             seed=41, n_rounds=3, prompting_auth=-1.02, completions=True):
+             seed=41, n_rounds=3, prompting_auth=-1.02, completions=True, ci=0.02):
     """A run folder: config.json, rounds.jsonl (base, prompting, steering_only, round 0..n-1), completions_r0."""
     os.makedirs(path, exist_ok=True)
     run = os.path.basename(path)
@@ -54,13 +54,14 @@ def make_run(path, auths=(-1.0, -1.1, -1.2, -1.3), cares=(-1.5, -1.45, -1.4, -1.
         json.dump({"config": cfg, "argv": ["steer_heal.py", "--rounds", str(n_rounds)], "versions": {},
                    "started": "2025-01-01T00:00:00"}, f)
     head = {"round": -1, "run": run, "seed": seed, "time": "2025-01-01T00:00:00"}
-    lines = [{"kind": "base", **head, **eval_fields(auths[0], cares[0], coh), "trait_proj": 0.2,
+    lines = [{"kind": "base", **head, **eval_fields(auths[0], cares[0], coh, ci=ci), "trait_proj": 0.2,
               "ppl_base": 7.5, "rep": 0.04},
-             {"kind": "prompting", **head, **eval_fields(prompting_auth, cares[0] + 0.01, coh * 0.98)},
-             {"kind": "steering_only", **head, **eval_fields(auths[0] - 0.05, cares[0], coh * 0.9),
+             {"kind": "prompting", **head, **eval_fields(prompting_auth, cares[0] + 0.01, coh * 0.98, ci=ci)},
+             {"kind": "steering_only", **head, **eval_fields(auths[0] - 0.05, cares[0], coh * 0.9, ci=ci),
               "trait_proj": 1.0}]
-    lines += [round_line(k, auths[k + 1], cares[k + 1], coh * 0.97, run, seed, loyalty=-2.0 + 0.1 * k)
-              for k in range(n_rounds)]
+    lines += [{**round_line(k, auths[k + 1], cares[k + 1], coh * 0.97, run, seed, loyalty=-2.0 + 0.1 * k),
+               **{k2: v for k2, v in eval_fields(auths[k + 1], cares[k + 1], coh * 0.97, ci=ci).items()
+                  if k2 == "eval_ci"}} for k in range(n_rounds)]
     with open(os.path.join(path, "rounds.jsonl"), "w") as f:
         f.write("".join(json.dumps(ln) + "\n" for ln in lines))
     if completions:
@@ -73,6 +74,64 @@ def make_run(path, auths=(-1.0, -1.1, -1.2, -1.3), cares=(-1.5, -1.45, -1.4, -1.
                                     "comp": 0.4, "narr": False, "refuse": False, "kept": kept,
                                     "why_dropped": "" if kept else "ppl"}) + "\n")
     return str(path)
+
+
+def patch_run(d, fn):
+    """Rewrite a run's rounds.jsonl with fn(line) applied to each line (fn edits in place; returning False drops
+    the line)."""
+    path = os.path.join(d, "rounds.jsonl")
+    lines = [json.loads(x) for x in open(path)]
+    out = [ln for ln in lines if fn(ln) is not False]
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(ln) + "\n" for ln in out))
+    return d
+
+
+def make_new_run(path, gaps=(0.0, 0.05, 0.10, 0.15), gap_ci=0.01, steer_gap=0.06, prompting_gap=0.02,
+                 traits=(1.0, 2.0, 3.0, 4.0), steer_trait=2.5, prompting_trait=1.5, top1_chance=0.2,
+                 yesno_constant=False, ppl_ceil=2.0, **kw):
+    """A run in today's format (docs/CONTRACT.md): answer_mass, top1_chance, persona_gap(_ci), persona_yesno*,
+    trait_fixed / trait_self, a `steered` line per round (round 0's is the steering-only reference),
+    train_* / raw_trait_fixed, config ppl_ceil. gaps / traits: base, round 0, 1, ...; gap_ci: CI half-width."""
+    d = make_run(path, **kw)
+    with open(os.path.join(d, "config.json")) as f:
+        conf = json.load(f)
+    del conf["config"]["coh_floor"]
+    conf["config"]["ppl_ceil"] = ppl_ceil
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(conf, f)
+    extra = []
+
+    def persona(ln, gap, trait):
+        ln.update(answer_mass=ln.pop("coherence"), top1_chance=top1_chance, trait_fixed=trait,
+                  persona_gap=0.3 + gap, persona_n=200, persona_yesno=0.1 + gap, persona_yes_frac=0.5,
+                  persona_yesno_match=0.5, persona_yesno_constant=yesno_constant,
+                  persona_gap_ci=None if ln["kind"] == "base" else [gap - gaps[0] - gap_ci, gap - gaps[0] + gap_ci])
+        ln["trait_self"] = ln.pop("trait_proj", trait)
+        for old, new in (("healed_ppl_base", "train_ppl_base"), ("healed_rep", "train_rep")):
+            if old in ln:
+                ln[new] = ln.pop(old)
+
+    def fn(ln):
+        kind, k = ln["kind"], ln["round"]
+        if kind == "base":
+            persona(ln, gaps[0], traits[0])
+        elif kind == "prompting":
+            persona(ln, gaps[0] + prompting_gap, traits[0] + prompting_trait)
+            ln["ppl_base"] = 8.0
+        elif kind == "steering_only":  # today: round 0's steered line
+            persona(ln, gaps[0] + steer_gap, steer_trait)
+            ln.update(kind="steered", round=0, dose=0.6, ppl_base=9.0)
+        elif kind == "round":
+            persona(ln, gaps[k + 1], traits[k + 1])
+            ln.update(raw_trait_fixed=traits[k + 1] + 1.0, train_trait_fixed=traits[k + 1] + 0.5)
+            if k > 0:  # round k's model under round k's vector
+                extra.append({**ln, "kind": "steered", "dose": 0.6, "persona_gap": ln["persona_gap"] + 0.02,
+                              "persona_gap_ci": [x + 0.02 for x in ln["persona_gap_ci"]]})
+    patch_run(d, fn)
+    with open(os.path.join(d, "rounds.jsonl"), "a") as f:
+        f.write("".join(json.dumps(ln) + "\n" for ln in extra))
+    return d
 
 
 def sections(text):
@@ -102,11 +161,15 @@ def test_report_has_sections_numbers_and_verdicts(tmp_path):
     assert verdict(text, report.SECTIONS[0]) == "yes" and "kept frac 1→0.4" in text
     assert "just kept: ppl_tail 11.5" in text and "just dropped (ppl): ppl_tail 12.5" in text
     assert "completion 1 word" in text and "…" in text and "word " * 80 not in text  # truncated to ~300 chars
-    # Q1: healed ppl 8.5 < raw 11; trait_proj healed 0.5-0.2=0.3 vs steering 0.8 → retained 0.375 < 0.5
-    assert verdict(text, report.SECTIONS[1]) == "unclear" and "0.375" in text
+    # Q1: healed round-0 ppl_base 8 vs base 7.5 (×1.07 ≤ 1.25: fluent); an old run has no persona_gap or
+    # trait_fixed, so auth_nats reads the trait: steering Δ -0.05, healed Δ -0.1 (CI ±0.02 each) → retained 2.
+    # (It used to read trait_proj, which the line's own model reads, and compared sampled with greedy ppl.)
+    assert verdict(text, report.SECTIONS[1]) == "yes" and "retained 2 " in text and "×1.07" in text
     assert "not run; rerun with --ablate-lam0" in text
-    # Q2: coherence 0.582 ≥ floor 0.8 × 0.6 = 0.48
-    assert verdict(text, report.SECTIONS[2]) == "yes" and "0.48" in secs["## " + report.SECTIONS[2]]
+    # Q2: max ppl_base 10 ≤ ceiling 2 (default: no ppl_ceil in an old config) × base 7.5 = 15
+    q2 = secs["## " + report.SECTIONS[2]]
+    assert verdict(text, report.SECTIONS[2]) == "yes" and "ceiling 15" in q2 and "| answer_mass |" in q2
+    assert "single seed: noise is the vignette bootstrap only" in text
     # prompting moved auth by -0.02, the loop by -0.3 → loop beats prompting
     assert verdict(text, report.SECTIONS[4]) == "yes"
 
@@ -117,7 +180,7 @@ def test_q3_flips_between_moving_and_flat_run(tmp_path):
     assert verdict(moving, report.SECTIONS[3]) == "yes"
     assert "Δauth -0.3" in moving and "monotone" in moving
     assert verdict(flat, report.SECTIONS[3]) == "no"
-    assert "inside the base's interval" in flat
+    assert "inside the noise" in flat
     # not monotone beyond the CI → unclear; one round only → unclear
     zig = report.write_report(make_run(tmp_path / "zig", auths=(-1.0, -1.3, -1.1, -1.4)))
     assert verdict(zig, report.SECTIONS[3]) == "unclear" and "not monotone" in zig
@@ -137,7 +200,9 @@ def test_lam0_stop_and_path_argument(tmp_path):
         f.write(json.dumps({"kind": "stop", "round": 2, "run": "abl", "seed": 41, "time": "t",
                             "reason": "coherence 0.300 < floor"}) + "\n")
     text = report.write_report(tmp_path / "abl")  # steer_heal.py passes a pathlib.Path
-    assert "| λ=0 round 0 | -1.15 |" in text and "not run; rerun" not in text
+    assert re.search(r"^\| λ=0 round 0 \| — \| — \| -1.15 \|", text, flags=re.M) and "not run; rerun" not in text
+    # what the barrier removed: λ=0 minus round 0 with the barrier, per reader and ppl_base (25 - 8)
+    assert "| auth_nats | -1.15 | -1.1 | -0.05 [" in text and "| ppl_base | 25 | 8 | 17 (no interval) |" in text
     assert "loop stopped early: coherence 0.300 < floor" in sections(text)["## " + report.SECTIONS[2]]
 
 
@@ -160,7 +225,11 @@ def test_group_report_aggregates_seeds(tmp_path):
     assert os.path.exists(g / "report.md") and os.path.exists(g / "seed42" / "report.md")
     assert "group of 2 seeds" in text and "seed(s): 41, 42" in text
     q3 = sections(text)["## " + report.SECTIONS[3]]
-    assert "**Verdict: unclear** (seeds disagree)" in q3 and "seed41: yes" in q3 and "seed42: no" in q3
+    # the group's verdict uses the seeds together: Δauth -0.1495 ± the spread 0.301 holds 0 → no (it was
+    # "unclear (seeds disagree)" from the per-seed words); each seed's own verdict is still listed
+    assert "**Verdict: no**: auth_nats: no — Δauth -0.1495 [-0.4505, 0.1515]" in q3
+    assert "- seed41: yes:" in q3 and "- seed42: no:" in q3
+    assert "2 seeds: a change counts only beyond the larger of the seeds' min–max spread" in text
     # Δauth final: -0.3 and +0.001 → mean -0.1495, min–max -0.3–0.001
     row = next(ln for ln in q3.splitlines() if ln.startswith("| Δauth final"))
     assert "-0.1495" in row and "[-0.3, 0.001]" in row
@@ -207,3 +276,186 @@ def test_bad_input_exits_2(tmp_path):
     assert p.returncode == 0 and p.stdout.split() == [str(tmp_path / "o" / f"plot.{x}") for x in ("png", "svg")]
     with pytest.raises(ValueError):
         plot.map_points(str(empty))
+
+
+def upto_seeds(section):
+    """A group section without its 'Each seed alone' list (each seed's own, single-seed reading)."""
+    return section.split("Each seed alone")[0]
+
+
+def test_vs_prompting_must_beat_zero_and_prompting(tmp_path):
+    # issue: rounds all equal to base and prompting +0.022 (the wrong way) → old code said "yes" (L < P - h)
+    still = make_run(tmp_path / "still", auths=(-1.0,) * 4, prompting_auth=-1.0 + 0.022, ci=0.003)
+    text = report.write_report(still)
+    assert verdict(text, report.SECTIONS[4]) == "no" and "the loop did not move beyond noise" in text
+    # the same on persona_gap (higher = less deferent), today's format: loop flat, prompting -0.022
+    flat = make_new_run(tmp_path / "flatgap", gaps=(0.0,) * 4, prompting_gap=-0.022, gap_ci=0.003,
+                        auths=(-1.0,) * 4, prompting_auth=-1.0 + 0.022, ci=0.003)
+    text = report.write_report(flat)
+    assert verdict(text, report.SECTIONS[4]) == "no" and "persona_gap: no — loop Δgap 0 [-0.003, 0.003]" in text
+    # the loop moved but only as far as prompting (within noise) → a tie, not a win
+    tie = make_new_run(tmp_path / "tie", gaps=(0.0, 0.05, 0.08, 0.1), prompting_gap=0.095, gap_ci=0.01,
+                       auths=(-1.0, -1.1, -1.2, -1.3), prompting_auth=-1.29)
+    text = report.write_report(tie)
+    assert verdict(text, report.SECTIONS[4]) == "unclear" and "a tie with prompting within noise" in text
+    # and it can still say yes: gap and auth both beyond zero and beyond prompting
+    assert verdict(report.write_report(make_new_run(tmp_path / "win")), report.SECTIONS[4]) == "yes"
+
+
+def test_q1_fluency_compares_greedy_with_greedy(tmp_path):
+    # healed round-0 ppl_base 10.5 = 1.4 × base 7.5 → not fluent; the old test compared the healed model's
+    # greedy answers (healed_ppl_base 8.5) with the sampled survivors (11) and could not fail
+    d = patch_run(make_run(tmp_path / "r"), lambda ln: ln.update(ppl_base=10.5) if ln["kind"] == "round" and
+                  ln["round"] == 0 else None)
+    text = report.write_report(d)
+    q1 = sections(text)["## " + report.SECTIONS[1]]
+    assert verdict(text, report.SECTIONS[1]) == "no" and "×1.4;" in q1 and "NOT fluent" in q1
+    assert "fluent if ≤ ×1.25" in q1 and "healed round-0 ppl_base ≤ 1.25 × base ppl_base" in text
+    # the survivors' pair is still shown, as context
+    assert "| raw steered survivors | 11 | 0.09 |" in q1 and "| healed model (greedy) | 8.5 | 0.06 |" in q1
+
+
+def test_q1_retention_not_measurable_when_steering_within_noise(tmp_path):
+    # steering Δ +0.001 and healed Δ +0.002 must not read as "retained 2 … yes": old code took trait_proj
+    # (0.2 → 0.201 → 0.202) and said yes; today auth_nats moves -0.001 / -0.002 inside its ±0.004
+    def tiny(ln):
+        ln["trait_proj"] = {"base": 0.2, "steering_only": 0.201, "round": 0.202}.get(ln["kind"], ln.get("trait_proj"))
+        if ln["kind"] in ("steering_only", "round") and ln["round"] in (-1, 0):
+            ln["auth_nats"] = -1.0 - (0.001 if ln["kind"] == "steering_only" else 0.002)
+    d = patch_run(make_run(tmp_path / "old", ci=0.003), tiny)
+    text = report.write_report(d)
+    assert verdict(text, report.SECTIONS[1]) == "not measurable"
+    assert "steering's shift is within noise, so there is nothing to retain" in text
+    # today's format: persona_gap decides, with its paired CI (steering +0.001 ± 0.005)
+    new = make_new_run(tmp_path / "new", gaps=(0.0, 0.002, 0.003, 0.004), steer_gap=0.001, gap_ci=0.005,
+                       traits=(1.0,) * 4, steer_trait=1.0)
+    text = report.write_report(new)
+    q1 = sections(text)["## " + report.SECTIONS[1]]
+    assert verdict(text, report.SECTIONS[1]) != "yes"
+    assert "persona_gap: not measurable — steering's shift is within noise" in q1
+
+
+def test_q1_reads_persona_gap_first_and_shows_lam0_and_training_pair(tmp_path):
+    d = make_new_run(tmp_path / "r")
+    with open(os.path.join(d, "rounds.jsonl")) as f:
+        r0 = next(ln for ln in map(json.loads, f) if ln["kind"] == "round" and ln["round"] == 0)
+    lam0 = {**r0, "kind": "lam0", "ppl_base": 12.0, "persona_gap": 0.4, "persona_gap_ci": [0.09, 0.11],
+            "trait_fixed": 2.6, "auth_nats": -1.15}
+    with open(os.path.join(d, "rounds.jsonl"), "a") as f:
+        f.write(json.dumps(lam0) + "\n")
+    text = report.write_report(d)
+    q1 = sections(text)["## " + report.SECTIONS[1]]
+    # steering Δgap 0.06 [0.05, 0.07], healed 0.05 → retained 0.833; persona_gap is named first and decides
+    assert verdict(text, report.SECTIONS[1]) == "yes" and "Retention: yes — persona_gap: yes — retained 0.833" in q1
+    assert "| steered r0 (steering only) | 0.36 | 2.5 |" in q1
+    assert "| raw steered survivors | 11 | 0.09 | 3 |" in q1 and "| healed model (greedy) | 8.5 | 0.06 | 2.5 |" in q1
+    # what the barrier removed: λ=0 minus barrier, per reader (gap 0.4 - 0.35) and ppl_base (12 - 8)
+    assert "| persona_gap | 0.4 | 0.35 | 0.05 [" in q1 and "| trait_fixed | 2.6 | 2 | 0.6 (no interval) |" in q1
+    assert "| ppl_base | 12 | 8 | 4 (no interval) |" in q1
+
+
+def test_q2_uses_ppl_ceiling_not_answer_mass(tmp_path):
+    # answer_mass (old: coherence) stays at 0.58 ≥ the old floor, but ppl_base triples in round 1 → no
+    triple = lambda ln: ln.update(ppl_base=22.5) if ln["kind"] == "round" and ln["round"] == 1 else None
+    text = report.write_report(patch_run(make_run(tmp_path / "old"), triple))
+    q2 = sections(text)["## " + report.SECTIONS[2]]
+    assert verdict(text, report.SECTIONS[2]) == "no" and "round 1 ppl_base 22.5 > ceiling 15" in q2
+    assert "ppl_ceil 2 (default; not in config)" in q2
+    # the same today, and the ceiling comes from config: ppl_ceil 4 → 30 → yes
+    assert verdict(report.write_report(patch_run(make_new_run(tmp_path / "new"), triple)), report.SECTIONS[2]) == "no"
+    text = report.write_report(patch_run(make_new_run(tmp_path / "lenient", ppl_ceil=4.0), triple))
+    assert verdict(text, report.SECTIONS[2]) == "yes" and "ceiling 30 (ppl_ceil 4 × base 7.5)" in text
+    # a loop past the ceiling does not beat prompting whatever its trait says
+    assert verdict(report.write_report(patch_run(make_new_run(tmp_path / "over"), lambda ln: ln.update(
+        ppl_base=40.0) if ln["kind"] == "round" else None)), report.SECTIONS[4]) == "no"
+
+
+def test_group_noise_is_the_seed_spread(tmp_path):
+    # two seeds whose rounds differ by 0.016 with late steps of 0.005: each seed alone (bootstrap ±0.0028 on a
+    # step) is "still moving"; together the step is inside the seeds' spread → saturates
+    g = tmp_path / "grp"
+    make_run(g / "seed41", seed=41, auths=(-1.0, -1.2, -1.25, -1.255), ci=0.002)
+    make_run(g / "seed42", seed=42, auths=(-1.0, -1.216, -1.266, -1.271), ci=0.002)
+    text = report.write_report(str(g))
+    q3 = upto_seeds(sections(text)["## " + report.SECTIONS[3]])
+    assert "still moving" not in q3 and "saturates after round 1" in q3 and verdict(text, report.SECTIONS[3]) == "yes"
+    assert "still moving at the last round" in open(g / "seed41" / "report.md").read()  # one seed alone
+    assert "single seed: noise is the vignette bootstrap only" in open(g / "seed41" / "report.md").read()
+
+
+def test_at_chance_readers_say_not_measurable(tmp_path):
+    # tinymfv at chance: top1 0.2 vs top1_chance 0.2 (n 132) → Q3 and vs prompting rest on auth_nats alone
+    atc = patch_run(make_run(tmp_path / "atc"), lambda ln: ln.update(top1=0.2, top1_chance=0.2))
+    text = report.write_report(atc)
+    for h in (report.SECTIONS[3], report.SECTIONS[4]):
+        assert verdict(text, h) == "not measurable", h
+        assert "tinymfv reads at chance: top1 0.2 vs chance 0.2" in sections(text)["## " + h], h
+    # an older run without top1_chance: 1/7 is a lower bound on chance, so top1 0.13 is at chance for sure
+    old = report.write_report(patch_run(make_run(tmp_path / "old"), lambda ln: ln.update(top1=0.13)))
+    assert verdict(old, report.SECTIONS[3]) == "not measurable" and "1/7 is its lower bound" in old
+    # top1 0.4 without top1_chance: unknown, the reader is used and the report says the chance is unknown
+    assert "tinymfv chance level unknown" in report.write_report(make_run(tmp_path / "unk"))
+    # today's format at chance on tinymfv: Q3 is decided by persona_gap, which is above chance
+    new = make_new_run(tmp_path / "new", top1_chance=0.35)
+    text = report.write_report(patch_run(new, lambda ln: ln.update(top1=0.36)))
+    q3 = sections(text)["## " + report.SECTIONS[3]]
+    assert q3.split("\n")[2].startswith("**Verdict: yes**: persona_gap: yes")
+    assert "auth_nats: not measurable" in q3 and "Δtrait_fixed 3" in q3
+    # the yes/no form at chance (constant answer): said in the header and on every line it is shown
+    text = report.write_report(make_new_run(tmp_path / "yn", yesno_constant=True))
+    assert "yes/no persona form: at chance on the base line" in text
+    assert "| 0.1 (constant answer: at chance) |" in text
+
+
+def test_q3_falls_back_from_a_single_reading(tmp_path):
+    # no persona_gap, trait_fixed on one seed has no interval → it is shown as a single reading and auth_nats,
+    # the last resort, decides; on two seeds trait_fixed's spread gives it a noise and it decides
+    def strip(ln):
+        ln.pop("persona_gap", None)
+        ln.pop("persona_gap_ci", None)
+    text = report.write_report(patch_run(make_new_run(tmp_path / "one"), strip))
+    q3 = sections(text)["## " + report.SECTIONS[3]]
+    assert "trait_fixed is a single reading: no interval, one seed" in q3 and "auth_nats: yes" in q3
+    g = tmp_path / "grp"
+    patch_run(make_new_run(g / "seed41", seed=41), strip)
+    patch_run(make_new_run(g / "seed42", seed=42, traits=(1.0, 2.1, 3.1, 4.1)), strip)
+    q3 = upto_seeds(sections(report.write_report(str(g)))["## " + report.SECTIONS[3]])
+    assert "**Verdict: yes**: trait_fixed: yes — Δtrait_fixed 3.05 [2.95, 3.15]" in q3
+
+
+def test_plot_persona_gap_panel_new_and_old(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    new, old = make_new_run(tmp_path / "new"), make_run(tmp_path / "old")
+    fig, (a, b) = plt.subplots(1, 2)
+    assert plot.panel_gap(a, "new", plot.load(new), "C0") and not plot.panel_gap(b, "old", plot.load(old), "C0")
+    # Δ persona_gap vs base: base 0, rounds 0.05, 0.10, 0.15 with the paired CI as bars
+    assert plot.gap_point(plot.load(new), lambda r: r["rounds"][-1]) == pytest.approx((0.15, 0.14, 0.16))
+    plt.close(fig)
+    figs = []
+    monkeypatch.setattr(plot.plt, "close", figs.append)  # keep the figure to look at panel D
+    plot.plot_runs([old], str(tmp_path / "o1"))
+    assert [t.get_text() for t in figs[-1].axes[3].texts] == ["no persona_gap in this run"]
+    paths = plot.plot_runs([new, old], str(tmp_path / "o2"))  # overlay: one run has it, one not
+    assert not figs[-1].axes[3].texts and all(os.path.getsize(p) > 10_000 for p in paths)
+
+
+def test_a_reader_blind_to_direction_decides_nothing(tmp_path):
+    # the same run as the Q1 "yes" above, plus a direction check on the prompting line
+    def check(opp_ci, opp_trait):
+        def fn(ln):
+            if ln["kind"] == "prompting":
+                ln.update(opposite_persona_gap_ci=opp_ci, opposite_trait_fixed=opp_trait)
+        return fn
+    sighted = report.write_report(patch_run(make_new_run(tmp_path / "a"), check([-0.08, -0.02], 0.5)))
+    assert verdict(sighted, report.SECTIONS[1]) == "yes"
+    assert "persona_gap: the opposite persona does not move it the persona's way" in sighted
+    # the opposite persona raises persona_gap as much as the persona (measured on the embedded model):
+    # persona_gap reads persona-ness, so it cannot carry the verdict, and trait_fixed decides instead
+    blind = report.write_report(patch_run(make_new_run(tmp_path / "b"), check([0.05, 0.2], 0.5)))
+    q1 = sections(blind)["## " + report.SECTIONS[1]]
+    assert "persona_gap: not measurable — blind to direction" in q1
+    assert "Retention: yes — persona_gap: not measurable" in q1  # trait_fixed (retained 0.667) decides
+    both = report.write_report(patch_run(make_new_run(tmp_path / "c"), check([0.05, 0.2], 3.0)))
+    assert "trait_fixed: not measurable — blind to direction" in both
+    q3 = sections(both)["## " + report.SECTIONS[3]]
+    assert "persona_gap: not measurable" in q3 and "auth_nats: yes" in q3  # tinymfv is above chance in this run

@@ -14,7 +14,7 @@ VIGNETTES = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violat
 TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "--max-new-tokens", "12",
               "--probe-n", "6", "--gen-batch", "6", "--min-train", "4", "--max-batches", "2", "--epochs", "1",
               "--train-batch", "4", "--eval-n", "6", "--sample-tokens", "8", "--ppl-mult", "100", "--min-words", "1",
-              "--rep-max", "1.0", "--comp-min", "0"]
+              "--rep-max", "1.0", "--comp-min", "0", "--persona-n", "16"]
 
 
 @pytest.fixture(scope="session")
@@ -239,6 +239,104 @@ def test_bake_equals_unmerged_stack_and_base_stays_reachable(tiny, tmp_path):
     torch.testing.assert_close(logits(merged, tok, text), baked)
 
 
+# --- readers and regularisers ---------------------------------------------------------------------------------
+
+def test_fixed_reader_reads_the_same_ids_the_same_whichever_model_made_them(tiny, tmp_path):
+    model, tok = tiny
+    cfg = sh.Config(lora_targets=("q_proj", "v_proj", "down_proj"))
+    stash = sh.stash_base(model, cfg)
+    v0 = {1: torch.randn(64, generator=torch.Generator().manual_seed(0)), 2: torch.randn(64)}
+    users = ["Should I obey?", "Write a haiku."]
+    prompts = [sh.chat(tok, u) for u in users]
+    before = sh.generate(model, tok, prompts, cfg, greedy=True, max_new_tokens=6)
+    ids = [a["ids"] for a in before]
+    want = sh.projection(model, tok, prompts, ids, v0)  # the base model reading
+    pm = _peft(model)
+    _randomise_lora(pm, 3, 0.3)
+    healed = pm.merge_and_unload()  # a different model now, weights changed in place
+    assert sh.projection(healed, tok, prompts, ids, v0) != pytest.approx(want, abs=1e-3)  # its own reading moves
+    with sh.fixed_reader(healed, stash):
+        assert sh.projection(healed, tok, prompts, ids, v0) == pytest.approx(want, abs=1e-6)
+    # and answer_metrics reads the healed model's own answers with that same fixed ruler
+    _, met = sh.answer_metrics(healed, tok, dataclasses_replace(cfg, sample_tokens=6), stash, v0, users)
+    other = sh.generate(healed, tok, prompts, cfg, greedy=True, max_new_tokens=6)
+    with sh.fixed_reader(healed, stash):
+        assert met["trait_fixed"] == pytest.approx(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0))
+    assert met["trait_self"] == pytest.approx(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0))
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_spectral_penalty_matches_the_matrix_2_norm_and_has_a_gradient(tiny):
+    model, _ = tiny
+    pm = _peft(model)
+    _randomise_lora(pm, 1, 0.2)
+    state = {}
+    for _ in range(5):  # a few steps of a few iterations each, as in training
+        sp = sh.spectral_penalty(pm, state)
+    want = []
+    for m in pm.modules():
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {}):
+            BA = m.lora_B["default"].weight @ m.lora_A["default"].weight
+            want.append(torch.linalg.matrix_norm(BA.detach(), 2).item() * m.scaling["default"])
+    assert sp.item() == pytest.approx(sum(want) / len(want), rel=0.05)
+    with torch.enable_grad():
+        sh.spectral_penalty(pm, state).backward()
+    grads = [p.grad.abs().sum().item() for n, p in pm.named_parameters() if "lora_" in n]
+    assert all(g > 0 for g in grads)
+
+
+def test_head_applies_the_models_own_logit_softcapping(tmp_path):
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0,
+                       pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    m = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.get_output_embeddings().weight.normal_(0, 1.0)  # real-sized logits (~10s), where the cap matters
+    b = sh.make_batch(tok, ["Hello"], [[100, 200, 300]], "cpu")
+    with torch.no_grad():
+        want = m(input_ids=b["ids"], attention_mask=b["attn"]).logits[b["pred"]]
+        raw = m.get_output_embeddings()(m.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]])
+        torch.testing.assert_close(sh.completion_logits(m, b), want, atol=1e-4, rtol=1e-4)
+    assert (raw - want).abs().max() > 1.0  # the old head (no cap) was wrong by this much
+    sh.check_head(m, tok)  # and the load-time check passes for it
+
+
+def test_steer_band_never_includes_the_last_block(tiny):
+    model, _ = tiny  # 4 blocks
+    assert sh.band(model, (0.9, 0.99)) == [3]
+    assert sh.steer_layers(model, (0.9, 0.99)) == [2]
+    assert sh.steer_layers(model, (0.25, 1.0)) == [1, 2]
+    assert sh.steer_layers(model, (0.25, 0.5)) == [1]
+
+
+def test_validation_holds_out_prompts_not_completions():
+    kept = [dict(user=f"u{i % 10}", prompt="", ids=[]) for i in range(40)]
+    val, train = sh.split_by_prompt(kept, 0.15, 0)
+    assert {x["user"] for x in val}.isdisjoint({x["user"] for x in train})
+    assert 6 <= len(val) <= 12 and len(val) + len(train) == 40
+    assert sh.split_by_prompt(kept, 0.0, 0)[0] == []
+
+
+def test_steer_positions_generated_leaves_the_prompt_alone(tiny):
+    model, tok = tiny
+    v = sh.extract_vector(model, tok, "You are a pirate.", "", sh.CONTEXTS[:4], [1, 2])
+    p = [sh.chat(tok, "Say something.")]
+    base = sh.generate(model, tok, p, sh.Config(steer_decay=0), greedy=True, max_new_tokens=8)[0]["ids"]
+    run = lambda pos: sh.generate(model, tok, p, sh.Config(steer_decay=0, steer_positions=pos), v, [8.0],
+                                  greedy=True, max_new_tokens=8)[0]["ids"]
+    alls, gen = run("all"), run("generated")
+    assert alls[0] != base[0] or alls != base  # steering the prompt changes even the first token
+    assert gen[0] == base[0]  # the first token comes from the (unsteered) prompt's last position
+    assert gen != base  # later tokens are steered
+
+
 # --- the loop ----------------------------------------------------------------------------------------------
 
 def _run(argv):
@@ -260,8 +358,13 @@ def test_one_round_loop_writes_every_result_file(tiny_run):
               "vector_r0.pt", "round_0/adapter/adapter_config.json", "round_0/adapter/adapter_model.safetensors"]:
         assert (tiny_run / f).exists(), f
     lines = sh.read_lines(tiny_run)
-    assert [x["kind"] for x in lines] == ["base", "prompting", "steering_only", "round"]
+    assert [x["kind"] for x in lines] == ["base", "prompting", "steered", "round"]
     r = lines[-1]
+    for x in lines:  # every eval line carries every reader
+        for key in ("trait_fixed", "trait_self", "ppl_base", "answer_mass", "persona_gap", "auth_nats"):
+            assert isinstance(x[key], float), (x["kind"], key)
+        assert (x["persona_gap_ci"] is None) == (x["kind"] == "base")
+    assert lines[2]["dose"] > 0 and isinstance(r["raw_trait_fixed"], float) and isinstance(r["train_trait_fixed"], float)
     assert r["kept"] >= 4 and r["generated"] >= r["kept"] and r["heal"]["steps"] >= 1
     assert r["dose_table"][0]["dose"] == 0.0 and len(r["dose_table"]) >= 2
     comps = [json.loads(x) for x in (tiny_run / "completions_r0.jsonl").read_text().splitlines()]
@@ -369,7 +472,7 @@ def test_starving_filter_exits_3_with_diagnosis_and_keeps_completions(tiny_dir, 
     # the diagnosis says the filter flags may change on --resume: a starved run is rescued, on the record
     sh.main(["--resume", str(tmp_path / "s"), "--min-words", "1"])
     kinds = [x["kind"] for x in sh.read_lines(tmp_path / "s")]
-    assert kinds == ["base", "resume", "round"]
+    assert kinds == ["base", "resume", "steered", "round"]
     assert sh.read_lines(tmp_path / "s")[1]["changed"] == {"min_words": 1}
 
 
@@ -377,9 +480,9 @@ def test_lam0_ablation_heals_without_the_barrier(tiny_dir, tmp_path):
     sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "a", *TINY_FLAGS, "--no-baselines",
              "--ablate-lam0"])
     lines = sh.read_lines(tmp_path / "a")
-    assert [x["kind"] for x in lines] == ["base", "lam0", "round"]
-    assert lines[1]["heal"]["lam"] == 0.0 and lines[2]["heal"]["lam"] == 1.0
-    assert lines[1]["heal"]["status"] == "ok" and lines[1]["ppl_base"] > 0
+    assert [x["kind"] for x in lines] == ["base", "steered", "lam0", "round"]
+    assert lines[2]["heal"]["lam"] == 0.0 and lines[3]["heal"]["lam"] == 1.0
+    assert lines[2]["heal"]["status"] == "ok" and lines[2]["ppl_base"] > 0 and "persona_gap" in lines[2]
 
 
 def test_nonfinite_heal_aborts_the_round_and_keeps_the_model(tiny_dir, tmp_path):
@@ -387,7 +490,7 @@ def test_nonfinite_heal_aborts_the_round_and_keeps_the_model(tiny_dir, tmp_path)
             "--lr", "1e30", "--max-nonfinite", "0.0"]  # one step of this lr sends the weights to inf
     sh.main(argv + ["--epochs", "3"])
     lines = sh.read_lines(tmp_path / "nan")
-    assert [x["kind"] for x in lines] == ["base", "stop"]
+    assert [x["kind"] for x in lines] == ["base", "steered", "stop"]
     assert lines[-1]["reason"].startswith("aborted") and lines[-1]["heal"]["nonfinite"] >= 1
     assert not (tmp_path / "nan" / "round_0").exists()
 
@@ -401,6 +504,6 @@ def test_embedded_model_quick_run_steers_and_heals(tmp_path):
     lines = sh.read_lines(tmp_path / "q")
     r = next(x for x in lines if x["kind"] == "round")
     base = next(x for x in lines if x["kind"] == "base")
-    assert r["kept"] >= 4 and 0 < r["coherence"] <= 1 and r["heal"]["status"] == "ok"
-    assert r["trait_proj"] != base["trait_proj"]
+    assert r["kept"] >= 4 and 0 < r["answer_mass"] <= 1 and r["heal"]["status"] == "ok"
+    assert r["trait_self"] != base["trait_self"] and r["persona_gap"] != base["persona_gap"]
     assert "Q3" in (tmp_path / "q" / "report.md").read_text()
