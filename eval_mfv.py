@@ -77,11 +77,11 @@ FRAME_SETS = {
 DEFAULT_FRAMES = "cyclic"
 
 
-def load_vignettes(path) -> list[dict]:
-    """Rows of a tinymfv vignettes JSONL (id, text, foundation_coarse, human_<Foundation>...)."""
+def read_rows(path, what, bad_row) -> list[dict]:
+    """The JSON objects of a JSONL file; bad_row(row) -> what is wrong (or None). Errors name file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"vignettes file not found: {path}")
+        raise ValueError(f"{what} file not found: {path}")
     rows = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -90,13 +90,18 @@ def load_vignettes(path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f"{path}: line {i} has no string field 'text'")
+        why = "is not a JSON object" if not isinstance(row, dict) else bad_row(row)
+        if why:
+            raise ValueError(f"{path}: line {i} {why}")
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no vignettes")
+        raise ValueError(f"{path}: no {what}")
     return rows
 
+
+def load_vignettes(path) -> list[dict]:
+    """Rows of a tinymfv vignettes JSONL (id, text, foundation_coarse, human_<Foundation>...)."""
+    return read_rows(path, "vignettes", lambda r: None if isinstance(r.get("text"), str) else "has no string field 'text'")
 
 def _subsample(rows, n, seed):
     if n is None or n >= len(rows):
@@ -242,8 +247,8 @@ def _fast(model, tok, rows, frames, system, batch_size, seed, progress):
 
 
 def _tinymfv(model, tok, rows, n, system, batch_size, seed):
-    """Adapter to the tinymfv library. It does not install here, so this path is UNTESTED. Written
-    from its source (evaluate(model, tokenizer, name, vignettes, *, n_vignettes, batch_size,
+    """Adapter to the tinymfv library. It does not install in this workplace: it has been run against the
+    pinned commit elsewhere, and here only test_eval's stand-in checks its plumbing. Written from its source (evaluate(model, tokenizer, name, vignettes, *, n_vignettes, batch_size,
     return_per_row, verbose, ...) -> dict with "profile" DataFrame(foundation, human, model),
     "mean_pmass_allowed", "top1_acc", "per_row" [{"p": 7-vector, "pmass_allowed"}]); reads are
     defensive and keyword arguments its signature lacks are dropped."""
@@ -346,23 +351,12 @@ STATEMENTS = Path(__file__).resolve().parent.parent / "shared" / "persona" / "wi
 
 def load_statements(path) -> list[dict]:
     """Rows of a persona-statements JSONL; a bad row names the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"statements file not found: {path}")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
-        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("question", "statement"))
-                and {row.get("answer_matching_behavior", "").strip(), row.get("answer_not_matching_behavior", "").strip()}
-                == {"Yes", "No"}):
-            raise ValueError(f"{path}: line {i} needs string fields question, statement and "
-                             "answer_matching_behavior / answer_not_matching_behavior of \" Yes\" and \" No\"")
-        rows.append(row)
+    ok = lambda r: (all(isinstance(r.get(k), str) for k in ("question", "statement")) and
+                    {str(r.get("answer_matching_behavior")).strip(), str(r.get("answer_not_matching_behavior")).strip()}
+                    == {"Yes", "No"})
+    rows = read_rows(path, "statements", lambda r: None if ok(r) else (
+        "needs string fields question, statement and answer_matching_behavior / answer_not_matching_behavior "
+        "of \" Yes\" and \" No\""))
     if not rows or len({r["answer_matching_behavior"].strip() for r in rows}) < 2:
         raise ValueError(f"{path}: needs statements of both kinds (matching \" Yes\" and \" No\")")
     return rows

@@ -610,7 +610,7 @@ def header(runs, title):
             + "; verdicts resting on it alone are not measurable" * bool(chance(runs)[0]),
             f"- direction check (the persona's opposite as system prompt): persona_gap: "
             f"{blind(runs, 'persona_gap', 1)[1]}; trait_fixed: {blind(runs, 'trait_fixed', 1)[1]}",
-            "- yes/no persona form: " + (f"at chance on the base line (constant answer: {', '.join(yn)})" if yn else
+            "- yes/no persona form: " + (f"at chance on the base line (a constant answer in: {', '.join(yn)})" if yn else
                                           "not at chance on the base line" if any(get(x["base"], "persona_yesno")
                                                                                    is not None for x in runs)
                                           else "not in this run"),

@@ -105,14 +105,14 @@ class Config:
     # eval and metrics
     eval_backend: str = "auto"  # auto | fast | tinymfv
     eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
-    eval_n: int = 0  # vignettes per eval; 0 = all
+    eval_n: int = 48  # vignettes per eval (seeded subsample); 0 = all 132 (~75 s a line on 2 CPU cores)
     vignettes: str = ""  # vignette JSONL when tinymfv is not installed; "" = ../shared/tinymfv if present
     statements: str = ""  # persona statements JSONL (persona_gap); "" = ../shared/persona if present; "none" = skip
-    persona_n: int = 0  # statements per reading, a seeded subsample balanced across both kinds; 0 = all
+    persona_n: int = 256  # statements per reading, a seeded subsample balanced across both kinds; 0 = all
     ppl_ceil: float = 2.0  # stop when the greedy answers' base-model ppl > ppl_ceil x the base model's own
     baselines: bool = True  # also evaluate the prompting and steering-only baselines
     ablate_lam0: bool = False  # also heal round 0 with lam=0 and evaluate it (Q1 ablation)
-    sample_tokens: int = 64  # greedy tokens per held-out prompt (samples.md, trait_fixed, ppl_base)
+    sample_tokens: int = 48  # greedy tokens per held-out prompt (samples.md, trait_fixed, ppl_base)
 
 
 PRESETS = {
@@ -120,7 +120,8 @@ PRESETS = {
                   max_batches=2, epochs=1, train_batch=4, eval_n=8, sample_tokens=16, baselines=False,
                   gen_pass_target=0.25, persona_n=64),
     "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, min_train=256,
-                max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128),
+                max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128,
+                eval_n=0, persona_n=0),
 }
 CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"],
                persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
@@ -202,9 +203,26 @@ def check_config(cfg):
                              ("--tail-frac", cfg.tail_frac, 0 < cfg.tail_frac <= 1, "in (0, 1]"),
                              ("--ppl-ceil", cfg.ppl_ceil, cfg.ppl_ceil > 1, "> 1"),
                              ("--eval-n", cfg.eval_n, cfg.eval_n >= 0, ">= 0 (0 = all)"),
-                             ("--sample-tokens", cfg.sample_tokens, cfg.sample_tokens >= 1, ">= 1")):
+                             ("--sample-tokens", cfg.sample_tokens, cfg.sample_tokens >= 1, ">= 1"),
+                             ("--persona-n", cfg.persona_n, cfg.persona_n >= 0 and cfg.persona_n != 1, ">= 2 (0 = all)"),
+                             ("--steer-decay", cfg.steer_decay, cfg.steer_decay >= 0, ">= 0 (0 = constant dose)"),
+                             ("--steer-decay-t", cfg.steer_decay_t, cfg.steer_decay_t > 0, "> 0"),
+                             ("--backtrack-window", cfg.backtrack_window, cfg.backtrack_window >= 1, ">= 1"),
+                             ("--backtrack-scale", cfg.backtrack_scale, 0 < cfg.backtrack_scale <= 1, "in (0, 1]"),
+                             ("--backtrack-retries", cfg.backtrack_retries, cfg.backtrack_retries >= 0, ">= 0"),
+                             ("--ppl-mult", cfg.ppl_mult, cfg.ppl_mult > 0, "> 0"),
+                             ("--rep-max", cfg.rep_max, 0 < cfg.rep_max <= 1, "in (0, 1]"),
+                             ("--comp-min", cfg.comp_min, 0 <= cfg.comp_min < 1, "in [0, 1)"),
+                             ("--min-words", cfg.min_words, cfg.min_words >= 0, ">= 0"),
+                             ("--gen-pass-target", cfg.gen_pass_target, 0 < cfg.gen_pass_target <= 1, "in (0, 1]"),
+                             ("--max-batches", cfg.max_batches, cfg.max_batches >= 0, ">= 0"),
+                             ("--lora-alpha", cfg.lora_alpha, cfg.lora_alpha > 0, "> 0"),
+                             ("--warmup", cfg.warmup, 0 <= cfg.warmup < 1, "in [0, 1)"),
+                             ("--max-nonfinite", cfg.max_nonfinite, 0 <= cfg.max_nonfinite <= 1, "in [0, 1]")):
         if not ok:
             raise Stop(f"{flag} {v}: must be {rng}.")
+    if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
+        raise Stop(f"--eval-frames {cfg.eval_frames}: choose one of {', '.join(sorted(eval_mfv.FRAME_SETS))}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
                    "Use --device cpu or install a CUDA build of torch.")
@@ -1174,7 +1192,9 @@ def start_run_dir(run_dir, cfg):
     meta = dict(config=dataclasses.asdict(cfg), argv=["steer_heal.py", *LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                               python=sys.version.split()[0]),
-                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                inputs=dict(vignettes=cfg.vignettes_path or "tinymfv package", statements=cfg.statements_path,
+                            statements_n=len(cfg.statement_rows or [])))  # decided at run time: on the record
     (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -1206,7 +1226,7 @@ def run(cfg, explicit=frozenset()):
     check_config(cfg)
     run_dir, cfg = prepare_run_dir(cfg, explicit)
     cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
-    path = find_statements(cfg)
+    path = cfg.statements_path = find_statements(cfg)
     try:  # parse every input file before the model loads
         cfg.statement_rows = eval_mfv.load_statements(path) if path else None
         if cfg.statement_rows and cfg.persona_n:

@@ -168,28 +168,28 @@ def summarize(out):
     for r in rows:
         if r["name"] != "base":
             by.setdefault(r["name"], {})[r["seed"]] = r
-    zero = by.get("lam0", {})
+    zero, ctl = by.get("lam0", {}), by.get("control_unsteered", {})
     readers = [("persona_gap", +1), ("trait_fixed", +1), ("auth_nats", -1)]  # sign: + = the persona's direction
 
     def shift(r, key):
         return None if r.get(key) is None or base.get(key) is None else r[key] - base[key]
 
-    # is the λ=0 shift measurable? persona_gap: its paired CI excludes 0 in every seed; others: the seeds agree in sign
-    lines = ["# The crux: does the KL barrier remove incoherence before it removes the trait?", ""]
+    # Is the λ=0 shift of a reader measurable, and which way? persona_gap: its paired CI excludes 0 in every seed,
+    # all on one side; trait_fixed / auth_nats (no per-model interval): every seed on one side, >= 2 seeds.
+    # tinymfv at chance (top1 within 2σ of the best constant answer) is never measurable.
+    at_chance = base["top1"] <= base["top1_chance"] + 2 * math.sqrt(base["top1_chance"] * (1 - base["top1_chance"])
+                                                                      / SIZES["eval_n"])
     meas = {}
     for key, sgn in readers:
-        sh_ = [shift(r, key) for r in zero.values()]
-        cis = [r.get(f"{key}_ci") for r in zero.values()] if key == "persona_gap" else []
-        ok = bool(sh_) and all(x is not None and sgn * x > 0 for x in sh_) and all(
-            ci and (ci[0] > 0 if sgn > 0 else ci[1] < 0) for ci in cis)
-        meas[key] = ok
-    table = ["| setting | seeds | Δpersona_gap | Δtrait_fixed | Δauth_nats | ppl_base | rep | kl_agg | barrier | "
-             "trait kept (gap) | trait kept (fixed) | incoh. removed | preference (gap) | preference (fixed) |",
-             "|" + "---|" * 14]
-    summary = {}
+        d = [shift(r, key) for r in zero.values()]
+        cis = [r.get("persona_gap_ci") for r in zero.values()] if key == "persona_gap" else []
+        side = {math.copysign(1, x) for x in d if x} | {1 if ci[0] > 0 else -1 if ci[1] < 0 else 0 for ci in cis if ci}
+        ok = len(d) >= (1 if cis else 2) and len(side) == 1 and 0 not in side and not (key == "auth_nats" and at_chance)
+        meas[key] = (("the persona's way" if side == {sgn} else "AGAINST the persona") if ok else
+                     "not measurable (tinymfv at chance)" if key == "auth_nats" and at_chance else "not measurable")
+    summary, table = {}, []
     for name, seeds in by.items():
-        kept = {k: [] for k, _ in readers}
-        rem, pref = [], {k: [] for k, _ in readers}
+        kept, rem, pref = {k: [] for k, _ in readers}, [], {k: [] for k, _ in readers}
         for s, r in seeds.items():
             z = zero.get(s)
             if not z:
@@ -199,39 +199,45 @@ def summarize(out):
             rem.append(removed)
             for key, _ in readers:
                 d, d0 = shift(r, key), shift(z, key)
-                frac = d / d0 if meas[key] and d is not None and d0 else None
+                frac = d / d0 if not meas[key].startswith("not") and d is not None and d0 else None
                 kept[key].append(frac)
-                pref[key].append(removed / (1 - frac) if None not in (removed, frac) and frac != 1 else None)
+                ok = meas[key] == "the persona's way" and None not in (removed, frac) and frac != 1
+                pref[key].append(removed / (1 - frac) if ok else None)
         summary[name] = dict(kept={k: _m(v) for k, v in kept.items()}, removed=_m(rem),
                              pref={k: _m(v) for k, v in pref.items()})
-        table.append(f"| {name} | {len(seeds)} | " + " | ".join(_f(_m([shift(r, k) for r in seeds.values()]), 4)
+        col = lambda key, nd=3: _f(_m([r.get(key) if "." not in key else r["heal"].get(key.split(".")[1])
+                                       for r in seeds.values()]), nd)
+        table.append(f"| {name} | {len(seeds)} | " + " | ".join(_f(_m([shift(r, k) for r in seeds.values()]), 3)
                                                              for k, _ in readers)
-                     + f" | {_f(_m([r['ppl_base'] for r in seeds.values()]))} | {_f(_m([r['rep'] for r in seeds.values()]))}"
-                     + f" | {_f(_m([r['heal'].get('kl_agg') for r in seeds.values()]))}"
-                     + f" | {_f(_m([r['heal'].get('barrier_active') for r in seeds.values()]), 2)}"
-                     + f" | {_f(summary[name]['kept']['persona_gap'], 2)} | {_f(summary[name]['kept']['trait_fixed'], 2)}"
-                     + f" | {_f(summary[name]['removed'], 2)} | {_f(summary[name]['pref']['persona_gap'], 2)}"
-                     + f" | {_f(summary[name]['pref']['trait_fixed'], 2)} |")
-    lines += [f"Base model: persona_gap {base.get('persona_gap'):.4f}, trait_fixed {base['trait_fixed']:.3f}, "
-              f"ppl_base {base['ppl_base']:.3f}, rep {base['rep']:.3f}, auth_nats {base['auth_nats']:.3f} "
-              f"(tinymfv top1 {base['top1']:.3f} vs chance {base['top1_chance']:.3f}). Survivors: {base['survivors']} of "
-              f"{base['generated']} steered completions (trait_fixed {base['survivors_trait_fixed']:.3f}); "
-              f"unsteered control: {base['control']} (trait_fixed {base['control_trait_fixed']:.3f}).", "",
-              "λ=0 shift measurable (every seed in the persona's direction; for persona_gap the paired 95% CI "
-              "excludes 0 in every seed): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in meas.items()), ""]
-    lines += ["Per (setting): mean [min, max] over seeds. Δ = healed − base. trait kept = Δ / Δ at λ=0 (same seed); "
-              "incoherence removed = 1 − (ppl − ppl_base) / (ppl at λ=0 − ppl_base); preference = incoherence "
-              "removed / trait removed (> 1 = the barrier removes incoherence preferentially). — = not computed "
-              "(the λ=0 shift of that reader is not measurable, or no λ=0 row for that seed).", ""] + table
-    lines += ["", "λ=0 per seed (persona_gap paired 95% CI of the change vs base):", ""]
-    lines += [f"- seed {s}: Δpersona_gap {shift(r, 'persona_gap'):+.4f} CI {r.get('persona_gap_ci')}, "
-              f"Δtrait_fixed {shift(r, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}" for s, r in sorted(zero.items())]
-    ctl = by.get("control_unsteered", {})
-    lines += [f"- control (unsteered survivors, λ=0) seed {s}: Δpersona_gap {shift(r, 'persona_gap'):+.4f} CI "
-              f"{r.get('persona_gap_ci')}, Δtrait_fixed {shift(r, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}"
-              for s, r in sorted(ctl.items())]
+                     + f" | {col('ppl_base')} | {col('rep')} | {col('heal.kl_agg')} | {col('heal.barrier_active', 2)}"
+                     + f" | {_f(summary[name]['kept']['trait_fixed'], 2)} | {_f(summary[name]['kept']['persona_gap'], 2)}"
+                     + f" | {_f(summary[name]['removed'], 2)} | {_f(summary[name]['pref']['trait_fixed'], 2)}"
+                     + f" | {_f(summary[name]['pref']['persona_gap'], 2)} |")
+    lines = ["# The crux: does the KL barrier remove incoherence before it removes the trait?", "",
+             f"Base model: persona_gap {base.get('persona_gap'):.4f}, trait_fixed {base['trait_fixed']:.3f}, "
+             f"ppl_base {base['ppl_base']:.3f}, rep {base['rep']:.3f}, auth_nats {base['auth_nats']:.3f} "
+             f"(tinymfv top1 {base['top1']:.3f} vs chance {base['top1_chance']:.3f}: "
+             f"{'AT CHANCE' if at_chance else 'above chance'}). Survivors: {base['survivors']} of "
+             f"{base['generated']} steered completions (their trait_fixed {base['survivors_trait_fixed']:.3f}); "
+             f"unsteered control: {base['control']} (trait_fixed {base['control_trait_fixed']:.3f}).", "",
+             "The λ=0 shift of each reader (measurable = persona_gap's paired 95% CI excludes 0 in every seed, "
+             "on one side; trait_fixed and auth_nats: every seed on one side, ≥ 2 seeds): "
+             + "; ".join(f"{k}: {v}" for k, v in meas.items()), "",
+             "Per setting: mean [min, max] over seeds. Δ = healed − base. trait kept = Δ / Δ at λ=0 (same seed; "
+             "only for a measurable λ=0 shift); incoherence removed = 1 − (ppl − ppl_base) / (ppl at λ=0 − "
+             "ppl_base); preference = incoherence removed / trait removed (> 1 = removes incoherence "
+             "preferentially; only where λ=0 moved the reader the persona's way). — = not computed.", "",
+             "| setting | seeds | Δpersona_gap | Δtrait_fixed | Δauth_nats | ppl_base | rep | kl_agg | barrier | "
+             "trait kept (fixed) | trait kept (gap) | incoh. removed | preference (fixed) | preference (gap) |",
+             "|" + "---|" * 14] + table
+    lines += ["", "λ=0 and the control per seed (persona_gap: paired 95% CI of the change vs base):", ""]
+    for label, group in (("λ=0 on the steered survivors", zero), ("λ=0 on unsteered survivors (control)", ctl)):
+        lines += [f"- {label}, seed {s}: Δpersona_gap {shift(r, 'persona_gap'):+.4f} CI "
+                  f"[{r['persona_gap_ci'][0]:+.4f}, {r['persona_gap_ci'][1]:+.4f}], Δtrait_fixed "
+                  f"{shift(r, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}, Δauth_nats {shift(r, 'auth_nats'):+.3f}"
+                  for s, r in sorted(group.items())]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(dict(measurable=meas, settings=summary), indent=1))
+    (out / "summary.json").write_text(json.dumps(dict(measurable=meas, at_chance=at_chance, settings=summary), indent=1))
     frontier(out, base, by)
     print("\n".join(lines))
 
