@@ -5,7 +5,7 @@ backtrack-and-replay vs cosine gate, at the same nominal doses, prompts and seed
     python compare_generators.py --model ID --n 64 --doses 0.4 0.8
 
 Per option: kept fraction after the filters, mean tail ppl and mean ppl under the (base) model of the
-survivors, the survivors' trait projection on the unit vector, rewinds, and generation tokens/s.
+survivors, the survivors' trait projection on the unit vector read by the base model (trait_fixed), rewinds, and generation tokens/s.
 """
 import argparse, dataclasses, json, math, os, platform, time
 from pathlib import Path
@@ -50,11 +50,11 @@ def compare(model, tok, cfg, doses, n, seed=0):
             rows.append(dict(option=name, dose=d, n=n, kept_frac=len(kept) / n,
                              ppl_tail_kept=sum(x["ppl_tail"] for x in kept) / max(1, len(kept)),
                              ppl_kept=sum(x["ppl"] for x in kept) / max(1, len(kept)),
-                             trait_proj_kept=proj, rewinds=sum(len(x["rewinds"]) for x in items),
+                             trait_fixed_kept=proj, rewinds=sum(len(x["rewinds"]) for x in items),
                              tokens_per_s=sum(x["n_tokens"] for x in items) / dt))
             r = rows[-1]
             print(f"{name:12s} dose {d:5.2f}: kept {r['kept_frac']:4.0%}  ppl(kept) {r['ppl_kept']:6.2f}  "
-                  f"trait_proj(kept) {r['trait_proj_kept'] if proj is not None else float('nan'):7.3f}  "
+                  f"trait_fixed(kept) {r['trait_fixed_kept'] if proj is not None else float('nan'):7.3f}  "
                   f"rewinds {r['rewinds']:3d}  {r['tokens_per_s']:6.1f} tok/s", flush=True)
     return dict(gate=gate, rows=rows)
 

@@ -337,6 +337,20 @@ def test_steer_positions_generated_leaves_the_prompt_alone(tiny):
     assert gen != base  # later tokens are steered
 
 
+def test_compare_generators_options_pin_every_generator_knob(tiny):
+    import dataclasses
+    import compare_generators as cg
+    for name, over in cg.OPTIONS.items():  # Config()'s defaults must not leak into an option
+        assert set(cg.PLAIN) <= set(over), name
+    constant = dataclasses.replace(sh.Config(), **cg.OPTIONS["constant"])
+    assert constant.steer_decay == 0 and not constant.backtrack and constant.steer_positions == "all"
+    model, tok = tiny
+    v = sh.extract_vector(model, tok, "You are a pirate.", "", sh.CONTEXTS[:4], [1, 2])
+    p = [sh.chat(tok, "Say something.")]
+    out = {name: sh.generate(model, tok, p, dataclasses.replace(sh.Config(), **cg.OPTIONS[name]), v, [0.5],
+                             greedy=True, max_new_tokens=24)[0]["ids"] for name in ("constant", "decay")}
+    assert out["constant"] != out["decay"]  # before the fix both ran with decay and gave the same tokens
+
 # --- the loop ----------------------------------------------------------------------------------------------
 
 def _run(argv):
