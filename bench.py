@@ -137,8 +137,7 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
     KL reference = the adapter disabled. Returns (results, the model with the adapter removed)."""
     from peft import LoraConfig, get_peft_model
     pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                          target_modules=list(cfg.lora_targets),
-                                          layers_to_transform=sh.band(model, cfg.lora_layers)))
+                                          target_modules=[n for n, _ in sh.lora_modules(model, cfg)]))
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     rows = pairs[:cfg.train_batch]

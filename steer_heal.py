@@ -54,6 +54,7 @@ class Config:
     # steering vector
     layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
     n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
+    vector: str = ""  # steer round 0 with a saved vector (export.py's vector_r<k>.safetensors, or a run's vector_r<k>.pt); its layers replace --layers
     # generation
     alphas: tuple = (0.3, 0.6, 0.9)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
     max_new_tokens: int = 48  # tokens per steered completion
@@ -84,7 +85,7 @@ class Config:
     # heal (Q1)
     lora_r: int = 8  # LoRA rank
     lora_alpha: float = 16.0  # LoRA alpha (scale = alpha / r)
-    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # module names
+    lora_targets: tuple = ("all-linear",)  # all-linear = every linear layer of the decoder blocks (PEFT's notion, any architecture) | module names, e.g. q_proj v_proj
     lora_layers: tuple = (0.0, 1.0)  # LoRA layer band [lo, hi) as fractions of depth
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay (a regulariser toward the zero adapter)
@@ -149,6 +150,10 @@ def _help_comments():
 def parse_args(argv=None):
     """Config defaults <- --preset <- --persona <- explicit flags. Returns (cfg, explicit flag names)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(msg):  # one line naming the flag (exit 2 in main), not argparse's page of usage
+        raise Stop(f"{msg} (python steer_heal.py --help lists every flag).")
+    p.error = error
     helps = _help_comments()
     for f in dataclasses.fields(Config):
         flag, kw = "--" + f.name.replace("_", "-"), dict(default=argparse.SUPPRESS, help=helps.get(f.name))
@@ -179,6 +184,13 @@ def check_config(cfg):
     if cfg.pos.strip() == cfg.neg.strip():
         raise Stop("--pos and --neg are identical, so the steering vector would be zero. Use an empty --neg "
                    "for 'no persona', or the persona's opposite.")
+    if cfg.opp.strip() == cfg.pos.strip():
+        raise Stop("--opp is identical to --pos, so the readers' direction check would compare the persona with "
+                   "itself. Give the persona's opposite.")
+    for f in dataclasses.fields(cfg):  # nan passes some range tests below (every comparison is False), inf most
+        xs = getattr(cfg, f.name) if f.type is tuple else (getattr(cfg, f.name),)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in xs):
+            raise Stop(f"--{f.name.replace('_', '-')} {' '.join(map(str, xs))}: must be finite numbers, not nan or inf.")
     for flag, band in (("--layers", cfg.layers), ("--lora-layers", cfg.lora_layers)):
         if len(band) != 2 or not 0 <= band[0] < band[1] <= 1:
             raise Stop(f"{flag} {' '.join(map(str, band))}: give two fractions of depth, 0 <= lo < hi <= 1.")
@@ -186,15 +198,31 @@ def check_config(cfg):
         raise Stop(f"--alphas {cfg.alphas}: doses must be positive (the dose controller only cools them).")
     if cfg.lora_r < 1:
         raise Stop(f"--lora-r {cfg.lora_r}: the LoRA rank must be at least 1.")
-    if min(cfg.rounds, cfg.train_batch, cfg.gen_batch, cfg.probe_n, cfg.grad_accum, cfg.n_contexts,
-           cfg.epochs, cfg.max_new_tokens) < 1 or cfg.min_train < 2:
-        raise Stop("--rounds, --train-batch, --gen-batch, --probe-n, --grad-accum, --n-contexts, --epochs and "
-                   "--max-new-tokens must be >= 1, and --min-train >= 2.")
-    if not 0 < cfg.kappa_decay < 1 or not 0 < cfg.kappa_min:
-        raise Stop(f"--kappa-decay {cfg.kappa_decay} must lie in (0, 1) and --kappa-min be > 0: the controller cools.")
-    if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
-        raise Stop(f"--temperature {cfg.temperature} must be > 0 and --top-p {cfg.top_p} in (0, 1].")
-    for flag, v, ok, rng in (("--lr", cfg.lr, cfg.lr > 0, "> 0"), ("--lam", cfg.lam, cfg.lam >= 0, ">= 0 (a negative "
+    if not cfg.lora_targets or "all-linear" in cfg.lora_targets and len(cfg.lora_targets) > 1:
+        raise Stop(f"--lora-targets {' '.join(cfg.lora_targets)}: give all-linear alone, or module names (q_proj v_proj ...).")
+    if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise Stop(f"--seeds {' '.join(map(str, cfg.seeds))}: must be distinct and >= 0 (one run folder seed<k> each).")
+    if cfg.name and (Path(cfg.name).name != cfg.name or cfg.name == ".."):
+        raise Stop(f"--name {cfg.name}: must be one folder name, without '/': the run lands in --out/<name>.")
+    out = Path(cfg.out).absolute()
+    near = next(d for d in (out, *out.parents) if d.exists())  # the folder the run folder will be made in
+    if not near.is_dir() or not os.access(near, os.W_OK):
+        raise Stop(f"--out {cfg.out}: {near} is not a writable folder, so no run folder can be made there.")
+    for flag, v, ok, rng in (("--seed", cfg.seed, cfg.seed >= 0, ">= 0"), ("--rounds", cfg.rounds, cfg.rounds >= 1, ">= 1"),
+                             ("--n-contexts", cfg.n_contexts, 1 <= cfg.n_contexts <= len(CONTEXTS),
+                              f"in [1, {len(CONTEXTS)}] (the built-in extraction contexts)"),
+                             ("--max-new-tokens", cfg.max_new_tokens, cfg.max_new_tokens >= 1, ">= 1"),
+                             ("--temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
+                             ("--top-p", cfg.top_p, 0 < cfg.top_p <= 1, "in (0, 1]"),
+                             ("--gen-batch", cfg.gen_batch, cfg.gen_batch >= 1, ">= 1"),
+                             ("--probe-n", cfg.probe_n, cfg.probe_n >= 1, ">= 1"),
+                             ("--kappa-decay", cfg.kappa_decay, 0 < cfg.kappa_decay < 1, "in (0, 1): the controller cools"),
+                             ("--kappa-min", cfg.kappa_min, 0 < cfg.kappa_min <= 1, "in (0, 1] (kappa starts at 1)"),
+                             ("--min-train", cfg.min_train, cfg.min_train >= 2, ">= 2"),
+                             ("--epochs", cfg.epochs, cfg.epochs >= 1, ">= 1"),
+                             ("--train-batch", cfg.train_batch, cfg.train_batch >= 1, ">= 1"),
+                             ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1, ">= 1"),
+                             ("--lr", cfg.lr, cfg.lr > 0, "> 0"), ("--lam", cfg.lam, cfg.lam >= 0, ">= 0 (a negative "
                              "barrier rewards drift)"), ("--tau", cfg.tau, cfg.tau >= 0, ">= 0"),
                              ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
                              ("--anchor-nll", cfg.anchor_nll, cfg.anchor_nll >= 0, ">= 0"),
@@ -452,6 +480,38 @@ def extract_vector(model, tok, pos, neg, contexts, layers):
     hp = hidden_at_last(model, tok, [chat(tok, c, pos) for c in contexts], layers)
     hn = hidden_at_last(model, tok, [chat(tok, c, neg or None) for c in contexts], layers)
     return {l: (hp[l] - hn[l]).mean(0) for l in layers}
+
+
+def read_vector(path):
+    """--vector: ({block: vector}, metadata), parsed before any model loads. export.py's
+    vector_r<k>.safetensors holds tensors direction.<l> and the vector_r<k>.json beside it decides the
+    layers (l = 0-based decoder block whose output it is added to); a run's vector_r<k>.pt is {l: vector}."""
+    p = Path(path)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            meta = json.loads(p.with_suffix(".json").read_text())
+            tensors = load_file(str(p))
+            vec = {int(l): tensors[f"direction.{l}"] for l in meta["layers"]}
+        elif p.suffix == ".pt":
+            meta, vec = {}, {int(l): v for l, v in torch.load(p, map_location="cpu", weights_only=True).items()}
+        else:
+            raise ValueError("unknown file type")
+        if not vec or min(vec) < 0 or len({v.shape for v in vec.values()}) != 1 or next(iter(vec.values())).ndim != 1 \
+                or not all(torch.isfinite(v).all() and v.norm() > 0 for v in vec.values()):
+            raise ValueError(f"needs one finite, non-zero 1-D vector of one size per block >= 0 (blocks {sorted(vec)})")
+    except Exception as e:  # a missing file or metadata, a foreign or corrupt file: all bad input, exit 2
+        raise Stop(f"--vector {path}: not a steering vector this script reads ({type(e).__name__}: {str(e)[:200]}); "
+                   "give export.py's vector_r<k>.safetensors (its .json beside it) or a run's vector_r<k>.pt.")
+    return {l: vec[l].float() for l in sorted(vec)}, meta
+
+
+def check_vector(vec, model, path):
+    """A --vector must fit the loaded model: its width, and blocks the hook steers (not the last: see steer_layers)."""
+    n, width, size = len(decoder_layers(model)), model.config.get_text_config().hidden_size, next(iter(vec.values())).numel()
+    if size != width or max(vec) > n - 2:
+        raise Stop(f"--vector {path}: vectors of size {size} on blocks {sorted(vec)} do not fit this model (hidden size "
+                   f"{width}, steerable blocks 0..{n - 2}).")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -785,15 +845,34 @@ def collect(model, tok, vectors, cfg, gate, seed, sink):
 #    The reference comes from the same weights: adapter off (kl_ref=prev), plus the original weights
 #    swapped in for the LoRA-targeted matrices (kl_ref=base), never from a second model copy.
 
+def lora_modules(model, cfg):
+    """[(full name, module)] of every matrix a LoRA round wraps: the nn.Linear layers inside the decoder
+    blocks of --lora-layers, all of them for `all-linear` (PEFT's notion minus the head, which sits outside
+    the blocks: Phi-3's fused qkv_proj / gate_up_proj are found as they are) or those with a --lora-targets
+    name. heal() passes these full names to PEFT and stash_base() stashes the same list, so the kl_ref=base
+    reference restores exactly what an adapter can change. Call it on the plain model, not a PeftModel."""
+    blocks = decoder_layers(model)
+    inside = {id(m) for l in band(model, cfg.lora_layers) for m in blocks[l].modules()}
+    every = tuple(cfg.lora_targets) == ("all-linear",)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside
+            and (every or n.split(".")[-1] in cfg.lora_targets)]
+
+
+def check_targets(model, cfg):
+    """--lora-targets against the loaded model, before the run folder exists (fail now, not after an hour)."""
+    names = {n.split(".")[-1] for n, m in decoder_layers(model).named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = set(cfg.lora_targets) - names - {"all-linear"}
+    if missing or not names:
+        raise Stop(f"--lora-targets {' '.join(sorted(missing))}: not linear modules of this model's decoder blocks; "
+                   f"they hold {' '.join(sorted(names)) or 'none'} (or give all-linear, the default).")
+
+
 def stash_base(model, cfg):
-    """Original weights of every matrix a LoRA round can change; kept so `base` stays reachable
-    after rounds are merged (merging is lossy to undo in low precision, so we never unmerge). Cost: a
-    copy of the targeted matrices on the model's device (with the default targets and band, most of
-    the non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
-    layers = set(band(model, cfg.lora_layers))
-    return [(m, m.weight.detach().clone()) for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in cfg.lora_targets
-            and any(f".{l}." in f".{name}." for l in layers)]
+    """Original weights of every matrix a LoRA round can change (lora_modules); kept so `base` stays
+    reachable after rounds are merged (merging is lossy to undo in low precision, so we never unmerge).
+    Cost: a copy of the targeted matrices on the model's device (with the default targets and band, most
+    of the non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
+    return [(m, m.weight.detach().clone()) for _, m in lora_modules(model, cfg)]
 
 
 @contextlib.contextmanager
@@ -875,8 +954,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
     from peft import LoraConfig, get_peft_model
     torch.manual_seed(cfg.seed + 1000 * k + 7)
     pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                          target_modules=list(cfg.lora_targets),
-                                          layers_to_transform=band(model, cfg.lora_layers)))
+                                          target_modules=[n for n, _ in lora_modules(model, cfg)]))
 
     @contextlib.contextmanager
     def ref_ctx():
@@ -1163,7 +1241,10 @@ def prepare_run_dir(cfg, explicit):
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").exists():
             raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
-        saved = load_config(run_dir)
+        try:
+            saved = load_config(run_dir)
+        except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
+            raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
         changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)]
         if changed:
             raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
@@ -1227,29 +1308,33 @@ def run(cfg, explicit=frozenset()):
     run_dir, cfg = prepare_run_dir(cfg, explicit)
     cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
     path = cfg.statements_path = find_statements(cfg)
-    try:  # parse every input file before the model loads
-        cfg.statement_rows = eval_mfv.load_statements(path) if path else None
-        if cfg.statement_rows and cfg.persona_n:
-            cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
-        if cfg.vignettes_path:
-            eval_mfv.load_vignettes(cfg.vignettes_path)
-    except ValueError as e:
-        raise Stop(str(e))
+
+    def parse(flag, read, file):  # every input file is read before the model loads; a bad one names its flag
+        try:
+            return read(file)
+        except (ValueError, OSError) as e:
+            raise Stop(f"{flag} {file}: {e}")
+    cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
+    if cfg.statement_rows and cfg.persona_n:
+        cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
+    if cfg.vignettes_path:
+        parse("--vignettes", eval_mfv.load_vignettes, cfg.vignettes_path)
+    if cfg.vector:  # (vectors, metadata); on resume the copy the run saved, in case the original moved
+        saved = run_dir / "vector_r0.pt"
+        cfg.seed_vector = read_vector(saved if cfg.resume and saved.exists() else cfg.vector)
     t0 = time.time()
     model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
+    check_targets(model, cfg)  # these two before the run folder exists: a bad flag leaves nothing behind
+    if cfg.vector:
+        check_vector(cfg.seed_vector[0], model, cfg.vector)
     if not cfg.resume:
         start_run_dir(run_dir, cfg)
     LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
-    missing = set(cfg.lora_targets) - {n.split(".")[-1] for n, m in model.named_modules()
-                                      if isinstance(m, torch.nn.Linear)}
-    if missing:  # fail now, not after an hour of generation
-        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise Stop(f"--lora-targets {sorted(missing)} are not linear modules of this model; it has {names}.")
     check_head(model, tok)
-    steered = steer_layers(model, cfg.layers)
+    steered = sorted(cfg.seed_vector[0]) if cfg.vector else steer_layers(model, cfg.layers)  # --vector decides
     log(f"model {cfg.model or EMBEDDED} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
         f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "
         f"loaded in {time.time() - t0:.0f}s")
@@ -1262,6 +1347,12 @@ def run(cfg, explicit=frozenset()):
         log(f"resuming after round {max(done)}: {len(done)} round(s) baked back in")
     if (run_dir / "vector_r0.pt").exists():
         v0 = {l: v.to(model.device) for l, v in torch.load(run_dir / "vector_r0.pt", map_location="cpu").items()}
+    elif cfg.vector:  # a saved vector seeds this run: round 0 steers with it, later rounds re-extract on its layers
+        v0 = {l: v.to(model.device) for l, v in cfg.seed_vector[0].items()}
+        torch.save({l: v.cpu() for l, v in v0.items()}, run_dir / "vector_r0.pt")
+        made = cfg.seed_vector[1].get("model")
+        log(f"round-0 vector read from {cfg.vector}" + (f" (made on {made})" if made else "") + ": layer norms "
+            f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
         t = time.time()
         v0 = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
@@ -1389,6 +1480,7 @@ def main(argv=None):
     grad = torch.is_grad_enabled()
     try:
         cfg, explicit = parse_args(argv)
+        check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
         if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
             group = Path(cfg.out) / (cfg.name or cfg.persona)
             for s in cfg.seeds:
