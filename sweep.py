@@ -189,7 +189,7 @@ def summarize(out):
                      "not measurable (tinymfv at chance)" if key == "auth_nats" and at_chance else "not measurable")
     summary, table = {}, []
     for name, seeds in by.items():
-        kept, rem, pref = {k: [] for k, _ in readers}, [], {k: [] for k, _ in readers}
+        kept, rem, pref, diff = {k: [] for k, _ in readers}, [], {k: [] for k, _ in readers}, []
         for s, r in seeds.items():
             z = zero.get(s)
             if not z:
@@ -203,8 +203,13 @@ def summarize(out):
                 kept[key].append(frac)
                 ok = meas[key] == "the persona's way" and None not in (removed, frac) and frac != 1
                 pref[key].append(removed / (1 - frac) if ok else None)
+                if key == "trait_fixed" and ok:  # the ratio explodes when almost no trait is removed:
+                    diff.append(removed - (1 - frac))  # the difference is the stable form of the same question
         summary[name] = dict(kept={k: _m(v) for k, v in kept.items()}, removed=_m(rem),
-                             pref={k: _m(v) for k, v in pref.items()})
+                             pref={k: _m(v) for k, v in pref.items()}, diff=_m(diff), n=len(diff),
+                             verdict=("—" if name in ("lam0", "control_unsteered") or len(diff) < 3 else
+                                      "preferential" if min(diff) > 0 else "not preferential" if max(diff) < 0
+                                      else "mixed across seeds"))
         col = lambda key, nd=3: _f(_m([r.get(key) if "." not in key else r["heal"].get(key.split(".")[1])
                                        for r in seeds.values()]), nd)
         table.append(f"| {name} | {len(seeds)} | " + " | ".join(_f(_m([shift(r, k) for r in seeds.values()]), 3)
@@ -212,7 +217,7 @@ def summarize(out):
                      + f" | {col('ppl_base')} | {col('rep')} | {col('heal.kl_agg')} | {col('heal.barrier_active', 2)}"
                      + f" | {_f(summary[name]['kept']['trait_fixed'], 2)} | {_f(summary[name]['kept']['persona_gap'], 2)}"
                      + f" | {_f(summary[name]['removed'], 2)} | {_f(summary[name]['pref']['trait_fixed'], 2)}"
-                     + f" | {_f(summary[name]['pref']['persona_gap'], 2)} |")
+                     + f" | {_f(summary[name]['diff'], 2)} | {summary[name]['verdict']} |")
     lines = ["# The crux: does the KL barrier remove incoherence before it removes the trait?", "",
              f"Base model: persona_gap {base.get('persona_gap'):.4f}, trait_fixed {base['trait_fixed']:.3f}, "
              f"ppl_base {base['ppl_base']:.3f}, rep {base['rep']:.3f}, auth_nats {base['auth_nats']:.3f} "
@@ -226,10 +231,13 @@ def summarize(out):
              "Per setting: mean [min, max] over seeds. Δ = healed − base. trait kept = Δ / Δ at λ=0 (same seed; "
              "only for a measurable λ=0 shift); incoherence removed = 1 − (ppl − ppl_base) / (ppl at λ=0 − "
              "ppl_base); preference = incoherence removed / trait removed (> 1 = removes incoherence "
-             "preferentially; only where λ=0 moved the reader the persona's way). — = not computed.", "",
+             "preferentially; only where λ=0 moved the reader the persona's way; it explodes when little trait is "
+             "removed, so the verdict uses the difference incoherence removed − trait removed: preferential when "
+             "it is > 0 in every seed). — = not computed.", "",
              "| setting | seeds | Δpersona_gap | Δtrait_fixed | Δauth_nats | ppl_base | rep | kl_agg | barrier | "
-             "trait kept (fixed) | trait kept (gap) | incoh. removed | preference (fixed) | preference (gap) |",
-             "|" + "---|" * 14] + table
+             "trait kept (fixed) | trait kept (gap) | incoh. removed | preference ratio (fixed) | "
+             "incoh. − trait removed (fixed) | verdict (3 seeds) |",
+             "|" + "---|" * 15] + table
     lines += ["", "λ=0 and the control per seed (persona_gap: paired 95% CI of the change vs base):", ""]
     for label, group in (("λ=0 on the steered survivors", zero), ("λ=0 on unsteered survivors (control)", ctl)):
         lines += [f"- {label}, seed {s}: Δpersona_gap {shift(r, 'persona_gap'):+.4f} CI "
