@@ -20,22 +20,8 @@ TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A 4-layer random Llama saved as a from_pretrained folder (so --model can point at it)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # larger weights than the default init so layers actually mix tokens
-        for p in m.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.08)
-    d = tmp_path_factory.mktemp("tiny")
-    m.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    from conftest import build_tiny
+    return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
