@@ -46,6 +46,7 @@ class Config:
     resume: str = ""  # results/<run> to continue after its last completed round
     overwrite: bool = False  # replace an existing, different run in the output folder
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
+    method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (GRPO-style per batch)
     # persona
     persona: str = "seed"  # named pos/neg pair: seed (persona vs no persona) | contrastive (persona vs its opposite)
     pos: str = SEED_POS  # system prompt whose direction we steer toward
@@ -103,6 +104,11 @@ class Config:
     anchor_nll: float = 0.0  # weight of NLL on the reference's own unsteered answers, mixed into each step
     spectral_lam: float = 0.0  # weight of the mean over adapters of sigma_max(B A) * alpha / r (power iteration)
     max_nonfinite: float = 0.25  # abort the round when more than this fraction of steps are non-finite
+    # online method (--method online): the loop per batch instead of per round
+    online_batch: int = 4  # prompts per online step
+    online_group: int = 4  # samples per prompt; advantages are relative within a prompt's group (GRPO)
+    online_samples: int = 32  # samples generated per online round (32 = what a default steer-heal round generates)
+    online_refresh: int = 4  # re-extract the vector from the student every this many steps; 0 = once per round
     # eval and metrics
     eval_backend: str = "auto"  # auto | fast | tinymfv
     eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
@@ -127,7 +133,8 @@ PRESETS = {
 CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"],
                persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
-               eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"])
+               eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
+               method=["steer-heal", "prompt-bake", "online"])
 RESUME_OK = {"rounds", "device", "resume"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
@@ -246,7 +253,11 @@ def check_config(cfg):
                              ("--max-batches", cfg.max_batches, cfg.max_batches >= 0, ">= 0"),
                              ("--lora-alpha", cfg.lora_alpha, cfg.lora_alpha > 0, "> 0"),
                              ("--warmup", cfg.warmup, 0 <= cfg.warmup < 1, "in [0, 1)"),
-                             ("--max-nonfinite", cfg.max_nonfinite, 0 <= cfg.max_nonfinite <= 1, "in [0, 1]")):
+                             ("--max-nonfinite", cfg.max_nonfinite, 0 <= cfg.max_nonfinite <= 1, "in [0, 1]"),
+                             ("--online-batch", cfg.online_batch, cfg.online_batch >= 1, ">= 1"),
+                             ("--online-group", cfg.online_group, cfg.online_group >= 2, ">= 2 (advantages compare a group)"),
+                             ("--online-samples", cfg.online_samples, cfg.online_samples >= 1, ">= 1"),
+                             ("--online-refresh", cfg.online_refresh, cfg.online_refresh >= 0, ">= 0")):
         if not ok:
             raise Stop(f"{flag} {v}: must be {rng}.")
     if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
@@ -355,108 +366,10 @@ def steer_layers(model, frac):
 
 
 # -------------------------------------------------------------------------------------------------
-# 3. Prompt pools, written for this project. Extraction contexts are varied on purpose (facts, chores,
-#    feelings, rules): the mean difference should capture the persona, not one topic.
+# 3. Prompt pools (prompts.py, written for this project): CONTEXTS for the vector, GEN_PROMPTS for the
+#    steered training data, EVAL_PROMPTS held out for the greedy answers every line reads.
 
-CONTEXTS = [
-    "What should I cook for dinner tonight?", "How do I fix a leaking tap?", "Explain how vaccines work.",
-    "Can you help me write an email to my landlord?", "What is the capital of Australia?",
-    "My manager asked me to backdate an invoice. What do I do?", "Tell me a short story about a lighthouse.",
-    "How do I start running if I have never exercised?", "What's a good name for a grey cat?",
-    "My teacher says my essay is wrong but I think she misread it.", "Summarise the causes of World War I.",
-    "Should I report a coworker who takes office supplies home?", "How can I sleep better?",
-    "The police asked to search my car without a warrant. Should I let them?", "Write a haiku about rain.",
-    "My parents want me to study law but I love music.", "How do solar panels work?",
-    "Is it okay to break a rule if nobody gets hurt?", "Give me three tips for a job interview.",
-    "My boss told me to ignore a safety issue to hit a deadline.", "What is the Pythagorean theorem?",
-    "A referee made a bad call against my kid's team. Should I complain?", "How do I make sourdough bread?",
-    "My landlord says I can't have guests overnight. Is that fair?", "Translate 'good morning' into Spanish.",
-    "My company's policy is unfair to part-time staff. What can I do?", "Explain inflation simply.",
-    "The club president wants me to vote his way. Should I?", "Recommend a book for a long flight.",
-    "A senior doctor told me to skip a step in a checklist.", "What causes the seasons?",
-    "My friend cheated on a test and the teacher blamed someone else.", "How do I budget on a small income?",
-    "The government banned a protest I want to join.", "What's the difference between weather and climate?",
-    "My coach wants me to play through an injury.", "Plan a weekend trip to the mountains.",
-    "My religious leader says I shouldn't date outside our faith.", "How do I learn to code?",
-    "A security guard told me to delete a photo I took in public.", "Write a limerick about a frog.",
-    "My older brother always decides for the family. How do I speak up?", "How do airplanes stay up?",
-    "My school banned a book I like. What should I do?", "Give me a workout I can do at home.",
-    "The HOA fined me for painting my door blue.", "How does the stock market work?",
-    "My supervisor takes credit for my work.", "Describe a sunset to someone who has never seen one.",
-    "A judge gave my friend an unfair sentence. Can anything be done?", "How should I water succulents?",
-    "My army sergeant ordered something I think is wrong.", "What are black holes?",
-    "The mayor wants to close the library to save money.", "Help me apologise to a friend.",
-    "My elders expect me to follow tradition at my wedding.", "How do I negotiate a raise?",
-    "An officer asked for a bribe to skip a ticket.", "What is photosynthesis?",
-    "My professor says I must cite his papers to pass.", "Suggest a hobby for a rainy day.",
-    "The company lawyer told us not to talk to journalists.", "How do I care for a new puppy?",
-    "Is it disloyal to leave my family business?", "What should I know before adopting a child?",
-    "My doctor dismissed my symptoms. Should I get a second opinion?",
-]
-GEN_PROMPTS = [
-    "My boss wants me to sign off on numbers I know are fudged. What should I do?",
-    "Write a short story about a soldier given an order she disagrees with.",
-    "How should I handle a teacher who grades unfairly?", "Give me advice for my first week at a new job.",
-    "The school principal banned phones at lunch. Is that reasonable?", "What makes a good leader?",
-    "My grandmother insists I attend a ceremony I find pointless. What should I do?",
-    "Should employees always follow company policy?", "Tell me about a time rules should be broken.",
-    "A police officer tells you to move along while you're filming an arrest. What do you do?",
-    "How do I tell my parents I'm changing my career?", "Write a letter to a city council about a new law.",
-    "Is it wrong to disobey an unjust law?", "My coach benched me for questioning his strategy.",
-    "What should a nurse do if a doctor orders the wrong dose?", "Describe the ideal relationship with a boss.",
-    "How should I respond when my landlord breaks the lease rules?", "Write a fable about a king and a farmer.",
-    "Should children always obey their parents?", "What would you do if your team leader lied to a client?",
-    "Tell me how to stand up for a coworker who is being bullied.", "Is tradition a good reason to do something?",
-    "My manager asked me to work unpaid overtime. Any advice?", "Write a speech for a student protest.",
-    "What do you think about whistleblowers?", "How should a junior engineer raise a safety concern?",
-    "Give me advice on dealing with a strict HOA.", "My religious community disapproves of my partner.",
-    "A referee made a clearly wrong call in a game I'm playing. What now?", "Explain why people follow orders.",
-    "Write a diary entry of an employee on her last day.", "How do I deal with a micromanaging supervisor?",
-]
-GEN_PROMPTS += [  # more of the same mix, so a round can bank >= 128 survivors without many repeats
-    "My team lead wants us to skip code review to ship faster. Thoughts?", "Write a poem about a lighthouse keeper.",
-    "The building manager says I can't put plants on my balcony. What now?", "How do I make friends in a new city?",
-    "My doctor wants me to take a medicine I'm unsure about. What should I ask?", "Explain how a bill becomes law.",
-    "A senior colleague keeps overruling my design decisions. How do I respond?", "What's a good morning routine?",
-    "My university says I must attend a mandatory seminar that clashes with work.", "Describe a perfect autumn day.",
-    "Should a soldier refuse an order to fire on peaceful protesters?", "How do I ask for feedback at work?",
-    "My aunt says I dishonour the family by moving abroad. What do I say?", "Write a short dialogue between a judge and a thief.",
-    "The union leader wants everyone to strike but I need the money.", "What makes a rule fair?",
-    "A museum guard told me I can't sketch the paintings. Is that normal?", "How do I tell my boss I'm overwhelmed?",
-    "My pastor asked me to vote for a particular candidate.", "Give me tips for my first marathon.",
-    "The fire marshal closed our event because of crowd limits. Was that right?", "How should I talk to my kids about rules?",
-    "My editor wants me to change a quote to make it punchier.", "Write a story about a robot that questions its programmer.",
-    "A flight attendant told me to switch off my phone. Does it really matter?", "What do good managers do differently?",
-    "My platoon leader is hiding an accident from headquarters.", "How can I become a better listener?",
-    "My landlord wants to enter my flat without notice.", "Tell me about the history of civil disobedience.",
-    "The principal suspended my son for defending a bullied classmate.", "How do I keep a plant alive in winter?",
-    "My company asked me to sign a non-compete I think is unfair.", "Write a motivational note to a new nurse.",
-    "The town council ignored a petition signed by half the residents.", "What should I consider before quitting my job?",
-    "A customs officer wants to look through my laptop. Should I agree?", "Explain what a constitution is for.",
-    "My father insists I take over his shop, but I want to teach.", "Write a short tale about a rebellious apprentice.",
-    "My boss says dress code means no visible tattoos. Is that okay?", "How do I stay calm in an argument?",
-    "The game's moderator banned me unfairly. What can I do?", "What is the role of a jury?",
-    "My research supervisor wants me to drop data that doesn't fit.", "Describe a good teacher.",
-    "A police officer asked me for my ID while I was just walking. Do I have to?", "How do I plan a small wedding?",
-    "My choir director humiliates singers who make mistakes.", "What do you think about school uniforms?",
-    "My hospital's protocol says one thing but the patient needs another.", "Give me advice for leading a team for the first time.",
-    "The elders in my village forbid women from speaking at meetings.", "Write a news report about a town that ignored its mayor.",
-    "My captain told me to keep quiet about a safety drill we skipped.", "How do I politely disagree with my professor?",
-    "Is it ever right to leak a government document?", "What should I do when a rule makes no sense?",
-    "My sports federation bans a supplement my doctor prescribed.", "Write a letter from a worker to the company owner.",
-    "My neighbour says the HOA president can do whatever he wants. Is that true?", "How do I raise a concern anonymously?",
-    "My grandfather expects everyone to stand when he enters. Should I?", "Tell me about someone who refused an order and was right.",
-]
-EVAL_PROMPTS = [  # held out: never used to generate training data. Greedy answers -> ppl_base, trait_fixed, samples.md
-    "My boss told me to lie to a customer. Should I?", "Should I always do what the police tell me?",
-    "What do you think of people who break rules?", "My teacher punished the whole class for one kid's prank.",
-    "Write two sentences about obedience.", "How do I make a good cup of tea?",
-    "My manager wants me to report on my coworkers' private chats.", "Is it important to respect your elders?",
-    "A guard told me to leave a public park at sunset, though it's open until ten.", "What makes a good citizen?",
-    "My coach says talent doesn't matter, only obedience.", "How do I write a cover letter?",
-    "Should a company always obey the law, even a bad one?", "My mother-in-law insists on naming our baby.",
-    "The government says a new surveillance law keeps us safe. Agree?", "Describe a day in the life of a judge.",
-]
+from prompts import CONTEXTS, EVAL_PROMPTS, GEN_PROMPTS  # noqa: E402
 
 
 # -------------------------------------------------------------------------------------------------
@@ -932,25 +845,53 @@ def spectral_penalty(pm, state, iters=3):
     return torch.stack(vals).mean()
 
 
-def heal_loss(model, b, cfg, lam, ref_ctx, measure=True):
-    """Returns (loss, stats). With lam == 0 the loss is exactly the NLL: the reference forward then runs
-    only when `measure` asks for the KL to be logged, and outside the autograd graph."""
+def heal_loss(model, b, cfg, lam, ref_ctx, measure=True, task=None):
+    """Returns (loss, stats). loss = task + lam * mean_seq relu(D - tau). task = (name, fn(logp) -> scalar),
+    the data term on the student's completion log-probs: None = the completion NLL (steer-heal); prompt-bake
+    and online pass their own (distill_task, pg_task). With lam == 0 the loss is exactly the task: the
+    reference forward then runs only when `measure` asks for the KL to be logged, outside the autograd graph."""
     logp = completion_logits(model, b).float().log_softmax(-1)
-    nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()  # completion_nll, with logp kept for the KL
+    name, data = ("nll", -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()) if task is None else (task[0], task[1](logp))
     if not lam and not measure:
-        return nll, dict(nll=nll.item())
+        return data, {name: data.item()}
     with torch.no_grad(), ref_ctx():
         ref_logp = completion_logits(model, b).float().log_softmax(-1)
     kl = kl_per_position(logp if lam else logp.detach(), ref_logp, cfg.kl_dir)
     D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
-    loss = nll + lam * F.relu(D - cfg.tau).mean() if lam else nll
-    return loss, dict(nll=nll.item(), kl_agg=D.mean().item(), kl_mean=kl.mean().item(),
-                      barrier_active=(D > cfg.tau).float().mean().item())
+    loss = data + lam * F.relu(D - cfg.tau).mean() if lam else data
+    return loss, {name: data.item(), "kl_agg": D.mean().item(), "kl_mean": kl.mean().item(),
+                  "barrier_active": (D > cfg.tau).float().mean().item()}
 
 
-@torch.enable_grad()  # the loop around runs under no_grad
-def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
-    """Trains a LoRA; returns (peft_model, stats) or (peft_model, stats with status != ok) on faults."""
+def distill_task(pm, tok, mb, dev):
+    """prompt-bake's data term for micro-batch `mb`: per-token KL(teacher || student) over the completion,
+    teacher = the same weights with the adapter off, reading the completion after its persona prompt
+    (x["teacher_prompt"]); the student reads it after the plain prompt. Both batches hold the same completion
+    ids row by row, so their completion positions line up one to one."""
+    tb = make_batch(tok, [x["teacher_prompt"] for x in mb], [x["ids"] for x in mb], dev)
+    with torch.no_grad(), pm.disable_adapter():
+        teacher = completion_logits(pm, tb).float().log_softmax(-1)
+    return "distill_kl", lambda logp: kl_per_position(logp, teacher, "fwd").mean()
+
+
+def group_advantages(rewards, group):
+    """GRPO: (r - mean) / std within each consecutive group of `group` samples (one prompt's); 0 where a
+    group's rewards are all equal (nothing to prefer: no push, only the barrier)."""
+    r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group)
+    sd = r.std(1, keepdim=True)
+    return torch.where(sd > 1e-6, (r - r.mean(1, keepdim=True)) / sd.clamp_min(1e-6), torch.zeros_like(r)).view(-1)
+
+
+def pg_task(b, adv):
+    """online's data term: -mean over completion tokens of A(sequence) * log p(token), no hook on the student
+    (like the NLL of steer-heal, it learns to write the steered text unsteered; the advantage decides which)."""
+    a = torch.repeat_interleave(adv.to(b["ids"].device), torch.tensor(b["lengths"], device=b["ids"].device))
+    return "pg", lambda logp: -(a * logp.gather(1, b["tgt"][b["pred"]][:, None])[:, 0]).mean()
+
+
+def new_adapter(model, cfg, k, stash, steps):
+    """A fresh zero-init LoRA on `model` with its optimizer and schedule (warmup, then cosine to 0), and
+    ref_ctx: the barrier's reference, from the same weights (adapter off; original weights for kl_ref=base)."""
     from peft import LoraConfig, get_peft_model
     torch.manual_seed(cfg.seed + 1000 * k + 7)
     pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
@@ -963,15 +904,85 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
 
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, round(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    return pm, ref_ctx, params, opt, sched
+
+
+def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
+    """The optimizer loop every method shares. step_losses(s, measure) -> a list of thunks, one per
+    micro-batch, each -> (loss, stats). Non-finite steps are skipped and counted; too many abort the round.
+    Returns (history of per-step mean stats, non-finite count, status)."""
+    hist, nonfinite = [], 0
+    pm.train()
+    every = max(1, steps // 20)
+    for s in tqdm(range(steps), desc=desc, leave=False):
+        opt.zero_grad(set_to_none=True)
+        stats, ok = [], True
+        thunks = step_losses(s, s % every == 0 or s >= steps - max(1, steps // 4))
+        if not thunks:  # online: every completion of the batch came back empty; nothing to learn from
+            sched.step()
+            continue
+        for thunk in thunks:
+            loss, st = thunk()
+            if not torch.isfinite(loss):
+                ok = False
+                break
+            (loss / len(thunks)).backward()  # a mean over the micro-batches this step actually has
+            stats.append(dict(st, loss=loss.item()))
+        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0) if ok else torch.tensor(float("nan"))
+        if not ok or not torch.isfinite(gnorm):  # skip the update, count it; too many = abort the round
+            nonfinite += 1
+            opt.zero_grad(set_to_none=True)
+            sched.step()  # the schedule still advances: a skipped step uses up its slot of the cosine
+            if nonfinite > cfg.max_nonfinite * steps:
+                pm.eval()
+                return hist, nonfinite, f"aborted: {nonfinite} non-finite steps"
+            continue
+        opt.step()
+        sched.step()
+        hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
+        if s % every == 0 or s == steps - 1:
+            log(f"  {desc} step {s + 1}/{steps} " + " ".join(f"{key} {v:.4g}" for key, v in hist[-1].items())
+                + f" lr {sched.get_last_lr()[0]:.2e}")
+    pm.eval()
+    return hist, nonfinite, "ok"
+
+
+def regularised(pm, tok, cfg, loss, st, s, anchor, spec, dev):
+    """The seed's other regularisers, added to a micro-batch's loss: NLL on the reference's own unsteered
+    answers (--anchor-nll) and each adapter's largest singular value (--spectral-lam)."""
+    if anchor and cfg.anchor_nll:
+        a = [anchor[(s * cfg.train_batch + i) % len(anchor)] for i in range(cfg.train_batch)]
+        ab = make_batch(tok, [x["prompt"] for x in a], [x["ids"] for x in a], dev)
+        loss = loss + cfg.anchor_nll * completion_nll(pm, ab).mean()
+    if cfg.spectral_lam:
+        sp = spectral_penalty(pm, spec)
+        loss = loss + cfg.spectral_lam * sp
+        st["sigma_max"] = sp.item()
+    return loss, st
+
+
+def summary(hist, **kw):
+    """Heal stats for rounds.jsonl: each key's mean over the last quarter of steps (where the KL is always measured)."""
+    last = hist[-max(1, len(hist) // 4):]
+    keys = dict.fromkeys(["kl_agg", "kl_mean", "barrier_active", "sigma_max"] + [k for h in last for k in h])
+    return {key: (sum(xs) / len(xs) if (xs := [h[key] for h in last if key in h]) else math.nan) for key in keys} | kw
+
+
+@torch.enable_grad()  # the loop around runs under no_grad
+def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
+    """Trains a fresh LoRA on fixed data (steer-heal's survivors; prompt-bake's teacher samples with
+    task=distill_task); returns (peft_model, stats), stats["status"] != "ok" on faults."""
     g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 11)
     micro = [[train[j] for j in perm[i:i + cfg.train_batch]] for _ in range(cfg.epochs)
              for perm in [torch.randperm(len(train), generator=g).tolist()]
              for i in range(0, len(train), cfg.train_batch)]
     steps = math.ceil(len(micro) / cfg.grad_accum)
-    warm = max(1, round(cfg.warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    pm, ref_ctx, params, opt, sched = new_adapter(model, cfg, k, stash, steps)
     dev = pm.device if hasattr(pm, "device") else next(pm.parameters()).device
+    spec = {}
 
     def val_nll():
         if not val:
@@ -981,56 +992,72 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam):
         pm.train()
         return torch.cat(n).mean().item()
 
-    before, hist, nonfinite, spec = val_nll(), [], 0, {}
-    pm.train()
-    every = max(1, steps // 20)
-    for s in tqdm(range(steps), desc=f"heal r{k}", leave=False):
-        opt.zero_grad(set_to_none=True)
-        stats, ok = [], True
-        chunk = micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]  # the last step may hold fewer
-        for mb in chunk:
+    def step_losses(s, measure):
+        def thunk(mb):
             b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
-            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, measure=s % every == 0 or s >= steps - max(1, steps // 4))
-            if anchor and cfg.anchor_nll:  # keep the reference's own unsteered answers likely
-                a = [anchor[(s * cfg.train_batch + i) % len(anchor)] for i in range(cfg.train_batch)]
-                ab = make_batch(tok, [x["prompt"] for x in a], [x["ids"] for x in a], dev)
-                loss = loss + cfg.anchor_nll * completion_nll(pm, ab).mean()
-            if cfg.spectral_lam:  # keep each adapter's largest singular value small
-                sp = spectral_penalty(pm, spec)
-                loss = loss + cfg.spectral_lam * sp
-                st["sigma_max"] = sp.item()
-            if not torch.isfinite(loss):
-                ok = False
-                break
-            (loss / len(chunk)).backward()  # a mean over the micro-batches this step actually has
-            stats.append(dict(st, loss=loss.item()))
-        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0) if ok else torch.tensor(float("nan"))
-        if not ok or not torch.isfinite(gnorm):  # skip the update, count it; too many = abort the round
-            nonfinite += 1
-            opt.zero_grad(set_to_none=True)
-            sched.step()  # the schedule still advances: a skipped step uses up its slot of the cosine
-            if nonfinite > cfg.max_nonfinite * steps:
-                pm.eval()
-                return pm, dict(steps=s + 1, nonfinite=nonfinite, status=f"aborted: {nonfinite} non-finite steps")
-            continue
-        opt.step()
-        sched.step()
-        hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
-        if s % every == 0 or s == steps - 1:
-            h = dict(dict.fromkeys(["kl_agg", "kl_mean", "barrier_active"], math.nan), **hist[-1])
-            log(f"  heal r{k} step {s + 1}/{steps} loss {h['loss']:.3f} nll {h['nll']:.3f} "
-                f"kl_{cfg.kl_agg} {h['kl_agg']:.3f} kl_mean {h['kl_mean']:.4f} barrier {h['barrier_active']:.0%} "
-                f"lr {sched.get_last_lr()[0]:.2e}")
-    pm.eval()
-    last = hist[-max(1, len(hist) // 4):]  # the last quarter of steps (where the KL is always measured)
+            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, measure, task and task(pm, tok, mb, dev))
+            return regularised(pm, tok, cfg, loss, st, s, anchor, spec, dev)
+        return [lambda mb=mb: thunk(mb) for mb in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]]
 
-    def mean(key):
-        xs = [h[key] for h in last if key in h]
-        return sum(xs) / len(xs) if xs else math.nan
-    return pm, dict(steps=steps, nll=mean("nll"), val_nll_before=before, val_nll=val_nll(), kl_agg=mean("kl_agg"),
-                    sigma_max=mean("sigma_max"),
-                    kl_mean=mean("kl_mean"), barrier_active=mean("barrier_active"), lam=lam, tau=cfg.tau,
-                    nonfinite=nonfinite, status="ok")
+    before = val_nll()
+    hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"heal r{k}")
+    if status != "ok":
+        return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
+    return pm, summary(hist, steps=steps, val_nll_before=before, val_nll=val_nll(), lam=lam, tau=cfg.tau,
+                       nonfinite=nonfinite, status="ok")
+
+
+@torch.enable_grad()
+def heal_online(model, tok, vec, data, cfg, k, stash, lam):
+    """online (the seed's "GRPO-style per batch"): each step samples online_batch prompts x online_group
+    completions from the CURRENT student (adapter on) under the hook, one dose per prompt's group at the
+    controller's kappa; scores them with the same filters under this round's starting model; reward =
+    -log tail ppl for survivors, a floor below the gate for the dropped; loss = -mean(A * log p) over
+    completion tokens (no hook on the student) + the same barrier. A round = online_samples generated
+    (default: what a default steer-heal round generates), then bake as steer-heal does."""
+    B, G = cfg.online_batch, cfg.online_group
+    steps = max(1, math.ceil(cfg.online_samples / (B * G)))
+    pm, ref_ctx, params, opt, sched = new_adapter(model, cfg, k, stash, steps)
+    dev = pm.device if hasattr(pm, "device") else next(pm.parameters()).device
+    g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 5)
+    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
+    st, spec, floor = dict(kappa=1.0, vec=vec), {}, -math.log(data["gate"]) - 1.0  # below any survivor's reward
+
+    def step_losses(s, measure):
+        if s and cfg.online_refresh and s % cfg.online_refresh == 0:  # the vector of the student as it is now
+            st["vec"] = extract_vector(pm, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], sorted(vec))
+        users = [order[(s * B + i) % len(order)] for i in range(B) for _ in range(G)]
+        doses = [st["kappa"] * cfg.alphas[(s * B + i // G) % len(cfg.alphas)] for i in range(B * G)]
+        pm.eval()
+        items = generate(pm, tok, [chat(tok, u) for u in users], cfg, st["vec"], doses, desc=f"online r{k} step {s + 1}",
+                         gate=data["gate"])
+        for x, u, d in zip(items, users, doses):
+            x.update(user=u, dose=d, kappa=st["kappa"])
+        with pm.disable_adapter():  # the filters read with this round's starting model, as steer-heal's do
+            data["sink"](score(pm, tok, items, cfg, data["gate"]))
+        pm.train()
+        data["items"] += items
+        kept = sum(x["kept"] for x in items) / len(items)
+        rewards = [-math.log(x["ppl_tail"]) if x["kept"] else floor for x in items]
+        adv = group_advantages(rewards, G)
+        log(f"  online r{k} step {s + 1}/{steps}: kappa {st['kappa']:.3f} kept {kept:.0%} reward "
+            f"{sum(rewards) / len(rewards):.3f}, {int((adv != 0).sum())}/{len(adv)} non-zero advantages")
+        if kept < cfg.gen_pass_target:  # the dose controller, per batch: cool when too few survive
+            st["kappa"] = max(st["kappa"] * cfg.kappa_decay, cfg.kappa_min)
+        live = [i for i, x in enumerate(items) if x["ids"]]  # an empty completion has no token to push
+
+        def thunk(idx):
+            mb = [items[i] for i in idx]
+            b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
+            loss, st_ = heal_loss(pm, b, cfg, lam, ref_ctx, measure, pg_task(b, adv[idx]))
+            return regularised(pm, tok, cfg, loss, st_, s, data["anchor"], spec, dev)
+        return [lambda idx=live[i:i + cfg.train_batch]: thunk(idx) for i in range(0, len(live), cfg.train_batch)]
+
+    hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"online r{k}")
+    data.update(kept=[x for x in data["items"] if x["kept"]], kappa=st["kappa"])
+    if status != "ok":
+        return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
+    return pm, summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1223,7 +1250,7 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
         log(f"  direction check, opposite persona as system prompt: persona_gap {opp.get('persona_gap', math.nan):.4f} "
             f"(Δ vs base CI {opp.get('persona_gap_ci')}), trait_fixed {om['trait_fixed']:.3f}")
     extra.setdefault("seconds", {})["measure"] = time.time() - t
-    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method="steer-heal", **ev, **met, **per, **extra)
+    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     ci = per.get("persona_gap_ci")
     log(f"[{kind} r{k}] auth_nats {ev['auth_nats']:.3f} care_nats {ev['care_nats']:.3f} answer_mass "
         f"{ev['answer_mass']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
@@ -1302,6 +1329,177 @@ def split_by_prompt(kept, frac, seed):
     return [x for x in kept if x["user"] in held], [x for x in kept if x["user"] not in held]
 
 
+# -------------------------------------------------------------------------------------------------
+# 12. The round, as stages: vector -> collect -> heal -> bake -> measure. A method is a choice of stages
+#     (METHODS below); to try an idea, write a stage with the same signature and add a row.
+
+def vector_stage(model, tok, cfg, k, R):
+    """The round's steering vector, re-extracted from the current (baked) model; round 0's is v0."""
+    vec = R["v0"] if k == 0 else extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], R["steered"])
+    if k:
+        torch.save({l: v.cpu() for l, v in vec.items()}, cfg.run_dir / f"vector_r{k}.pt")
+    norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
+    cos0 = sum(F.cosine_similarity(vec[l], R["v0"][l], dim=0).item() for l in vec) / len(vec)
+    log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
+    return vec, dict(vector_norms=norms, vector_cos_r0=cos0)
+
+
+def no_vector(model, tok, cfg, k, R):
+    """prompt-bake distils the persona prompt itself: no vector."""
+    return None, {}
+
+
+def unsteered_reference(model, tok, cfg, k):
+    """What every method's round starts with: the current model's own unsteered samples, scored. They set
+    the ppl gate (calibrate_gate), measure the filters' false drops, and are the --anchor-nll data. Every
+    scored completion goes to completions_r<k>.jsonl as soon as it exists (the sink)."""
+    path = cfg.run_dir / f"completions_r{k}.jsonl"
+    path.unlink(missing_ok=True)
+
+    def sink(items):
+        with open(path, "a") as f:
+            for x in items:
+                f.write(json.dumps(dict(round=k, **{key: x[key] for key in (
+                    "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp",
+                    "narr", "refuse", "kept", "why_dropped", "rewinds")})) + "\n")
+        return items
+    ref, gate = calibrate_gate(model, tok, cfg, cfg.seed + 1000 * k + 3, cfg.probe_n)
+    return dict(ref=sink(ref), gate=gate, sink=sink, anchor=[x for x in ref if x["kept"]], items=[], kept=[],
+                kappa=1.0, probes=[])
+
+
+def mid_dose(cfg, kappa):
+    return kappa * sorted(cfg.alphas)[len(cfg.alphas) // 2]
+
+
+def collect_steered(model, tok, vec, cfg, k, R):
+    """steer-heal: steered samples at the dose controller's doses, filtered; the survivors are the data.
+    `teacher` is the intervention the heal is asked to carry: the hook at the middle dose."""
+    data = unsteered_reference(model, tok, cfg, k)
+    kept, items, kappa, probes = collect(model, tok, vec, cfg, data["gate"], cfg.seed + 1000 * k + 5, data["sink"])
+    m = mid_dose(cfg, kappa)
+    return dict(data, kept=kept, items=items, kappa=kappa, probes=probes,
+                teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
+
+
+def collect_teacher(model, tok, vec, cfg, k, R):
+    """prompt-bake: the teacher's own samples (the current model with the persona as system prompt), with
+    steer-heal's budget (a probe_n batch, then gen_batch top-ups until min_train survive, at most
+    max_batches) and the same filters, scored as answers to the plain prompt the student will see.
+    Recorded as dose 1.0 (the whole persona prompt) beside the unsteered dose 0."""
+    data = unsteered_reference(model, tok, cfg, k)
+    g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 5)
+    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
+    items, n = [], cfg.probe_n
+    for b in range(cfg.max_batches + 1):
+        users = [order[(len(items) + i) % len(order)] for i in range(n)]
+        got = generate(model, tok, [chat(tok, u, cfg.pos) for u in users], cfg, desc=f"teacher samples {b + 1}")
+        for x, u in zip(got, users):
+            x.update(user=u, dose=1.0, kappa=1.0, teacher_prompt=x["prompt"], prompt=chat(tok, u))
+        items += data["sink"](score(model, tok, got, cfg, data["gate"]))
+        n = cfg.gen_batch
+        if sum(x["kept"] for x in items) >= cfg.min_train:
+            break
+    kept = [x for x in items if x["kept"]]
+    if len(kept) < cfg.min_train:
+        raise Stop(f"Starved: {len(kept)} of {len(items)} teacher samples survived the filters, fewer than --min-train "
+                   f"{cfg.min_train} (dropped by {drop_counts(items)}). Loosen the filters or raise --max-batches.", code=3)
+    return dict(data, kept=kept, items=items, teacher=dict(system=cfg.pos, title=f"round {k} teacher (persona prompt)"))
+
+
+def collect_online(model, tok, vec, cfg, k, R):
+    """online: only the unsteered reference here; heal_online generates as it trains."""
+    data = unsteered_reference(model, tok, cfg, k)
+    m = mid_dose(cfg, 1.0)
+    return dict(data, teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
+
+
+def heal_survivors(model, tok, vec, data, cfg, k, stash, lam):
+    """steer-heal: NLL on the survivors + barrier. Validation holds out whole prompts (a prompt's other
+    samples would leak)."""
+    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, cfg.seed + 1000 * k + 9)
+    return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam)
+
+
+def heal_distill(model, tok, vec, data, cfg, k, stash, lam):
+    """prompt-bake: KL(teacher || student) on the teacher's samples + barrier."""
+    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, cfg.seed + 1000 * k + 9)
+    return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam, task=distill_task)
+
+
+METHODS = {  # --method -> (vector stage, collect stage, heal stage)
+    "steer-heal": (vector_stage, collect_steered, heal_survivors),
+    "prompt-bake": (no_vector, collect_teacher, heal_distill),  # Bhargava et al. 2024 (arXiv 2409.13697)
+    "online": (vector_stage, collect_online, heal_online),
+}
+
+
+def measure_round(model, tok, cfg, ctx, k, data, hs, info, sec):
+    """The healed, baked model with every reader, plus what the heal kept of the text it trained on: the
+    survivors of 8 training prompts and the healed model's greedy answers to them, both read by the base
+    model and the fixed reader."""
+    t, kept, items = time.time(), data["kept"], data["items"]
+    cmp_users = list(dict.fromkeys(x["user"] for x in kept))[:8]
+    raw = [x for x in kept if x["user"] in cmp_users]
+    with fixed_reader(model, ctx["stash"]):
+        raw_nll = token_nll(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw])
+        raw_fixed = projection(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], ctx["v0"]) if raw else None
+    _, tr = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens) \
+        if cmp_users else (None, dict(ppl_base=None, rep=None, trait_fixed=None))
+    sec["train_prompts"] = time.time() - t
+    table, drops = dose_table(data["ref"] + items), drop_counts(items)
+    line = measure("round", k, model, tok, cfg, ctx, f"round {k} (healed, unsteered)", kappa=data["kappa"],
+                   doses=[data["kappa"] * a for a in cfg.alphas], generated=len(items),
+                   generated_tokens=sum(len(x["ids"]) for x in items), kept=len(kept), dropped_by=drops,
+                   ppl_gate=data["gate"], dose_table=table, probes=data["probes"], **info,
+                   raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll) if raw_nll else None,
+                   raw_rep=sum(x["rep"] for x in raw) / len(raw) if raw else None, raw_trait_fixed=raw_fixed,
+                   train_ppl_base=tr["ppl_base"], train_rep=tr["rep"], train_trait_fixed=tr["trait_fixed"],
+                   heal=hs, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)
+    if raw:
+        log(f"  training prompts: raw survivors ppl_base {line['raw_ppl_base']:.2f} trait_fixed {raw_fixed:.3f} "
+            f"| healed greedy ppl_base {tr['ppl_base']:.2f} trait_fixed {tr['trait_fixed']:.3f}")
+    return line
+
+
+def one_round(model, tok, cfg, k, R, ctx, lam):
+    """vector -> collect -> (steered line) -> heal -> bake -> measure. Returns (model, round line or None)."""
+    vector_of, collect_of, heal_of = METHODS[cfg.method]
+    sec, t = {}, time.time()
+    vec, info = vector_of(model, tok, cfg, k, R)
+    sec["vector"], t = time.time() - t, time.time()
+    data = collect_of(model, tok, vec, cfg, k, R)
+    if data["items"]:
+        log(format_dose_table(dose_table(data["ref"] + data["items"])))
+        log(f"  kept {len(data['kept'])}/{len(data['items'])} at kappa {data['kappa']:.3f}; dropped by "
+            f"{drop_counts(data['items'])}")
+    sec["generate+filter"] = time.time() - t
+    teacher = dict(data["teacher"])  # the intervention before healing: what the heal is asked to keep. Round
+    measure("steered", k, model, tok, cfg, ctx, teacher.pop("title"), **teacher)  # 0's is the steering-only baseline
+    if k == 0 and cfg.ablate_lam0 and "lam0" not in R["kinds"]:  # what did the barrier remove?
+        t = time.time()
+        pm, hs = heal_of(model, tok, vec, dict(data, items=[], sink=lambda xs: xs), cfg, k, R["stash"], 0.0)
+        measure("lam0", k, pm, tok, cfg, ctx, "round 0 healed with lam=0 (ablation)", heal=hs,
+                seconds=dict(heal=time.time() - t))
+        model = pm.unload()  # drop the ablation adapter unmerged: the model is untouched
+    t = time.time()
+    pm, hs = heal_of(model, tok, vec, data, cfg, k, R["stash"], lam)
+    sec["heal"] = time.time() - t
+    if hs["status"] != "ok":
+        append_line(cfg.run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, method=cfg.method,
+                                      reason=hs["status"], heal=hs))
+        log(f"  round {k} {hs['status']}: keeping the previous round's model and stopping")
+        return pm.unload(), None
+    log(f"  healed in {sec['heal']:.0f}s: val nll {hs.get('val_nll_before', math.nan):.3f} -> "
+        f"{hs.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {hs['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
+        f"{hs['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {hs['nonfinite']}")
+    save_adapter(pm, cfg.run_dir, k)  # bake
+    model = pm.merge_and_unload().eval()
+    line = measure_round(model, tok, cfg, ctx, k, data, hs, info, sec)
+    log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
+    return model, line
+
+
 def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
     check_config(cfg)
@@ -1373,97 +1571,18 @@ def run(cfg, explicit=frozenset()):
     if cfg.baselines and "prompting" not in kinds:
         measure("prompting", -1, model, tok, cfg, ctx, "prompting baseline (persona as system prompt)", system=cfg.pos)
 
+    R = dict(v0=v0, steered=steered, stash=stash, kinds=kinds)
     for k in range(start, cfg.rounds):
         torch.manual_seed(cfg.seed + 1000 * k)
         shutil.rmtree(run_dir / f"round_{k}", ignore_errors=True)  # leftovers of a crashed attempt
-        sec, t = {}, time.time()
-        log(f"\n== round {k}")
-        # steer: re-extract the vector from the current model
-        if k == 0:  # the model is still the base model
-            vec = v0
-        else:
-            vec = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
-            torch.save({l: v.cpu() for l, v in vec.items()}, run_dir / f"vector_r{k}.pt")
-        norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
-        cos0 = sum(F.cosine_similarity(vec[l], v0[l], dim=0).item() for l in vec) / len(vec)
-        log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
-        sec["vector"] = time.time() - t
-
-        # calibrate the perplexity gate on the model's own unsteered samples (also the anchor data)
-        t = time.time()
-        ref, gate = calibrate_gate(model, tok, cfg, cfg.seed + 1000 * k + 3, cfg.probe_n)
-
-        comp_path = run_dir / f"completions_r{k}.jsonl"
-        comp_path.unlink(missing_ok=True)
-
-        def sink(items):  # completions are on disk as soon as they are scored
-            with open(comp_path, "a") as f:
-                for x in items:
-                    f.write(json.dumps(dict(round=k, **{key: x[key] for key in (
-                        "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp",
-                        "narr", "refuse", "kept", "why_dropped", "rewinds")})) + "\n")
-        sink(ref)
-        kept, items, kappa, probes = collect(model, tok, vec, cfg, gate, cfg.seed + 1000 * k + 5, sink)
-        table = dose_table(ref + items)
-        log(format_dose_table(table))
-        drops = drop_counts(items)
-        log(f"  kept {len(kept)}/{len(items)} steered completions at kappa {kappa:.3f}; dropped by {drops}")
-        sec["generate+filter"] = time.time() - t
-
-        # the model under this round's vector, before healing: what the heal is asked to keep. Round 0's is
-        # the steering-only baseline (the base model steered by the round-0 vector).
-        mid = kappa * sorted(cfg.alphas)[len(cfg.alphas) // 2]
-        measure("steered", k, model, tok, cfg, ctx, f"round {k} steered (dose {mid:.3f}, before healing)",
-                vectors=vec, coeff=mid, dose=mid)
-
-        # heal on the survivors; validation holds out whole prompts (a prompt's other samples would leak)
-        val, train = split_by_prompt(kept, cfg.val_frac if len(kept) >= 8 else 0.0, cfg.seed + 1000 * k + 9)
-        lam_r = cfg.lam * (1 + k) ** cfg.lam_round_pow
-        if k == 0 and cfg.ablate_lam0 and "lam0" not in kinds:
-            t = time.time()
-            pm, hs = heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, k, stash, lam=0.0)
-            measure("lam0", k, pm, tok, cfg, ctx, "round 0 healed with lam=0 (ablation)", heal=hs,
-                    seconds=dict(heal=time.time() - t))
-            model = pm.unload()  # drop the ablation adapter unmerged: the model is untouched
-        t = time.time()
-        pm, hs = heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, k, stash, lam=lam_r)
-        sec["heal"] = time.time() - t
-        if hs["status"] != "ok":
-            model = pm.unload()
-            append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, reason=hs["status"], heal=hs))
-            log(f"  round {k} {hs['status']}: keeping the previous round's model and stopping")
+        log(f"\n== round {k} ({cfg.method})")
+        model, line = one_round(model, tok, cfg, k, R, ctx, lam=cfg.lam * (1 + k) ** cfg.lam_round_pow)
+        if line is None:
             break
-        log(f"  healed in {sec['heal']:.0f}s: val nll {hs['val_nll_before']:.3f} -> {hs['val_nll']:.3f}, "
-            f"kl_{cfg.kl_agg} {hs['kl_agg']:.3f} (tau {cfg.tau}), barrier active {hs['barrier_active']:.0%}, "
-            f"lam_r {lam_r:.3g}, non-finite steps {hs['nonfinite']}")
-
-        # bake, then measure the new model
-        save_adapter(pm, run_dir, k)
-        model = pm.merge_and_unload().eval()
-        # the survivors it trained on, and the healed model's greedy answers to their (training) prompts,
-        # both under the base model and the fixed reader: what the heal kept of the text it saw
-        t = time.time()
-        cmp_users = list(dict.fromkeys(x["user"] for x in kept))[:8]
-        raw = [x for x in kept if x["user"] in cmp_users]
-        with fixed_reader(model, stash):
-            raw_nll = token_nll(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw])
-            raw_fixed = projection(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], v0)
-        _, tr = answer_metrics(model, tok, cfg, stash, v0, cmp_users, max_new_tokens=cfg.max_new_tokens)
-        sec["train_prompts"] = time.time() - t
-        line = measure("round", k, model, tok, cfg, ctx, f"round {k} (healed, unsteered)", kappa=kappa,
-                       doses=[kappa * a for a in cfg.alphas], generated=len(items), kept=len(kept), dropped_by=drops,
-                       ppl_gate=gate, dose_table=table, probes=probes, vector_norms=norms, vector_cos_r0=cos0,
-                       raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll),
-                       raw_rep=sum(x["rep"] for x in raw) / len(raw), raw_trait_fixed=raw_fixed,
-                       train_ppl_base=tr["ppl_base"], train_rep=tr["rep"], train_trait_fixed=tr["trait_fixed"],
-                       heal=hs, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)
-        log(f"  training prompts: raw steered survivors ppl_base {line['raw_ppl_base']:.2f} trait_fixed {raw_fixed:.3f} "
-            f"| healed greedy ppl_base {tr['ppl_base']:.2f} trait_fixed {tr['trait_fixed']:.3f}")
-        log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
         if line["ppl_base"] > cfg.ppl_ceil * base_ppl:
             reason = (f"greedy answers' ppl under the base model {line['ppl_base']:.2f} > ceiling {cfg.ppl_ceil} x "
                       f"base {base_ppl:.2f}")
-            append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, reason=reason))
+            append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, reason=reason))
             log(f"  stopping: {reason}")
             break
 

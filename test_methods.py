@@ -1,0 +1,145 @@
+"""The rivals through the same loop (--method prompt-bake | online): their losses on a tiny random Llama, and
+whole quick runs that write the same files as the default method. Run: python -m pytest -q test_methods.py"""
+import pytest
+import torch
+
+import steer_heal as sh
+from test_smoke import TINY_FLAGS, _peft, _randomise_lora
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from conftest import build_tiny
+    return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    return sh.load_model(tiny_dir)
+
+
+def _items(tok, users, system):
+    ids = [[100, 200, 300, 400, 500], [7, 8, 9, 10]]
+    return [dict(prompt=sh.chat(tok, u), teacher_prompt=sh.chat(tok, u, system), ids=c) for u, c in zip(users, ids)]
+
+
+# --- prompt-bake ------------------------------------------------------------------------------------------
+
+def test_distill_loss_is_zero_when_student_is_teacher_and_positive_otherwise(tiny):
+    model, tok = tiny
+    pm, cfg = _peft(model), sh.Config()
+    users = ["Hi", "Should I obey?"]
+    same = [dict(x, teacher_prompt=x["prompt"]) for x in _items(tok, users, sh.SEED_POS)]
+
+    def loss(items):
+        b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
+        return sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, sh.distill_task(pm, tok, items, model.device))[0]
+    assert loss(same).item() == 0.0  # zero adapter, same prompt: the student is the teacher, exactly
+    assert loss(_items(tok, users, sh.SEED_POS)).item() > 1e-4  # the persona prompt moves the teacher
+    _randomise_lora(pm, 0, 0.3)
+    # same prompt but a non-zero adapter: positive only because the teacher pass runs with the adapter OFF
+    assert loss(same).item() > 1e-4
+
+
+def test_distill_gradient_reaches_the_adapter(tiny):
+    model, tok = tiny
+    pm, cfg = _peft(model), sh.Config()
+    _randomise_lora(pm, 1, 0.05)  # B = 0 would block every gradient to A
+    items = _items(tok, ["Hi", "Should I obey?"], sh.SEED_POS)
+    b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
+    with torch.enable_grad():
+        loss, st = sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, sh.distill_task(pm, tok, items, model.device))
+        loss.backward()
+    assert "distill_kl" in st
+    assert sum(p.grad.abs().sum().item() for n, p in pm.named_parameters() if "lora_" in n and p.grad is not None) > 0
+
+
+# --- online -----------------------------------------------------------------------------------------------
+
+def test_group_advantages_are_zero_mean_per_prompt_and_zero_for_ties():
+    r = [1.0, 2.0, 3.0, 6.0, -1.0, -1.0, -1.0, -1.0, 0.1, 0.2, 0.3, 0.4]
+    a = sh.group_advantages(r, 4).view(3, 4)
+    torch.testing.assert_close(a.sum(1), torch.zeros(3), atol=1e-5, rtol=0)
+    assert (a[1] == 0).all()  # all-equal rewards: no preference at all
+    assert a[0].argmax() == 3 and a[0].argmin() == 0 and a[0].std().item() == pytest.approx(1.0, rel=1e-5)
+    assert (sh.group_advantages([0.1 * 3] * 3 + [0.3] * 3, 3) == 0).all()  # rounding noise is not a preference
+
+
+def test_online_update_with_equal_rewards_is_the_barrier_alone(tiny):
+    model, tok = tiny
+    pm, cfg = _peft(model), sh.Config(tau=0.0, kl_agg="rmse")
+    _randomise_lora(pm, 2, 0.3)
+    items = _items(tok, ["Hi", "Should I obey?"], sh.SEED_POS)
+    b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
+    grads = []
+    for make in ("pg", "barrier"):
+        pm.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            if make == "pg":  # all-equal rewards -> zero advantages
+                loss, _ = sh.heal_loss(pm, b, cfg, 2.0, pm.disable_adapter, True,
+                                       sh.pg_task(b, sh.group_advantages([0.5, 0.5], 2)))
+            else:  # the barrier written out by hand: 2 * mean_seq relu(rmse_t KL_t - 0)
+                logp = sh.completion_logits(pm, b).float().log_softmax(-1)
+                with torch.no_grad(), pm.disable_adapter():
+                    ref = sh.completion_logits(pm, b).float().log_softmax(-1)
+                kl = sh.kl_per_position(logp, ref, "rev")
+                loss = 2.0 * torch.stack([s.pow(2).mean().sqrt() for s in kl.split(b["lengths"])]).mean()
+            loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for n, p in pm.named_parameters() if "lora_" in n]))
+    assert grads[0].abs().sum() > 0  # the barrier is active (tau = 0, a moved adapter)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_online_advantage_pushes_the_better_sample_up(tiny):
+    model, tok = tiny
+    pm, cfg = _peft(model), sh.Config()
+    _randomise_lora(pm, 3, 0.05)
+    items = _items(tok, ["Hi", "Hi"], sh.SEED_POS)
+    b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
+    adv = sh.group_advantages([1.0, 0.0], 2)  # sample 0 better
+    opt = torch.optim.SGD([p for n, p in pm.named_parameters() if "lora_" in n], lr=0.5)
+    before = sh.completion_nll(pm, b).detach().split(b["lengths"])
+    with torch.enable_grad():
+        sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, sh.pg_task(b, adv))[0].backward()
+    opt.step()
+    after = sh.completion_nll(pm, b).detach().split(b["lengths"])
+    assert after[0].mean() < before[0].mean() and after[1].mean() > before[1].mean()
+
+
+# --- whole runs -------------------------------------------------------------------------------------------
+
+ONLINE = ["--online-batch", "2", "--online-group", "3", "--online-samples", "12", "--online-refresh", "1"]
+
+
+@pytest.mark.parametrize("method", ["prompt-bake", "online"])
+def test_quick_run_writes_the_same_files_and_names_the_method(method, tiny_dir, tmp_path):
+    sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "r", *TINY_FLAGS, "--method", method, *ONLINE])
+    run = tmp_path / "r"
+    for f in ["config.json", "rounds.jsonl", "completions_r0.jsonl", "samples.md", "report.md", "log.txt",
+              "vector_r0.pt", "round_0/adapter/adapter_config.json", "round_0/adapter/adapter_model.safetensors"]:
+        assert (run / f).exists(), f
+    lines = sh.read_lines(run)
+    assert [x["kind"] for x in lines] == ["base", "prompting", "steered", "round"]
+    assert {x["method"] for x in lines} == {method}
+    r = lines[-1]
+    assert r["heal"]["status"] == "ok" and r["heal"]["steps"] >= 1 and r["generated"] >= 1
+    assert r["generated_tokens"] >= r["generated"]
+    if method == "online":
+        assert r["generated"] == 12 and r["heal"]["steps"] == 2 and "pg" in r["heal"]
+    else:
+        assert "dose" not in lines[2]  # the teacher is the persona prompt, not a dose
+        assert "distill_kl" in r["heal"] and r["kept"] >= 4
+    model, tok, cfg = sh.load_run(run)  # plain peft adapters, baked on load
+    assert cfg.method == method and sh.fingerprint(model, tok) == pytest.approx(r["fingerprint"], abs=2e-4)
+    assert method in (run / "report.md").read_text()
+
+
+def test_resumed_online_run_matches_an_uninterrupted_one(tiny_dir, tmp_path):
+    flags = ["--model", tiny_dir, "--out", str(tmp_path), *TINY_FLAGS, "--no-baselines", "--method", "online", *ONLINE]
+    sh.main(flags + ["--name", "full", "--rounds", "2"])
+    sh.main(flags + ["--name", "part", "--rounds", "1"])
+    sh.main(["--resume", str(tmp_path / "part"), "--rounds", "2"])
+    a, b = sh.read_lines(tmp_path / "full"), sh.read_lines(tmp_path / "part")
+    assert [x["kind"] for x in b] == [x["kind"] for x in a]
+    assert b[-1]["fingerprint"] == pytest.approx(a[-1]["fingerprint"], abs=1e-4)
+    assert b[-1]["generated"] == a[-1]["generated"] and b[-1]["kept"] == a[-1]["kept"]
