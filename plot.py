@@ -5,6 +5,9 @@
 Reads only rounds.jsonl and config.json (through report.read_run), so it plots a run in progress.
 Several runs overlay; a group folder (seed<k>/ children) is drawn as the mean over its seeds with a
 min-max band. Writes plot.png and plot.svg into the first folder (or --out) and prints their paths.
+Runs of different --method overlay by method: one colour per method, its seeds pooled (a group folder's, and
+single run folders of that method) as mean with min-max band, written as plot_methods.png / .svg into the
+folders' common parent (or --out).
 """
 import argparse
 import os
@@ -16,11 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from report import ceiling, ci_of, get, pair, read_run, seed_dirs, shift  # noqa: E402  (stdlib-only reader)
+from report import (by_method, ceiling, ci_of, common_parent, get, method_of, pair, read_run,  # noqa: E402
+                    seed_dirs, shift)  # the stdlib-only reader
 
 # steer_ref: round 0's `steered` line, or `steering_only` in older runs
 BASELINES = {"prompting": ("s", "prompting"), "steer_ref": ("^", "steered r0 (steering only)"),
              "lam0": ("X", "λ=0 round 0")}
+METHOD_COLOURS = {"steer-heal": "C0", "prompt-bake": "C1", "online": "C2"}  # other methods: C3, C4, ...
 ROLES = {"Authority": ("-", "tab:red", "Authority (target)"), "Care": ("--", "tab:blue", "Care (target)"),
          "off": (":", "tab:green", "largest off-target mover")}  # linestyle; colour when one run is drawn
 
@@ -179,19 +184,34 @@ def panel_gap(ax, label, runs, color):
     return True
 
 
-def plot_runs(run_dirs, out_dir=None):
-    """Draw the three panels for run or group folders; write plot.png and plot.svg; return their paths."""
+def groups_of(run_dirs):
+    """[(legend label, runs, colour)]: one per folder when they all share one method (a group folder as the mean of
+    its seeds); with several methods among them, one per method, its seeds pooled over the folders."""
     names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     names = names if len(set(names)) == len(names) else [os.path.normpath(d) for d in run_dirs]
-    groups = [(name, load(d)) for name, d in zip(names, run_dirs)]
+    loaded = [(name, load(d)) for name, d in zip(names, run_dirs)]
+    if len({method_of(r) for _, runs in loaded for r in runs}) < 2:
+        return [(name + (f" (mean of {len(runs)} seeds, band min–max)" if len(runs) > 1 else ""), runs, f"C{i}")
+                for i, (name, runs) in enumerate(loaded)]
+    keep = {os.path.realpath(r["dir"]) for _, runs in loaded for r in runs}  # the runs with an eval line
+    methods = {m: [r for r in runs if os.path.realpath(r["dir"]) in keep] for m, runs in by_method(run_dirs).items()}
+    extra = iter(f"C{i}" for i in range(len(METHOD_COLOURS), 10))
+    return [(m + (f" ({len(runs)} seeds, mean, band min–max)" if len(runs) > 1 else " (1 seed)"), runs,
+             METHOD_COLOURS.get(m) or next(extra)) for m, runs in methods.items() if runs]
+
+
+def plot_runs(run_dirs, out_dir=None):
+    """Draw the four panels for run or group folders; write plot.png and plot.svg (several methods: plot_methods.*
+    into the folders' common parent); return their paths."""
+    groups = groups_of(run_dirs)
+    by_m = len({method_of(r) for _, runs, _ in groups for r in runs}) > 1
     fig, ((a, b), (c, d)) = plt.subplots(2, 2, figsize=(16, 12))
     b2, single, drew_gap = b.twinx(), len(groups) == 1, False
-    for i, (label, runs) in enumerate(groups):
-        label += f" (mean of {len(runs)} seeds, band min–max)" if len(runs) > 1 else ""
-        panel_map(a, label, runs, f"C{i}")
-        panel_coherence(b, b2, runs, f"C{i}")
-        panel_moved(c, runs, f"C{i}", single)
-        drew_gap = panel_gap(d, label, runs, f"C{i}") or drew_gap
+    for label, runs, colour in groups:
+        panel_map(a, label, runs, colour)
+        panel_coherence(b, b2, runs, colour)
+        panel_moved(c, runs, colour, single)
+        drew_gap = panel_gap(d, label, runs, colour) or drew_gap
 
     a.set(title="A. The map: base → round 0, 1, … (bars: eval_ci, or min–max over seeds)",
           xlabel="care_nats  →  more Care", ylabel="auth_nats  (lower = less Authority)")
@@ -200,7 +220,7 @@ def plot_runs(run_dirs, out_dir=None):
                arrowprops=dict(arrowstyle="-|>", color="0.3", lw=2))
     a.text(0.13, 0.15, "intended:\ncare ↑, auth ↓", transform=a.transAxes, fontsize=9, color="0.3")
     marks = [Line2D([], [], color="k", marker=m, ls="none", mfc="none", mew=1.8, label=t)
-             for kind, (m, t) in BASELINES.items() if any(r[kind] for _, runs in groups for r in runs)]
+             for kind, (m, t) in BASELINES.items() if any(r[kind] for _, runs, _ in groups for r in runs)]
     a.legend(handles=a.get_legend_handles_labels()[0] + marks, fontsize=8, loc="best")
 
     b.set(title="B. Coherence over rounds: ppl_base of greedy answers ÷ base's", xlabel="round",
@@ -226,7 +246,9 @@ def plot_runs(run_dirs, out_dir=None):
     if drew_gap:
         d.legend(handles=d.get_legend_handles_labels()[0] +
                  [Line2D([], [], color="k", marker=m, ls=ls, mfc="none", label=t) for m, ls, t in
-                  [("^", "none", "steered (round k's model under its vector)"), ("s", ":", "prompting")]],
+                  [("^", "none", "steered (round k's model under its vector" + "; prompt-bake: its teacher" *
+                                any(method_of(r) == "prompt-bake" for _, runs, _ in groups for r in runs) + ")"),
+                   ("s", ":", "prompting")]],
                  fontsize=8, loc="best")
     else:
         d.text(0.5, 0.5, "no persona_gap in this run", transform=d.transAxes, ha="center", va="center",
@@ -237,9 +259,9 @@ def plot_runs(run_dirs, out_dir=None):
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "base" if v == -1 else f"{v:g}"))
         ax.margins(x=0.15)
     fig.tight_layout()
-    out_dir = out_dir or run_dirs[0]
+    out_dir = out_dir or (common_parent(run_dirs) if by_m else run_dirs[0])
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, "plot." + ext) for ext in ("png", "svg")]
+    paths = [os.path.join(out_dir, ("plot_methods." if by_m else "plot.") + ext) for ext in ("png", "svg")]
     for p in paths:
         fig.savefig(p, dpi=110)
     plt.close(fig)
@@ -249,7 +271,8 @@ def plot_runs(run_dirs, out_dir=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders or group folders (with seed<k>/ run folders)")
-    ap.add_argument("--out", help="folder for plot.png / plot.svg (default: the first folder)")
+    ap.add_argument("--out", help="folder for plot.png / plot.svg (default: the first folder; runs of several "
+                                  "methods: plot_methods.png / .svg in the folders' common parent)")
     args = ap.parse_args(argv)
     try:
         paths = plot_runs(args.runs, args.out)

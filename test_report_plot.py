@@ -459,3 +459,167 @@ def test_a_reader_blind_to_direction_decides_nothing(tmp_path):
     assert "trait_fixed: not measurable — blind to direction" in both
     q3 = sections(both)["## " + report.SECTIONS[3]]
     assert "persona_gap: not measurable" in q3 and "auth_nats: yes" in q3  # tinymfv is above chance in this run
+
+
+# ---- methods given together (issue 12 item 5): steer-heal against prompt-bake and online
+def make_method_run(path, method, tokens=6000, **kw):
+    """A today's-format run of --method `method`: config.method and `method` on every line, generated_tokens per
+    round (tokens each round; None leaves the field out, as older runs do)."""
+    d = make_new_run(path, **kw)
+    with open(os.path.join(d, "config.json")) as f:
+        conf = json.load(f)
+    conf["config"]["method"] = method
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(conf, f)
+
+    def fn(ln):
+        ln["method"] = method
+        if ln["kind"] == "round" and tokens is not None:
+            ln["generated_tokens"] = tokens
+    return patch_run(d, fn)
+
+
+def methods_section(text, title):
+    """The body of one comparison section ('vs prompt baking', 'iterative vs online') of report_methods.md."""
+    return next(body for h, body in sections(text).items() if h.startswith("## " + title + " ("))
+
+
+def method_verdict(text, title):
+    return re.search(r"\*\*Verdict: ([^*]+)\*\*", methods_section(text, title)).group(1)
+
+
+def test_runs_group_by_method(tmp_path):
+    # a steer-heal group of two seeds, two single prompt-bake run folders, an old run without `method`
+    g = tmp_path / "sh"
+    make_method_run(g / "seed41", "steer-heal", seed=41)
+    make_method_run(g / "seed42", "steer-heal", seed=42)
+    pb1 = make_method_run(tmp_path / "pb41", "prompt-bake", seed=41)
+    pb2 = make_method_run(tmp_path / "pb42", "prompt-bake", seed=42)
+    old = make_run(tmp_path / "old")  # no method anywhere → steer-heal
+    on = make_new_run(tmp_path / "on")  # method only on the lines, not in config.json
+    patch_run(on, lambda ln: ln.update(method="online"))
+    groups = report.by_method([str(g), pb1, pb2, old, on, pb1], label_from=str(tmp_path))  # pb1 twice: once
+    assert {m: sorted(r["name"] for r in rs) for m, rs in groups.items()} == {
+        "steer-heal": ["old", os.path.join("sh", "seed41"), os.path.join("sh", "seed42")],
+        "prompt-bake": ["pb41", "pb42"], "online": ["on"]}
+    assert report.common_parent([str(g), pb1]) == str(tmp_path)
+    assert [t for _, _, t in report.pairs(list(groups))] == ["vs prompt baking", "iterative vs online"]
+    # one method only: no comparison
+    assert report.write_methods_report([pb1, pb2]) is None and not os.path.exists(tmp_path / "report_methods.md")
+
+
+def test_prompt_bake_report_names_its_method(tmp_path):
+    text = report.write_report(make_method_run(tmp_path / "pb", "prompt-bake"))
+    first = text.split("\n")[0]
+    assert first == "# prompt-bake report: pb" and "steer-heal" not in first
+    assert "- method: prompt-bake: prompt baking" in text
+    # its `steered` lines are the teacher, and Q1 says so
+    q1 = sections(text)["## " + report.SECTIONS[1]]
+    assert "| teacher r0 (persona as system prompt) |" in q1 and "steered r0" not in q1
+    assert "teacher Δgap" in q1
+    assert report.write_report(make_run(tmp_path / "old")).startswith("# steer-heal report: old")
+
+
+def test_method_clearly_ahead_on_persona_gap(tmp_path):
+    # one seed each: steer-heal Δgap 0.15 ± 0.01 at round 2, prompt-bake 0.03 ± 0.01 → 0.12 ± 0.014: ahead
+    sh = make_method_run(tmp_path / "sh", "steer-heal")
+    pb = make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03), n_rounds=3)
+    p = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), sh, pb], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = str(tmp_path / "report_methods.md")
+    assert p.stdout.split() == [os.path.join(sh, "report.md"), os.path.join(pb, "report.md"), out]
+    text = open(out).read()
+    assert method_verdict(text, "vs prompt baking") == "steer-heal ahead"
+    sec = methods_section(text, "vs prompt baking")
+    assert ("persona_gap: steer-heal ahead — steer-heal Δgap 0.15 [0.14, 0.16] vs prompt-bake 0.03 [0.02, 0.04]; "
+            "steer-heal − prompt-bake 0.12 [0.1059, 0.1341]") in sec
+    assert "| persona_gap | no direction check in this run | 0.15 [0.14, 0.16] | 0.03 [0.02, 0.04] |" in sec
+    assert "at round 2, the last round every run of both evaluated" in sec
+    # each method's own report is inside, naming its method, and the per-round generation is shown
+    assert "## steer-heal report: steer-heal" in text and "## prompt-bake report: prompt-bake" in text
+    assert "### " + report.SECTIONS[4] in text
+    assert "matched generation (within 10%)" in sec and "| 2 | 60 / 60 | 6000 [18000] / 6000 [18000] |" in sec
+    # the other way round: prompt-bake ahead; and unequal budgets are called out
+    pb2 = make_method_run(tmp_path / "m2" / "pb", "prompt-bake", gaps=(0.0, 0.2, 0.3, 0.4), tokens=9000)
+    sh2 = make_method_run(tmp_path / "m2" / "sh", "steer-heal")
+    path = report.write_methods_report([sh2, pb2], out=str(tmp_path / "cmp"))
+    text = open(path).read()
+    assert path == str(tmp_path / "cmp" / "report_methods.md")
+    assert method_verdict(text, "vs prompt baking") == "prompt-bake ahead"
+    assert "NOT matched generation: prompt-bake generated more" in text
+
+
+def test_methods_within_noise_not_distinguishable(tmp_path):
+    # online's gap 0.145 vs steer-heal's 0.15 with CIs ± 0.01 each: 0.005 ± 0.014 holds 0
+    sh = make_method_run(tmp_path / "sh", "steer-heal")
+    on = make_method_run(tmp_path / "on", "online", gaps=(0.0, 0.05, 0.1, 0.145))
+    text = open(report.write_methods_report([sh, on])).read()
+    assert method_verdict(text, "iterative vs online") == "not distinguishable from noise"
+    assert "persona_gap: not distinguishable from noise" in methods_section(text, "iterative vs online")
+    # a group: two seeds each, the seeds' spread (0.05) swamps a 0.03 difference that one seed would call
+    g1, g2 = tmp_path / "gsh", tmp_path / "gon"
+    make_method_run(g1 / "seed41", "steer-heal", seed=41, gap_ci=0.002)
+    make_method_run(g1 / "seed42", "steer-heal", seed=42, gap_ci=0.002, gaps=(0.0, 0.05, 0.1, 0.2))
+    make_method_run(g2 / "seed41", "online", seed=41, gap_ci=0.002, gaps=(0.0, 0.05, 0.1, 0.12))
+    make_method_run(g2 / "seed42", "online", seed=42, gap_ci=0.002, gaps=(0.0, 0.05, 0.1, 0.17))
+    text = open(report.write_methods_report([str(g1), str(g2)])).read()
+    sec = methods_section(text, "iterative vs online")
+    assert "steer-heal (2 seeds) against online (2 seeds)" in sec
+    assert "persona_gap: not distinguishable from noise" in sec and "steer-heal − online 0.03 [" in sec
+    # the lone seed41 pair (0.15 vs 0.12, ± 0.002) is ahead: the group's noise made the difference
+    one = open(report.write_methods_report([str(g1 / "seed41"), str(g2 / "seed41")], out=str(tmp_path / "o"))).read()
+    assert "persona_gap: steer-heal ahead" in methods_section(one, "iterative vs online")
+
+
+def test_blind_or_at_chance_reader_not_measurable_between_methods(tmp_path):
+    # the same clear lead as above, but the direction check shows persona_gap reads persona-ness (the opposite
+    # persona raises it too), trait_fixed has no interval on one seed, tinymfv reads at chance → not measurable
+    def blind(ln):
+        if ln["kind"] == "prompting":
+            ln.update(opposite_persona_gap_ci=[0.05, 0.2], opposite_trait_fixed=1.0)
+        ln.update(top1=0.2, top1_chance=0.2)
+    sh = patch_run(make_method_run(tmp_path / "sh", "steer-heal"), blind)
+    pb = patch_run(make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03)), blind)
+    text = open(report.write_methods_report([sh, pb])).read()
+    sec = methods_section(text, "vs prompt baking")
+    assert method_verdict(text, "vs prompt baking") == "not measurable"
+    assert "persona_gap: not measurable — blind to direction" in sec
+    assert "trait_fixed: not measurable — trait_fixed has no interval with one seed per method" in sec
+    assert "auth_nats: not measurable — tinymfv reads at chance" in sec
+    assert "steer-heal ahead" not in sec
+
+
+def test_leader_past_the_ppl_ceiling_is_not_a_win(tmp_path):
+    sh = patch_run(make_method_run(tmp_path / "sh", "steer-heal"),
+                   lambda ln: ln.update(ppl_base=40.0) if ln["kind"] == "round" else None)
+    pb = make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03))
+    text = open(report.write_methods_report([sh, pb])).read()
+    assert method_verdict(text, "vs prompt baking") == "not a win"
+    assert "steer-heal leads but is past the ppl ceiling at round 2 (sh)" in text
+
+
+def test_plot_overlays_one_legend_entry_per_method(tmp_path, monkeypatch):
+    g = tmp_path / "sh"
+    make_method_run(g / "seed41", "steer-heal", seed=41)
+    make_method_run(g / "seed42", "steer-heal", seed=42)
+    pb = make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03))
+    on1 = make_method_run(tmp_path / "on1", "online", seed=41)
+    on2 = make_method_run(tmp_path / "on2", "online", seed=42, auths=(-1.0, -1.2, -1.3, -1.4))
+    groups = plot.groups_of([str(g), pb, on1, on2])
+    assert [(label, len(runs)) for label, runs, _ in groups] == [
+        ("steer-heal (2 seeds, mean, band min–max)", 2), ("prompt-bake (1 seed)", 1),
+        ("online (2 seeds, mean, band min–max)", 2)]
+    assert len({c for _, _, c in groups}) == 3  # one colour per method
+    figs = []
+    monkeypatch.setattr(plot.plt, "close", figs.append)
+    paths = plot.plot_runs([str(g), pb, on1, on2])
+    assert paths == [str(tmp_path / f"plot_methods.{x}") for x in ("png", "svg")]  # the common parent
+    assert all(os.path.getsize(p) > 10_000 for p in paths)
+    for ax in (figs[-1].axes[0], figs[-1].axes[3]):  # panel A and panel D name the methods, once each
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert [t for t in texts if t.split()[0] in report.METHODS] == [label for label, _, _ in groups]
+        colours = {t.get_text(): h.get_color() for t, h in zip(ax.get_legend().get_texts(),
+                                                                 ax.get_legend().legend_handles)}
+        assert len({str(colours[label]) for label, _, _ in groups}) == 3
+    # one method given in two folders: today's overlay, one entry per folder, plot.png in the first
+    assert [x[0] for x in plot.groups_of([on1, on2])] == ["on1", "on2"]
