@@ -353,6 +353,26 @@ def combine(runs, one):
 
 # ---- the checks: each takes the runs (one, or a group's seeds) and returns (word, reason, body lines,
 # [(name, value)] per-seed numbers for the group table)
+def kept_falls(lo, hi):
+    """The kept fraction at the top dose is below the lowest dose's by more than 2 binomial standard errors
+    (a drop of 0.75 -> 0.66 over 8 and 32 completions is noise, not a filter that tracks dose)."""
+    (n0, k0), (n1, k1) = (get(lo, "n"), get(lo, "kept")), (get(hi, "n"), get(hi, "kept"))
+    if None in (n0, k0, n1, k1) or not n0 or not n1:
+        return False
+    p0, p1 = (k0 + 1) / (n0 + 2), (k1 + 1) / (n1 + 2)  # smoothed for the variance: 20/20 is not certainty
+    return k0 / n0 - k1 / n1 > 2 * math.sqrt(p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1)
+
+
+def ppl_rises(comps, d_lo, d_hi):
+    """Mean log tail ppl of round 0's completions at the top dose exceeds the lowest dose's by > 2 standard errors."""
+    xs = [[math.log(get(c, "ppl_tail")) for c in comps if get(c, "dose") == d and (get(c, "ppl_tail") or 0) > 0
+           and math.isfinite(get(c, "ppl_tail"))] for d in (d_lo, d_hi)]
+    if min(map(len, xs)) < 2:
+        return False
+    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in xs))
+    return statistics.fmean(xs[1]) - statistics.fmean(xs[0]) > 2 * se
+
+
 def q0_one(run):
     rows = [[r["round"], get(d, "dose"), get(d, "n"), get(d, "kept"), get(d, "kept_frac"), get(d, "ppl_tail"),
              get(d, "rep"), " ".join(f"{k}:{v}" for k, v in (d.get("dropped_by") or {}).items() if v) or "—"]
@@ -361,6 +381,7 @@ def q0_one(run):
     r0 = (run["rounds"] or [{}])[0]
     # the borderline pair of round 0: the kept one with the highest tail ppl, the ppl-dropped one with the lowest
     comps = [c for c in read_jsonl(os.path.join(run["dir"], "completions_r0.jsonl")) if get(c, "ppl_tail")]
+    comps_all = comps
     comps = [c for c in comps if (get(c, "dose") or 0) > 0] or comps  # steered ones; dose 0 is the reference
     body += ["", f"Borderline examples (round 0, ppl gate {fmt(get(r0, 'ppl_gate'))}):"]
     for label, pool, pick in [("just kept", [c for c in comps if c.get("kept") is True], max),
@@ -380,9 +401,10 @@ def q0_one(run):
     why = (f"round 0 dose {fmt(get(lo, 'dose'))}→{fmt(get(hi, 'dose'))}: kept frac {fmt(kf[0])}→{fmt(kf[1])}, "
            f"tail ppl {fmt(pp[0])}→{fmt(pp[1])}; kept {fmt(kept0)}/{fmt(gen0)} in round 0, "
            f"min {fmt(nums[1][1])} per round (need ≥{MIN_KEPT})")
-    tracks = (None not in kf and kf[1] < kf[0]) or (None not in pp and pp[1] > pp[0])
+    tracks = kept_falls(lo, hi) or ppl_rises(comps_all, get(lo, "dose"), get(hi, "dose"))
     word, note = (("no", "") if kept and min(kept) < MIN_KEPT else ("unclear", "; one dose only") if len(dt) < 2
-                  else ("yes", "") if tracks else ("unclear", "; the filter does not track dose"))
+                  else ("yes", "") if tracks else
+                  ("unclear", "; neither the kept fraction nor the tail ppl changes with dose beyond 2 standard errors"))
     return word, why + note, body, nums
 
 

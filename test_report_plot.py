@@ -623,3 +623,15 @@ def test_plot_overlays_one_legend_entry_per_method(tmp_path, monkeypatch):
         assert len({str(colours[label]) for label, _, _ in groups}) == 3
     # one method given in two folders: today's overlay, one entry per folder, plot.png in the first
     assert [x[0] for x in plot.groups_of([on1, on2])] == ["on1", "on2"]
+
+
+def test_q0_needs_a_dose_effect_beyond_noise():
+    lo, hi = {"dose": 0.0, "n": 8, "kept": 6}, {"dose": 0.4, "n": 32, "kept": 21}  # 0.75 -> 0.66: noise
+    assert not report.kept_falls(lo, hi)
+    assert report.kept_falls({"n": 20, "kept": 20}, {"n": 20, "kept": 8})  # 1.0 -> 0.4: a real drop
+    assert not report.kept_falls({"n": 20, "kept": 8}, {"n": 20, "kept": 20})  # a rise is not a drop
+    flat = [{"dose": d, "ppl_tail": p} for d in (0.0, 0.9) for p in (10.0, 14.0, 12.0, 11.0)]
+    assert not report.ppl_rises(flat, 0.0, 0.9)
+    rising = [{"dose": 0.0, "ppl_tail": p} for p in (10.0, 14.0, 12.0, 11.0)] + \
+             [{"dose": 0.9, "ppl_tail": p} for p in (60.0, 90.0, 70.0, 80.0)]
+    assert report.ppl_rises(rising, 0.0, 0.9) and not report.ppl_rises(rising, 0.9, 0.0)
