@@ -7,7 +7,7 @@ heal a LoRA on them under a KL barrier, bake it in, and repeat.
 Read top to bottom: config -> loading -> prompts -> vector -> hook -> generate -> filters ->
 dose controller -> heal -> bake -> loop. Results land in results/<run>/ (docs/CONTRACT.md).
 """
-import argparse, contextlib, dataclasses, glob, importlib.util, inspect, json, math, os, re, shutil
+import contextlib, dataclasses, glob, importlib.util, json, math, os, re, shutil
 import signal, sys, time, zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -130,15 +130,6 @@ PRESETS = {
                 max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128,
                 eval_n=0, persona_n=0),
 }
-CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"],
-               persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
-               kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
-               eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
-               method=["steer-heal", "prompt-bake", "online"])
-RESUME_OK = {"rounds", "device", "resume"}  # flags that may differ on --resume without changing the experiment
-# ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
-RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
-                 "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
 
 
 class Stop(Exception):
@@ -146,125 +137,6 @@ class Stop(Exception):
     def __init__(self, msg, code=2):
         super().__init__(msg)
         self.code = code
-
-
-def _help_comments():
-    # The trailing comment of each field is its --help text: one place to document a knob.
-    src = inspect.getsource(Config)
-    return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
-
-
-def parse_args(argv=None):
-    """Config defaults <- --preset <- --persona <- explicit flags. Returns (cfg, explicit flag names)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def error(msg):  # one line naming the flag (exit 2 in main), not argparse's page of usage
-        raise Stop(f"{msg} (python steer_heal.py --help lists every flag).")
-    p.error = error
-    helps = _help_comments()
-    for f in dataclasses.fields(Config):
-        flag, kw = "--" + f.name.replace("_", "-"), dict(default=argparse.SUPPRESS, help=helps.get(f.name))
-        if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif f.type is tuple:
-            kw.update(nargs="+", type=int if f.name == "seeds" else str if f.name == "lora_targets" else float)
-        else:
-            kw["type"] = f.type
-        if f.name in CHOICES:
-            kw["choices"] = CHOICES[f.name]
-        p.add_argument(flag, **kw)
-    explicit = vars(p.parse_args(argv))
-    cfg = Config()
-    for k, v in PRESETS.get(explicit.get("preset", ""), {}).items():
-        setattr(cfg, k, v)
-    cfg.persona = explicit.get("persona", cfg.persona)
-    cfg.pos, cfg.neg, cfg.opp = PERSONAS[cfg.persona]
-    for k, v in explicit.items():
-        setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
-    return cfg, set(explicit)
-
-
-def check_config(cfg):
-    """Fail before any model loads, with the flag to fix."""
-    if not cfg.pos.strip():
-        raise Stop("--pos is empty: the positive persona is the system prompt we steer toward.")
-    if cfg.pos.strip() == cfg.neg.strip():
-        raise Stop("--pos and --neg are identical, so the steering vector would be zero. Use an empty --neg "
-                   "for 'no persona', or the persona's opposite.")
-    if cfg.opp.strip() == cfg.pos.strip():
-        raise Stop("--opp is identical to --pos, so the readers' direction check would compare the persona with "
-                   "itself. Give the persona's opposite.")
-    for f in dataclasses.fields(cfg):  # nan passes some range tests below (every comparison is False), inf most
-        xs = getattr(cfg, f.name) if f.type is tuple else (getattr(cfg, f.name),)
-        if any(isinstance(x, float) and not math.isfinite(x) for x in xs):
-            raise Stop(f"--{f.name.replace('_', '-')} {' '.join(map(str, xs))}: must be finite numbers, not nan or inf.")
-    for flag, band in (("--layers", cfg.layers), ("--lora-layers", cfg.lora_layers)):
-        if len(band) != 2 or not 0 <= band[0] < band[1] <= 1:
-            raise Stop(f"{flag} {' '.join(map(str, band))}: give two fractions of depth, 0 <= lo < hi <= 1.")
-    if not cfg.alphas or min(cfg.alphas) <= 0:
-        raise Stop(f"--alphas {cfg.alphas}: doses must be positive (the dose controller only cools them).")
-    if cfg.lora_r < 1:
-        raise Stop(f"--lora-r {cfg.lora_r}: the LoRA rank must be at least 1.")
-    if not cfg.lora_targets or "all-linear" in cfg.lora_targets and len(cfg.lora_targets) > 1:
-        raise Stop(f"--lora-targets {' '.join(cfg.lora_targets)}: give all-linear alone, or module names (q_proj v_proj ...).")
-    if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise Stop(f"--seeds {' '.join(map(str, cfg.seeds))}: must be distinct and >= 0 (one run folder seed<k> each).")
-    if cfg.name and (Path(cfg.name).name != cfg.name or cfg.name == ".."):
-        raise Stop(f"--name {cfg.name}: must be one folder name, without '/': the run lands in --out/<name>.")
-    out = Path(cfg.out).absolute()
-    near = next(d for d in (out, *out.parents) if d.exists())  # the folder the run folder will be made in
-    if not near.is_dir() or not os.access(near, os.W_OK):
-        raise Stop(f"--out {cfg.out}: {near} is not a writable folder, so no run folder can be made there.")
-    for flag, v, ok, rng in (("--seed", cfg.seed, cfg.seed >= 0, ">= 0"), ("--rounds", cfg.rounds, cfg.rounds >= 1, ">= 1"),
-                             ("--n-contexts", cfg.n_contexts, 1 <= cfg.n_contexts <= len(CONTEXTS),
-                              f"in [1, {len(CONTEXTS)}] (the built-in extraction contexts)"),
-                             ("--max-new-tokens", cfg.max_new_tokens, cfg.max_new_tokens >= 1, ">= 1"),
-                             ("--temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
-                             ("--top-p", cfg.top_p, 0 < cfg.top_p <= 1, "in (0, 1]"),
-                             ("--gen-batch", cfg.gen_batch, cfg.gen_batch >= 1, ">= 1"),
-                             ("--probe-n", cfg.probe_n, cfg.probe_n >= 1, ">= 1"),
-                             ("--kappa-decay", cfg.kappa_decay, 0 < cfg.kappa_decay < 1, "in (0, 1): the controller cools"),
-                             ("--kappa-min", cfg.kappa_min, 0 < cfg.kappa_min <= 1, "in (0, 1] (kappa starts at 1)"),
-                             ("--min-train", cfg.min_train, cfg.min_train >= 2, ">= 2"),
-                             ("--epochs", cfg.epochs, cfg.epochs >= 1, ">= 1"),
-                             ("--train-batch", cfg.train_batch, cfg.train_batch >= 1, ">= 1"),
-                             ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1, ">= 1"),
-                             ("--lr", cfg.lr, cfg.lr > 0, "> 0"), ("--lam", cfg.lam, cfg.lam >= 0, ">= 0 (a negative "
-                             "barrier rewards drift)"), ("--tau", cfg.tau, cfg.tau >= 0, ">= 0"),
-                             ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
-                             ("--anchor-nll", cfg.anchor_nll, cfg.anchor_nll >= 0, ">= 0"),
-                             ("--spectral-lam", cfg.spectral_lam, cfg.spectral_lam >= 0, ">= 0"),
-                             ("--val-frac", cfg.val_frac, 0 <= cfg.val_frac < 1, "in [0, 1)"),
-                             ("--tail-frac", cfg.tail_frac, 0 < cfg.tail_frac <= 1, "in (0, 1]"),
-                             ("--ppl-ceil", cfg.ppl_ceil, cfg.ppl_ceil > 1, "> 1"),
-                             ("--eval-n", cfg.eval_n, cfg.eval_n >= 0, ">= 0 (0 = all)"),
-                             ("--sample-tokens", cfg.sample_tokens, cfg.sample_tokens >= 1, ">= 1"),
-                             ("--persona-n", cfg.persona_n, cfg.persona_n >= 0 and cfg.persona_n != 1, ">= 2 (0 = all)"),
-                             ("--steer-decay", cfg.steer_decay, cfg.steer_decay >= 0, ">= 0 (0 = constant dose)"),
-                             ("--steer-decay-t", cfg.steer_decay_t, cfg.steer_decay_t > 0, "> 0"),
-                             ("--backtrack-window", cfg.backtrack_window, cfg.backtrack_window >= 1, ">= 1"),
-                             ("--backtrack-scale", cfg.backtrack_scale, 0 < cfg.backtrack_scale <= 1, "in (0, 1]"),
-                             ("--backtrack-retries", cfg.backtrack_retries, cfg.backtrack_retries >= 0, ">= 0"),
-                             ("--ppl-mult", cfg.ppl_mult, cfg.ppl_mult > 0, "> 0"),
-                             ("--rep-max", cfg.rep_max, 0 < cfg.rep_max <= 1, "in (0, 1]"),
-                             ("--comp-min", cfg.comp_min, 0 <= cfg.comp_min < 1, "in [0, 1)"),
-                             ("--min-words", cfg.min_words, cfg.min_words >= 0, ">= 0"),
-                             ("--gen-pass-target", cfg.gen_pass_target, 0 < cfg.gen_pass_target <= 1, "in (0, 1]"),
-                             ("--max-batches", cfg.max_batches, cfg.max_batches >= 0, ">= 0"),
-                             ("--lora-alpha", cfg.lora_alpha, cfg.lora_alpha > 0, "> 0"),
-                             ("--warmup", cfg.warmup, 0 <= cfg.warmup < 1, "in [0, 1)"),
-                             ("--max-nonfinite", cfg.max_nonfinite, 0 <= cfg.max_nonfinite <= 1, "in [0, 1]"),
-                             ("--online-batch", cfg.online_batch, cfg.online_batch >= 1, ">= 1"),
-                             ("--online-group", cfg.online_group, cfg.online_group >= 2, ">= 2 (advantages compare a group)"),
-                             ("--online-samples", cfg.online_samples, cfg.online_samples >= 1, ">= 1"),
-                             ("--online-refresh", cfg.online_refresh, cfg.online_refresh >= 0, ">= 0")):
-        if not ok:
-            raise Stop(f"{flag} {v}: must be {rng}.")
-    if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
-        raise Stop(f"--eval-frames {cfg.eval_frames}: choose one of {', '.join(sorted(eval_mfv.FRAME_SETS))}.")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
-                   "Use --device cpu or install a CUDA build of torch.")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1262,50 +1134,6 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
     return line
 
 
-def prepare_run_dir(cfg, explicit):
-    """New run: refuse to clobber another run. Resume: reload the saved config, refuse changed knobs."""
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        if not (run_dir / "config.json").exists():
-            raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
-        try:
-            saved = load_config(run_dir)
-        except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
-            raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
-        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)]
-        if changed:
-            raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
-                       f". Allowed with --resume: --rounds, --device, and the dose-controller and filter flags "
-                       f"({', '.join(sorted(RESUME_RESCUE))}). Start a new run (--name) to change the rest.")
-        rescue = {k: getattr(cfg, k) for k in explicit & RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)}
-        for k in explicit & (RESUME_OK | RESUME_RESCUE) - {"resume"}:
-            setattr(saved, k, getattr(cfg, k))
-        if rescue:  # on the record: later rounds ran with these
-            append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue))
-        saved.resume = str(run_dir)
-        return run_dir, saved
-    cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
-    run_dir = Path(cfg.out) / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
-        raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
-                   "--overwrite, or pick another --name.")
-    return run_dir, cfg
-
-
-def start_run_dir(run_dir, cfg):
-    """Called once the model has loaded, so a typo in --model leaves no half-made run folder."""
-    shutil.rmtree(run_dir, ignore_errors=True)  # only reached for a new run (empty, or --overwrite)
-    run_dir.mkdir(parents=True)
-    import peft, transformers
-    meta = dict(config=dataclasses.asdict(cfg), argv=["steer_heal.py", *LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
-                              python=sys.version.split()[0]),
-                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                inputs=dict(vignettes=cfg.vignettes_path or "tinymfv package", statements=cfg.statements_path,
-                            statements_n=len(cfg.statement_rows or [])))  # decided at run time: on the record
-    (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
-
-
 def balanced_subsample(rows, n, seed):
     """n statements, half of each kind (the gap compares the two kinds), seeded, in file order."""
     g = torch.Generator().manual_seed(seed)
@@ -1502,6 +1330,7 @@ def one_round(model, tok, cfg, k, R, ctx, lam):
 
 def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
+    from cli import check_config, prepare_run_dir, start_run_dir  # flags and run folders: plumbing, in cli.py
     check_config(cfg)
     run_dir, cfg = prepare_run_dir(cfg, explicit)
     cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
@@ -1597,6 +1426,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
     LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
     grad = torch.is_grad_enabled()
+    from cli import check_config, parse_args
     try:
         cfg, explicit = parse_args(argv)
         check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
@@ -1622,5 +1452,6 @@ def main(argv=None):
         torch.set_grad_enabled(grad)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as the module `steer_heal`, the one cli.py imports: one copy of its state
+    import steer_heal
+    steer_heal.main()
