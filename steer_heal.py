@@ -997,6 +997,46 @@ def kl_per_position(logp, ref_logp, direction="rev"):
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
+KL_CHUNK = 128  # completion positions per slice of the reference's log-softmax in barrier_kl ([128, V] fp32 at a time)
+
+
+class ChunkedKL(torch.autograd.Function):
+    """kl_per_position(logp, head(h), direction) over slices of `chunk` positions, where head(h) is the reference's
+    log-softmax: computed slice by slice in the forward and again in the backward, so no [N, V] copy of it is ever
+    held or saved. The backward writes d KL / d logp by hand (rev: p (logp - ref + 1); fwd: -exp(ref)), the same
+    derivative autograd takes through kl_per_position; logp itself is already saved by its log_softmax."""
+    @staticmethod
+    def forward(ctx, logp, h, head, direction, chunk):
+        ctx.save_for_backward(logp, h)
+        ctx.head, ctx.direction, ctx.chunk = head, direction, chunk
+        return torch.cat([kl_per_position(logp[i:i + chunk], head(h[i:i + chunk]), direction)
+                          for i in range(0, len(h), chunk)])
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, h = ctx.saved_tensors
+        grad, c = torch.empty_like(logp), ctx.chunk
+        for i in range(0, len(h), c):
+            lp, ref, out = logp[i:i + c], ctx.head(h[i:i + c]), grad[i:i + c]
+            if ctx.direction == "rev":
+                torch.sub(lp, ref, out=out).add_(1).mul_(lp.exp())
+            else:
+                torch.exp(ref, out=out).neg_()
+            out.mul_(g[i:i + c, None])
+        return grad, None, None, None, None
+
+
+def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=KL_CHUNK):
+    """Per-position KL [N] between the student's completion log-probs `logp` [N, V] and the reference's (the model
+    under ref_ctx), without materialising the reference's [N, V] log-softmax: its decoder runs once under ref_ctx
+    (no grad) to hidden states [N, H]; head and log-softmax run in slices (ChunkedKL). The head is outside every
+    LoRA round and every stash (lora_modules takes linears inside the blocks only), so outside ref_ctx it is still
+    the reference's. Gradients reach logp as through kl_per_position."""
+    with torch.no_grad(), ref_ctx():
+        h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+    return ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
+
+
 def aggregate(kl, how="rmse"):
     """One number per sequence from its per-token KL. Incoherence is a few huge tokens, which the mean
     dilutes and rmse / p95 / max do not."""
@@ -1041,9 +1081,7 @@ def heal_loss(model, b, cfg, lam, ref_ctx, measure=True):
     nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()  # completion_nll, with logp kept for the KL
     if not lam and not measure:
         return nll, dict(nll=nll.item())
-    with torch.no_grad(), ref_ctx():
-        ref_logp = completion_logits(model, b).float().log_softmax(-1)
-    kl = kl_per_position(logp if lam else logp.detach(), ref_logp, cfg.kl_dir)
+    kl = barrier_kl(model, b, logp if lam else logp.detach(), ref_ctx, cfg.kl_dir)
     D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
     loss = nll + lam * F.relu(D - cfg.tau).mean() if lam else nll
     return loss, dict(nll=nll.item(), kl_agg=D.mean().item(), kl_mean=kl.mean().item(),
