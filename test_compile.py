@@ -1,7 +1,7 @@
 """--compile (static KV cache + compiled decode step) against the eager dynamic-cache path, and the chunked KL
 barrier against the unchunked one, on a tiny random Llama. The compiled tests use dynamo's "aot_eager" backend:
 the same capture, guards and recompiles as inductor, without a C++ build (inductor is the bench's business)."""
-import dataclasses
+import contextlib, dataclasses
 
 import pytest
 import torch
@@ -132,3 +132,25 @@ def test_chunked_kl_equals_unchunked_values_and_gradients(tiny, direction):
             torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
     finally:
         pm.unload()
+
+
+def test_chunked_kl_never_holds_the_reference_log_softmax(tiny):
+    """Peak tensor bytes of KL forward + backward (bench.peak_bytes): the chunked barrier stays below the unchunked
+    one by more than the [N, V] fp32 reference log-softmax and the copies autograd saves of it."""
+    import bench
+    model, tok = tiny
+    comps = [tok(t, add_special_tokens=False).input_ids * 8 for t in ["Sure, I can help with that today.", "No way."]]
+    b = sh.make_batch(tok, [sh.chat(tok, u) for u in PROMPTS[:2]], comps, model.device)
+    with torch.no_grad():
+        logits = sh.completion_logits(model, b).float()
+    N, V = logits.shape
+    ref_ctx = contextlib.nullcontext  # the reference's size is what matters here, not its weights
+
+    def step(kl_fn):
+        with torch.enable_grad():
+            logp = logits.clone().requires_grad_().log_softmax(-1)
+            kl_fn(logp).pow(2).mean().backward()
+    peak = {name: bench.peak_bytes(lambda f=f: step(f), model.device) for name, f in
+            dict(unchunked=lambda lp: unchunked_kl(model, b, lp, ref_ctx, "rev"),
+                 chunked=lambda lp: sh.barrier_kl(model, b, lp, ref_ctx, "rev", chunk=8)).items()}
+    assert N >= 64 and peak["chunked"] < peak["unchunked"] - 1.5 * N * V * 4, (N, V, peak)
