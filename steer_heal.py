@@ -589,9 +589,10 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, pos
 #   not). So the compiled path keeps one persistent set of hooks per model, switched by slot["on"] (a guarded
 #   constant: steered and unsteered are two graphs), and generates with hook guards on (compiled_generation), so
 #   any other hook change recompiles instead of going stale.
-# - doses, vectors and the decode counter t are persistent device tensors written in place: a new tensor or a
-#   Python float per call would be baked into the graph (a recompile per call), a Python t one per token. They
-#   are marked static addresses so CUDA graphs (transformers' default mode "reduce-overhead") read them in place.
+# - doses, vectors and the decode counter t are persistent device tensors written in place: a Python float dose
+#   would be a constant of the graph (a recompile per new value), a Python t one per token (test_compile counts
+#   graphs: new doses add none, a run adds one). They are marked static addresses, so CUDA graphs (transformers'
+#   default mode on a GPU, "reduce-overhead") can read them where they are (untested on a GPU here).
 COMPILE_BACKEND = "inductor"  # tests use "aot_eager": same dynamo capture and guards, no C++ build
 STATIC_LEN_STEP = 128  # static cache length = prompt + new tokens, rounded up to a multiple of this
 
@@ -606,8 +607,8 @@ def steer_slot(model, vectors, rows):
         for hd in slot["handles"]:
             hd.remove()
     dev = model.device
-    slot = dict(on=False, coeff=torch.zeros(max(rows, 256), device=dev), t=torch.zeros((), dtype=torch.long, device=dev),
-                vecs={l: torch.zeros_like(v, device=dev) for l, v in vectors.items()},
+    slot = dict(on=False, coeff=torch.zeros(max(rows, 256), device=dev),  # doses; a call uses its first rows
+                t=torch.zeros((), dtype=torch.long, device=dev), vecs={l: torch.zeros_like(v, device=dev) for l, v in vectors.items()},
                 decay=0.0, decay_t=32.0, cosine_gate=False, positions="all")
     for x in (slot["coeff"], slot["t"], *slot["vecs"].values()):
         torch._dynamo.mark_static_address(x)
