@@ -203,7 +203,7 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
                   heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, measure=False)[0],
                   nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
     out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
-               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg, kl_chunk=sh.KL_CHUNK)
+               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg, kl_slices=sh.KL_SLICES)
 
     def step(loss_fn):  # grads are freed inside the step, so the memory profile sees their whole life
         loss_fn().backward()

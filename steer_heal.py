@@ -998,7 +998,7 @@ def kl_per_position(logp, ref_logp, direction="rev"):
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
-KL_CHUNK = 128  # completion positions per slice of the reference's log-softmax in barrier_kl ([128, V] fp32 at a time)
+KL_SLICES = 8  # barrier_kl's reference log-softmax is computed in this many slices of the completion positions
 
 
 class ChunkedKL(torch.autograd.Function):
@@ -1027,14 +1027,16 @@ class ChunkedKL(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=KL_CHUNK):
+def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
     """Per-position KL [N] between the student's completion log-probs `logp` [N, V] and the reference's (the model
     under ref_ctx), without materialising the reference's [N, V] log-softmax: its decoder runs once under ref_ctx
-    (no grad) to hidden states [N, H]; head and log-softmax run in slices (ChunkedKL). The head is outside every
-    LoRA round and every stash (lora_modules takes linears inside the blocks only), so outside ref_ctx it is still
-    the reference's. Gradients reach logp as through kl_per_position."""
+    (no grad) to hidden states [N, H]; head and log-softmax run `chunk` positions at a time (ChunkedKL; default
+    N / KL_SLICES: an eighth of the copy at a time, and few enough head matmuls that reading the head's weights
+    stays cheap on a GPU). The head is outside every LoRA round and every stash (lora_modules takes linears inside
+    the blocks only), so outside ref_ctx it is still the reference's. Gradients reach logp as through kl_per_position."""
     with torch.no_grad(), ref_ctx():
         h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+    chunk = chunk or max(1, -(-len(h) // KL_SLICES))
     return ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
 
 
