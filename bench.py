@@ -1,11 +1,15 @@
 """bench.py: how fast is steer_heal, and where does a round's time go? One run, one model, one prompt set.
 
-    python bench.py --quick                          # embedded SmolLM2-135M, reduced sizes (~3 min on 2 free cores)
-    python bench.py --arch qwen2.5-1.5b              # GPU: random-weight Qwen2.5-1.5B shape in bf16
+    python bench.py --quick                          # embedded SmolLM2-135M, reduced sizes, CPU
+    python bench.py --arch qwen2.5-1.5b --device cuda --gen-batch 128   # GPU: random-weight Qwen2.5-1.5B shape, bf16
 
-Medians over --repeats after a warm-up: steered generation tokens/s batched vs one prompt at a time; hook overhead;
-one heal optimizer step (time, peak memory) for NLL+KL barrier, heal_loss at lam=0 and pure NLL, and full-sequence
-vs completion-only log-softmax; fast-eval vignettes/s; a whole round by stage. Writes results/bench_<device>.json.
+Medians over --repeats after a warm-up, at the default generation length (Config.max_new_tokens) unless
+--new-tokens: steered generation tokens/s batched vs one prompt at a time (eager, dynamic cache); static cache +
+compiled decode step (--compile) vs eager, steered and unsteered, with the compilation time of the first calls and
+the graphs compiled during the timed calls (recompiles: should be 0); hook overhead on each path; one heal optimizer
+step (time, peak memory) for NLL + chunked KL barrier, the unchunked barrier it replaced, heal_loss at lam=0 and pure
+NLL, and full-sequence vs completion-only log-softmax; fast-eval vignettes/s; a whole round by stage (at --preset gpu
+sizes on a GPU, or with --round gpu). Every ratio with a target prints PASS/FAIL. Writes results/bench_<device>.json.
 """
 import argparse, dataclasses, datetime, json, os, platform, re, statistics, sys, time
 from pathlib import Path
@@ -22,16 +26,31 @@ ARCHS = {  # random-weight models of a real shape (GPU timing without downloadin
                          max_position_embeddings=32768, rope_theta=1e6),
 }
 RATIOS = {  # name -> (section, numerator, denominator, field, comparison, target, what it compares)
-    "gen_batched_vs_serial": ("generation", "serial_steered", "batched_steered", "seconds", ">=", 6.0,
+    "gen_batched_vs_serial": ("generation", "batched_steered", "serial_steered", "tokens_per_s", ">=", 6.0,
                               "steered tok/s: batched / one at a time"),
     "hook_overhead": ("generation", "batched_steered", "batched_unsteered", "seconds", "<=", 1.1,
-                      "batched gen time: steered / unsteered"),
-    "heal_kl_vs_nll_time": ("heal", "kl_barrier", "nll", "seconds", "<=", 1.6, "heal step time: NLL+KL / NLL"),
-    "heal_kl_vs_nll_mem": ("heal", "kl_barrier", "nll", "peak_mb", "<=", 1.2, "heal step peak mem: NLL+KL / NLL"),
+                      "eager gen time: steered / unsteered"),
+    "hook_overhead_compiled": ("generation", "compiled_steered", "compiled_unsteered", "seconds", "<=", 1.05,
+                               "compiled gen time: steered / unsteered"),
+    "gen_compiled_vs_eager": ("generation", "compiled_steered", "batched_steered", "tokens_per_s", None, None,
+                              "steered tok/s: static compiled / eager"),
+    "heal_kl_vs_nll_time": ("heal", "kl_barrier", "nll", "seconds", "<=", 1.4, "heal step time: NLL+KL / NLL"),
+    "heal_kl_vs_nll_mem": ("heal", "kl_barrier", "nll", "peak_mb", "<=", 1.05, "heal step peak mem: NLL+KL / NLL"),
+    "heal_unchunked_vs_nll_time": ("heal", "kl_unchunked", "nll", "seconds", None, None,
+                                   "heal step time: unchunked KL / NLL"),
+    "heal_unchunked_vs_nll_mem": ("heal", "kl_unchunked", "nll", "peak_mb", None, None,
+                                  "heal step peak mem: unchunked KL / NLL"),
     "heal_lam0_vs_nll_time": ("heal", "heal_loss_lam0", "nll", "seconds", None, None, "heal step time: lam=0 / NLL"),
     "heal_lam0_vs_nll_mem": ("heal", "heal_loss_lam0", "nll", "peak_mb", None, None, "heal step peak mem: lam=0 / NLL"),
     "full_vs_completion_mem": ("heal", "nll_full_logsoftmax", "nll", "peak_mb", None, None,
                                "NLL step peak mem: full-seq / completion"),
+}
+LIMITS = {  # name -> (section, entry, field, comparison, target, when it applies, what)
+    "recompiles_timed": ("generation", "compiled", "recompiles_timed", "<=", 0, lambda r: True,
+                         "graphs compiled during the timed calls"),
+    "compiled_steered_tok_s": ("generation", "compiled_steered", "tokens_per_s", ">=", 20000,
+                               lambda r: r["machine"]["device"] == "cuda" and r["settings"]["model"] == "qwen2.5-1.5b",
+                               "steered tok/s compiled (GPU, 1.5B shape)"),
 }
 MEM_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() at the step's start (tensor bytes)",
@@ -76,11 +95,11 @@ def peak_bytes(fn, dev):
     return int(live.max())
 
 
-def build_arch(arch, dtype="auto"):
+def build_arch(arch, dtype="auto", device="auto"):
     """A randomly initialised model of a real shape, with the embedded model's tokenizer (its ids all fit
     the larger vocab; sampled ids above the tokenizer's range decode to nothing). UNTESTED on a GPU here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-    dev = sh.pick_device()
+    dev = sh.pick_device(device)
     dt = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32}.get(dtype) or getattr(torch, dtype)
     tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -95,28 +114,55 @@ def build_arch(arch, dtype="auto"):
     return model.eval(), tok
 
 
-def bench_generation(model, tok, vec, cfg, n_prompts, repeats, dev):
+def graphs_compiled():
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def bench_generation(model, tok, vec, cfg, n_prompts, repeats, dev, n_serial=8):
     """Same prompts, same per-row doses, exactly cfg.max_new_tokens per row: min_new_tokens = max_new_tokens
-    masks EOS until the end, so every path generates len(prompts) * max_new_tokens tokens."""
+    masks EOS until the end, so every path generates len(prompts) * max_new_tokens tokens. One at a time runs
+    the first n_serial prompts (tok/s is per token; all of them would take most of the bench on a CPU). Compiled
+    = --compile (static cache, compiled decode step, batch padded to its bucket): its first steered and unsteered
+    calls compile and are timed apart; graphs compiled during the timed calls are recompiles (should be 0)."""
     prompts = [sh.chat(tok, sh.GEN_PROMPTS[i % len(sh.GEN_PROMPTS)]) for i in range(n_prompts)]
     coeffs = [cfg.alphas[i % len(cfg.alphas)] for i in range(n_prompts)]
     gc, old = model.generation_config, model.generation_config.min_new_tokens
     gc.min_new_tokens = cfg.max_new_tokens
 
-    def gen(batch, steered, ps=prompts):
+    def gen(batch, steered, ps=prompts, compiled=False):
         torch.manual_seed(0)
-        return sh.generate(model, tok, ps, dataclasses.replace(cfg, gen_batch=batch), vec if steered else None,
-                           coeffs[:len(ps)] if steered else None)
+        c = dataclasses.replace(cfg, gen_batch=batch, compile=compiled)
+        return sh.generate(model, tok, ps, c, vec if steered else None, coeffs[:len(ps)] if steered else None)
+
+    def timed(fn):
+        sync(dev)
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        return time.perf_counter() - t
     try:
         full = gen(n_prompts, True)  # warm-up, and the check that the token count is fixed
         gen(1, True, prompts[:2])
-        secs = median_times(dict(batched_steered=lambda: gen(n_prompts, True),
-                                 batched_unsteered=lambda: gen(n_prompts, False),
-                                 serial_steered=lambda: gen(1, True)), repeats, dev)
+        g0 = graphs_compiled()
+        first = dict(steered=timed(lambda: gen(n_prompts, True, compiled=True)),
+                     unsteered=timed(lambda: gen(n_prompts, False, compiled=True)))
+        g1 = graphs_compiled()
+        fns = dict(batched_steered=lambda: gen(n_prompts, True), batched_unsteered=lambda: gen(n_prompts, False),
+                   serial_steered=lambda: gen(1, True, prompts[:n_serial]),
+                   compiled_steered=lambda: gen(n_prompts, True, compiled=True),
+                   compiled_unsteered=lambda: gen(n_prompts, False, compiled=True))
+        secs = median_times(fns, repeats, dev)
+        g2 = graphs_compiled()
     finally:
         gc.min_new_tokens = old
-    tokens = n_prompts * cfg.max_new_tokens
-    out = {k: dict(seconds=s, tokens=tokens, tokens_per_s=tokens / s) for k, s in secs.items()}
+    out = {}
+    for k, sec in secs.items():
+        tokens = min(n_serial, n_prompts) * cfg.max_new_tokens if k == "serial_steered" else n_prompts * cfg.max_new_tokens
+        out[k] = dict(seconds=sec, tokens=tokens, tokens_per_s=tokens / sec)
+    out["compiled"] = dict(backend=sh.COMPILE_BACKEND, bucket=sh.gen_bucket(n_prompts, n_prompts),
+                           first_call_seconds=first, graphs_warmup=g1 - g0, recompiles_timed=g2 - g1)
+    out["new_tokens"] = cfg.max_new_tokens
     out["rows_full_length"] = all(len(x["ids"]) == cfg.max_new_tokens for x in full)
     out["prompt_tokens"] = sum(len(tok(p, add_special_tokens=False).input_ids) for p in prompts)  # prefill work
     return out, [(x["prompt"], x["ids"]) for x in full]
@@ -132,6 +178,16 @@ def nll_full(pm, b):  # the same NLL through the full [B, L, V] logits and log-s
     return -logp[b["pred"]].gather(1, b["tgt"][b["pred"]][:, None]).mean()
 
 
+def kl_unchunked(pm, b, cfg, ref_ctx):  # heal_loss's barrier as it was before barrier_kl: the full [N, V] reference
+    logp = sh.completion_logits(pm, b).float().log_softmax(-1)
+    nll = -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()
+    with torch.no_grad(), ref_ctx():
+        ref_logp = sh.completion_logits(pm, b).float().log_softmax(-1)
+    kl = sh.kl_per_position(logp, ref_logp, cfg.kl_dir)
+    D = torch.stack([sh.aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
+    return nll + cfg.lam * torch.relu(D - cfg.tau).mean()
+
+
 def bench_heal(model, tok, pairs, cfg, repeats, dev):
     """One optimizer step (forward, backward, clip, AdamW step, zero_grad) per loss, same LoRA and batch.
     KL reference = the adapter disabled. Returns (results, the model with the adapter removed)."""
@@ -143,10 +199,11 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
     rows = pairs[:cfg.train_batch]
     b = sh.make_batch(tok, [p for p, _ in rows], [c for _, c in rows], dev)
     losses = dict(kl_barrier=lambda: sh.heal_loss(pm, b, cfg, cfg.lam, pm.disable_adapter)[0],
+                  kl_unchunked=lambda: kl_unchunked(pm, b, cfg, pm.disable_adapter),
                   heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, measure=False)[0],
                   nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
     out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
-               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg)
+               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg, kl_slices=sh.KL_SLICES)
 
     def step(loss_fn):  # grads are freed inside the step, so the memory profile sees their whole life
         loss_fn().backward()
@@ -174,12 +231,14 @@ def bench_eval(model, tok, n, repeats, dev):
 
 def bench_round(model, tok, cfg):
     """steer_heal.run's round 0 in sequence: vector, unsteered reference + gate + dose controller (generation and
-    filters), heal (LoRA, KL barrier, kl_ref per cfg) and bake, eval (fast MFV + greedy sample answers).
+    filters; compiled with cfg.compile), heal (LoRA, KL barrier, kl_ref per cfg) and bake, eval (fast MFV + greedy
+    sample answers).
     If the filters starve the round, heal on everything generated (flagged) so the heal stage is still timed."""
     cfg = dataclasses.replace(cfg, eval_backend="fast")
     cfg.vignettes_path = str(VIGNETTES)
     stash, steered = sh.stash_base(model, cfg), sh.steer_layers(model, cfg.layers)
     torch.manual_seed(cfg.seed)
+    g0 = graphs_compiled()
     t = [time.time()]  # stage boundaries
     vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:cfg.n_contexts], steered)
     t.append(time.time())
@@ -205,7 +264,8 @@ def bench_round(model, tok, cfg):
     t.append(time.time())
     sec = {k: t[i + 1] - t[i] for i, k in enumerate(("vector", "generate+filter", "heal", "eval"))}
     return dict(seconds=sec, total=sum(sec.values()), bottleneck=max(sec, key=sec.get), generated=len(items),
-                kept=len(kept), starved=starved, heal_steps=hs.get("steps"), eval_n=cfg.eval_n)
+                kept=len(kept), starved=starved, heal_steps=hs.get("steps"), eval_n=cfg.eval_n, compile=cfg.compile,
+                graphs_compiled=graphs_compiled() - g0)  # with --compile its compilation is inside generate+filter
 
 
 def machine_info(model, dev):
@@ -222,26 +282,37 @@ def machine_info(model, dev):
 
 
 def judge(r):
-    """Adds ratios (same tokens, so a tokens/s ratio is the inverse seconds ratio) and PASS/FAIL per target."""
+    """Adds ratios and limits, and PASS/FAIL for each with a target (limits only where they apply)."""
     r["ratios"] = {k: r[sec][num][f] / r[sec][den][f] for k, (sec, num, den, f, *_) in RATIOS.items()}
-    r["checks"] = {k: "PASS" if (r["ratios"][k] <= t if op == "<=" else r["ratios"][k] >= t) else "FAIL"
-                   for k, (*_, op, t, _) in RATIOS.items() if op}
+    r["limits"] = {k: r[sec][entry][f] for k, (sec, entry, f, *_) in LIMITS.items()}
+    passes = lambda v, op, t: v <= t if op == "<=" else v >= t  # noqa: E731
+    r["checks"] = {k: "PASS" if passes(r["ratios"][k], op, t) else "FAIL" for k, (*_, op, t, _) in RATIOS.items() if op}
+    r["checks"] |= {k: "PASS" if passes(r["limits"][k], op, t) else "FAIL"
+                    for k, (*_, op, t, applies, _) in LIMITS.items() if applies(r)}
 
 
 def table(r):
     g, h, e, rd = r["generation"], r["heal"], r["eval"], r["round"]
     rows = [(f"gen {k} tok/s", f"{g[k]['tokens_per_s']:.1f}") for k in ("batched_steered", "batched_unsteered",
-                                                                          "serial_steered")]
+                                                                          "serial_steered", "compiled_steered",
+                                                                          "compiled_unsteered")]
+    c = g["compiled"]
+    rows += [(f"compiled ({c['backend']}) first calls s", " | ".join(f"{v:.1f}" for v in c["first_call_seconds"].values())),
+             ("compiled graphs: warm-up | timed", f"{c['graphs_warmup']} | {c['recompiles_timed']}")]
     rows += [(f"heal step {k} s | peak MB", f"{h[k]['seconds']:.3f} | {h[k]['peak_mb']:.0f}")
-             for k in ("kl_barrier", "heal_loss_lam0", "nll", "nll_full_logsoftmax")]
+             for k in ("kl_barrier", "kl_unchunked", "heal_loss_lam0", "nll", "nll_full_logsoftmax")]
     rows += [(f"eval fast vignettes/s ({e['frames']})", f"{e['vignettes_per_s']:.2f}")]
-    rows += [(f"round {k} s", f"{v:.1f}") for k, v in rd["seconds"].items()] + [
-        (f"round total s (bottleneck: {rd['bottleneck']})", f"{rd['total']:.1f}")]
+    if rd:
+        rows += [(f"round ({rd['preset']}) {k} s", f"{v:.1f}") for k, v in rd["seconds"].items()] + [
+            (f"round total s (bottleneck: {rd['bottleneck']})", f"{rd['total']:.1f}")]
     lines = [f"{'measurement':<44} {'value':>16} {'ratio':>7} {'target':>7}  verdict"]
     lines += [f"{m:<44} {v:>16}" for m, v in rows]
     for k, (*_, op, target, what) in RATIOS.items():
         tgt = f"{op}{target}" if op else "-"
         lines.append(f"{what:<44} {'':>16} {r['ratios'][k]:7.2f} {tgt:>7}  {r['checks'].get(k, 'info')}")
+    for k, (*_, op, target, applies, what) in LIMITS.items():
+        lines.append(f"{what:<44} {r['limits'][k]:>16.6g} {'':>7} {op + str(target):>7}  "
+                     f"{r['checks'].get(k, 'not applicable here')}")
     return "\n".join(lines + [f"memory: {r['memory_method']}"])
 
 
@@ -249,13 +320,19 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="", help="HF id or local path; '' = embedded SmolLM2-135M-Instruct")
     p.add_argument("--arch", choices=sorted(ARCHS), help="random-weight model of this shape instead of --model")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--gen-batch", type=int, default=32, help="prompts per batched generate() call")
-    p.add_argument("--new-tokens", type=int, help="tokens per completion (default 48; --quick 16)")
+    p.add_argument("--new-tokens", type=int, help=f"tokens per completion (default {sh.Config.max_new_tokens}, "
+                                                  "steer_heal's default, also with --quick)")
     p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 5; --quick 2)")
     p.add_argument("--eval-n", type=int, help="vignettes for the eval throughput (default all; --quick 16)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, usually all cores)")
-    p.add_argument("--quick", action="store_true", help="reduced sizes; round uses steer_heal's quick preset")
+    p.add_argument("--quick", action="store_true", help="reduced sizes for heal, eval and the round (quick preset)")
+    p.add_argument("--round", default="auto", choices=["auto", "quick", "default", "gpu", "none"],
+                   help="sizes of the whole-round timing: auto = gpu on a GPU, else quick with --quick, else default")
+    p.add_argument("--compile-backend", default=sh.COMPILE_BACKEND,
+                   help="torch.compile backend of the compiled path (inductor; aot_eager in the tests)")
     p.add_argument("--out", default="", help="JSON path (default results/bench_<device>.json)")
     return p.parse_args(argv)
 
@@ -265,14 +342,19 @@ def main(argv=None):
     repeats = a.repeats or (2 if a.quick else 5)
     if a.threads:  # on a shared, busy CPU, 1 thread avoids OpenMP threads waiting on each other
         torch.set_num_threads(a.threads)
+    sh.COMPILE_BACKEND = a.compile_backend
     cfg = dataclasses.replace(sh.Config(), model=a.model, **(sh.PRESETS["quick"] if a.quick else {}))
-    cfg.max_new_tokens = a.new_tokens or (16 if a.quick else 48)
-    model, tok = build_arch(a.arch, a.dtype) if a.arch else sh.load_model(a.model, dtype=a.dtype)
+    cfg.max_new_tokens = a.new_tokens or sh.Config.max_new_tokens  # generation at the run's length: not prefill-bound
+    model, tok = build_arch(a.arch, a.dtype, a.device) if a.arch else sh.load_model(a.model, a.device, a.dtype)
     dev = model.device
+    preset = {"auto": "gpu" if dev.type == "cuda" else "quick" if a.quick else "default"}.get(a.round, a.round)
+    round_cfg = dataclasses.replace(sh.Config(), model=a.model, **sh.PRESETS.get(preset, {}))  # as --preset <it>
+    round_cfg.max_new_tokens = a.new_tokens or round_cfg.max_new_tokens
     torch.set_grad_enabled(False)  # as in steer_heal.run; the heal parts turn it on
     res = dict(machine=machine_info(model, dev), memory_method=MEM_METHOD[dev.type],
                settings=dict(model=a.arch or a.model or sh.EMBEDDED, quick=a.quick, gen_batch=a.gen_batch,
-                             new_tokens=cfg.max_new_tokens, repeats=repeats, round_config=dataclasses.asdict(cfg)))
+                             new_tokens=cfg.max_new_tokens, repeats=repeats, compile_backend=a.compile_backend,
+                             round_preset=preset, round_config=dataclasses.asdict(round_cfg)))
     t0 = time.time()
     print(f"bench: {res['settings']['model']} on {dev} ({res['machine']['dtype']}), {repeats} repeats", flush=True)
     vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:8], sh.steer_layers(model, cfg.layers))
@@ -281,8 +363,9 @@ def main(argv=None):
     res["heal"], model = bench_heal(model, tok, pairs, cfg, repeats, dev)
     print(f"  heal steps done ({time.time() - t0:.0f}s)", flush=True)
     res["eval"] = bench_eval(model, tok, a.eval_n or (16 if a.quick else None), 1 if a.quick else repeats, dev)
-    print(f"  eval done ({time.time() - t0:.0f}s); whole round next", flush=True)
-    res["round"] = bench_round(model, tok, cfg)  # last: it bakes a LoRA into the model
+    print(f"  eval done ({time.time() - t0:.0f}s)" + ("" if preset == "none" else f"; whole round ({preset}) next"),
+          flush=True)
+    res["round"] = None if preset == "none" else dict(bench_round(model, tok, round_cfg), preset=preset)  # last: bakes
     res["wall_seconds"] = time.time() - t0
     judge(res)
     slug = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_") if dev.type == "cuda" else "cpu"

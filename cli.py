@@ -17,7 +17,7 @@ CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "fl
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
                method=["steer-heal", "prompt-bake", "online"])
-RESUME_OK = {"rounds", "device", "resume"}  # flags that may differ on --resume without changing the experiment
+RESUME_OK = {"rounds", "device", "compile", "resume"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
                  "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
@@ -137,6 +137,9 @@ def check_config(cfg):
             raise Stop(f"{flag} {v}: must be {rng}.")
     if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
         raise Stop(f"--eval-frames {cfg.eval_frames}: choose one of {', '.join(sorted(eval_mfv.FRAME_SETS))}.")
+    if cfg.compile and sh.pick_device(cfg.device).type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+        raise Stop("--compile on the CPU needs a C++ compiler for torch.compile's inductor backend, and none was found "
+                   "($CXX or g++). Install one, or drop --compile (eager generation, the default).")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
                    "Use --device cpu or install a CUDA build of torch.")

@@ -62,6 +62,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible)
     top_p: float = 0.95  # nucleus sampling
     gen_batch: int = 16  # prompts per generate() call (left padded)
+    compile: bool = False  # static KV cache + compiled decode step (batches padded to fixed sizes); pays off on a GPU
     steer_decay: float = 1.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose (compare_generators.py)
     steer_decay_t: float = 16.0  # T in the decay schedule, tokens
     cosine_gate: bool = False  # scale the push per position by 1 - max(cos(h, v), 0): less push where already on-trait
@@ -126,7 +127,7 @@ PRESETS = {
     "quick": dict(rounds=1, n_contexts=8, alphas=(0.4,), max_new_tokens=16, probe_n=8, gen_batch=8, min_train=4,
                   max_batches=2, epochs=1, train_batch=4, eval_n=8, sample_tokens=16, baselines=False,
                   gen_pass_target=0.25, persona_n=64),
-    "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, min_train=256,
+    "gpu": dict(rounds=4, n_contexts=64, max_new_tokens=128, probe_n=64, gen_batch=64, compile=True, min_train=256,
                 max_batches=16, epochs=2, train_batch=16, lr=2e-4, lora_r=16, lora_alpha=32, sample_tokens=128,
                 eval_n=0, persona_n=0),
 }
@@ -302,38 +303,119 @@ def check_vector(vec, model, path):
 # -------------------------------------------------------------------------------------------------
 # 5. Steering: a forward hook adds coeff * v to each steered block's output. coeff is a scalar or one
 #    value per batch row (one batch can sweep doses). Hooks are always removed, even on exceptions.
+#    With --compile the hooks are instead one persistent set per model (steer_slot, below).
+
+def steer_hook(s, layer, first):
+    """The hook, for both paths. `s` holds coeff, vecs, t, decay, decay_t, cosine_gate, positions, on. Eager: a
+    fresh `s` per steer() call, t a Python int. Compiled: the persistent slot, t a device tensor (see steer_slot)."""
+    def hook(module, args, out):
+        if not s["on"]:
+            return out
+        h = out[0] if isinstance(out, tuple) else out
+        if layer == first:  # count decode steps once per forward, at the first steered block
+            if torch.is_tensor(s["t"]):  # in place: t is an input of the compiled step, not a constant in it
+                s["t"].add_(1) if h.shape[1] == 1 else s["t"].zero_()
+            else:
+                s["t"] = s["t"] + 1 if h.shape[1] == 1 else 0
+        if s["positions"] == "generated" and h.shape[1] > 1:  # prefill: the prompt stays as the model wrote it
+            return out
+        c = s["coeff"].to(h.dtype)
+        c = c[:h.shape[0]].view(-1, 1, 1) if c.ndim == 1 else c  # per-row doses (the slot's buffer is longer)
+        if s["decay"]:
+            c = c * (1 + s["t"] / s["decay_t"]) ** -s["decay"]
+        vv = s["vecs"][layer].to(h.dtype)
+        if s["cosine_gate"]:  # less push where the state already points along v
+            c = c * (1 - F.cosine_similarity(h, vv.expand_as(h), dim=-1).clamp(min=0)).unsqueeze(-1)
+        h = h + c * vv
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+    return hook
+
 
 @contextlib.contextmanager
-def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, positions="all"):
+def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, positions="all", static=False):
+    """Steer every forward inside the block. static=True (--compile's generation) writes the doses and vectors
+    in place into the model's persistent slot and switches it on, instead of adding hooks."""
+    knobs = dict(decay=float(decay), decay_t=float(decay_t), cosine_gate=bool(cosine_gate), positions=positions)
+    if static:
+        slot = steer_slot(model, vectors, len(coeff))
+        slot["coeff"].zero_()
+        slot["coeff"][:len(coeff)].copy_(torch.as_tensor(coeff, dtype=torch.float32))
+        for l, v in vectors.items():
+            slot["vecs"][l].copy_(v)
+        slot.update(knobs, on=True)
+        try:
+            yield slot
+        finally:
+            slot["on"] = False
+        return
     blocks = decoder_layers(model)
-    state = {"t": 0}  # generated-token counter for the length decay
-    first = min(vectors)
-    coeff = torch.as_tensor(coeff, dtype=torch.float32).to(model.device)  # once: no host->device copy per call
-
-    def make_hook(layer, v):
-        def hook(module, args, out):
-            h = out[0] if isinstance(out, tuple) else out
-            if layer == first:  # count decode steps once per forward, at the first steered block
-                state["t"] = state["t"] + 1 if h.shape[1] == 1 else 0
-            if positions == "generated" and h.shape[1] > 1:  # prefill: the prompt stays as the model wrote it
-                return out
-            c = coeff.to(h.dtype)
-            c = c.view(-1, 1, 1) if c.ndim == 1 else c  # per-row doses
-            if decay:
-                c = c * (1 + state["t"] / decay_t) ** -decay
-            vv = v.to(h.dtype)
-            if cosine_gate:  # less push where the state already points along v
-                c = c * (1 - F.cosine_similarity(h, vv.expand_as(h), dim=-1).clamp(min=0)).unsqueeze(-1)
-            h = h + c * vv
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-        return hook
-
-    handles = [blocks[l].register_forward_hook(make_hook(l, v.to(model.device))) for l, v in vectors.items()]
+    state = dict(knobs, on=True, t=0, vecs={l: v.to(model.device) for l, v in vectors.items()},
+                 coeff=torch.as_tensor(coeff, dtype=torch.float32).to(model.device))  # once: no copy per call
+    handles = [blocks[l].register_forward_hook(steer_hook(state, l, min(vectors))) for l in vectors]
     try:
         yield state
     finally:
         for hd in handles:
             hd.remove()
+
+
+# Compiled decoding (--compile), designed around what transformers 5.23 and torch 2.13 actually do:
+# - generate() compiles only the decode step (torch.compile of model.__call__, GenerationMixin.get_compiled_call),
+#   only with a compileable cache (cache_implementation="static"), and only on cuda/xpu/tpu/neuron unless
+#   compile_config._compile_all_devices is set (_valid_auto_compile_criteria): we set it, so --compile compiles on
+#   the CPU too. Prefill runs eager. The static cache is rebuilt per call with max(max_cache_len, the model's
+#   previous one), so its length only grows; we round it up too, and pad batches to a few sizes (gen_bucket):
+#   shapes repeat, and compile_config dynamic=False gives one static graph per (batch size, cache length).
+# - dynamo does not guard nn.Module hooks (torch._dynamo.config.skip_nnmodule_hook_guards=True): a hook added
+#   after the first compiled call is silently skipped by the compiled step (measured: prefill steered, decode
+#   not). So the compiled path keeps one persistent set of hooks per model, switched by slot["on"] (a guarded
+#   constant: steered and unsteered are two graphs), and generates with hook guards on (compiled_generation), so
+#   any other hook change recompiles instead of going stale.
+# - doses, vectors and the decode counter t are persistent device tensors written in place: a Python float dose
+#   would be a constant of the graph (a recompile per new value), a Python t one per token (test_compile counts
+#   graphs: new doses add none, a run adds one). They are marked static addresses, so CUDA graphs (transformers'
+#   default mode on a GPU, "reduce-overhead") can read them where they are (untested on a GPU here).
+COMPILE_BACKEND = "inductor"  # tests use "aot_eager": same dynamo capture and guards, no C++ build
+STATIC_LEN_STEP = 128  # static cache length = prompt + new tokens, rounded up to a multiple of this
+
+
+def steer_slot(model, vectors, rows):
+    """The model's persistent steering state for compiled decoding; (re)built only when the steered layers
+    change or more rows are needed (then the hooks change, which recompiles once)."""
+    slot = getattr(model, "_steer_slot", None)
+    if slot is not None and sorted(slot["vecs"]) == sorted(vectors) and slot["coeff"].numel() >= rows:
+        return slot
+    if slot is not None:
+        for hd in slot["handles"]:
+            hd.remove()
+    dev = model.device
+    slot = dict(on=False, coeff=torch.zeros(max(rows, 256), device=dev),  # doses; a call uses its first rows
+                t=torch.zeros((), dtype=torch.long, device=dev), vecs={l: torch.zeros_like(v, device=dev) for l, v in vectors.items()},
+                decay=0.0, decay_t=32.0, cosine_gate=False, positions="all")
+    for x in (slot["coeff"], slot["t"], *slot["vecs"].values()):
+        torch._dynamo.mark_static_address(x)
+    blocks = decoder_layers(model)
+    slot["handles"] = [blocks[l].register_forward_hook(steer_hook(slot, l, min(vectors))) for l in vectors]
+    model._steer_slot = slot
+    return slot
+
+
+def gen_bucket(n, gen_batch):
+    """Batch size a compiled generate call is padded to: the smallest of 8, 16, 32, ... and gen_batch that holds n."""
+    return min((b for b in {min(2 ** k, gen_batch) for k in range(3, 16)} if b >= n), default=n)
+
+
+@contextlib.contextmanager
+def compiled_generation(model, length):
+    """generate() keyword arguments for a static cache of `length` (rounded up) and a compiled decode step, with
+    dynamo guarding module hooks while it runs (see above); recompiles allowed for a few buckets x steered/not."""
+    from transformers import CompileConfig
+    cc = CompileConfig(backend=COMPILE_BACKEND, dynamic=False,
+                       mode="reduce-overhead" if model.device.type == "cuda" else "default")
+    cc._compile_all_devices = True  # transformers compiles only on accelerators otherwise
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=64):
+        yield dict(cache_implementation="static", compile_config=cc,
+                   max_cache_len=-(-length // STATIC_LEN_STEP) * STATIC_LEN_STEP)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -342,7 +424,13 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, pos
 
 @torch.no_grad()
 def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=False):
-    """One model.generate() call on token-id rows (left padded here); new ids per row, cut after EOS."""
+    """One model.generate() call on token-id rows (left padded here); new ids per row, cut after EOS.
+    With --compile: a static cache and a compiled decode step; the batch is padded with copies of row 0 at dose 0
+    up to gen_bucket() rows (sampling draws for them too, so sampled text differs from the eager path's)."""
+    n = len(rows)
+    if cfg.compile:
+        rows = rows + [rows[0]] * (gen_bucket(n, cfg.gen_batch) - n)
+        coeffs = None if coeffs is None else [*coeffs, *[0.0] * (len(rows) - n)]
     L = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (L - len(r)) + r for r in rows], device=model.device)
     attn = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=model.device)
@@ -350,12 +438,21 @@ def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=F
     kw.update(dict(top_k=None, top_p=None, temperature=None) if greedy else
               dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0))
     ctx = (steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate,
-                 cfg.steer_positions)
+                 cfg.steer_positions, static=cfg.compile)
            if vectors is not None else contextlib.nullcontext())
-    with ctx:
-        seqs = model.generate(input_ids=ids, attention_mask=attn, **kw)[:, L:].tolist()
+    with ctx, (compiled_generation(model, L + n_new) if cfg.compile else contextlib.nullcontext({})) as static:
+        seqs = model.generate(input_ids=ids, attention_mask=attn, **kw, **static)[:n, L:].tolist()
     eos = eos_ids(model, tok)
     return [s[:next((j + 1 for j, t in enumerate(s) if t in eos), len(s))] for s in seqs]  # keep EOS: learn to stop
+
+
+SAID = set()  # lines log_once() already printed
+
+
+def log_once(msg):
+    if msg not in SAID:
+        SAID.add(msg)
+        log(msg)
 
 
 def eos_ids(model, tok):
@@ -401,7 +498,10 @@ def generate(model, tok, prompts, cfg, vectors=None, coeffs=None, greedy=False, 
         rows = [tok(p, add_special_tokens=False).input_ids for p in batch]
         c = list(coeffs[i:i + len(batch)]) if vectors is not None else None
         if cfg.backtrack and vectors is not None and gate:
-            news, rewinds = backtrack_sample(model, tok, batch, rows, cfg, n_new, vectors, c, gate, greedy)
+            if cfg.compile:  # its segments change batch and length every call: no shape would repeat
+                log_once("  --compile: --backtrack generates eager (dynamic cache); the rest stays compiled")
+            news, rewinds = backtrack_sample(model, tok, batch, rows, dataclasses.replace(cfg, compile=False), n_new,
+                                             vectors, c, gate, greedy)
         else:
             news, rewinds = sample_ids(model, tok, rows, cfg, n_new, vectors, c, greedy), [[] for _ in batch]
         out += [dict(prompt=p, ids=ids, text=tok.decode(ids, skip_special_tokens=True).strip(), rewinds=rw)
@@ -680,6 +780,48 @@ def kl_per_position(logp, ref_logp, direction="rev"):
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
+KL_SLICES = 8  # barrier_kl's reference log-softmax is computed in this many slices of the completion positions
+
+
+class ChunkedKL(torch.autograd.Function):
+    """kl_per_position(logp, head(h), direction) over slices of `chunk` positions, where head(h) is the reference's
+    log-softmax: computed slice by slice in the forward and again in the backward, so no [N, V] copy of it is ever
+    held or saved. The backward writes d KL / d logp by hand (rev: p (logp - ref + 1); fwd: -exp(ref)), the same
+    derivative autograd takes through kl_per_position; logp itself is already saved by its log_softmax."""
+    @staticmethod
+    def forward(ctx, logp, h, head, direction, chunk):
+        ctx.save_for_backward(logp, h)
+        ctx.head, ctx.direction, ctx.chunk = head, direction, chunk
+        return torch.cat([kl_per_position(logp[i:i + chunk], head(h[i:i + chunk]), direction)
+                          for i in range(0, len(h), chunk)])
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, h = ctx.saved_tensors
+        grad, c = torch.empty_like(logp), ctx.chunk
+        for i in range(0, len(h), c):
+            lp, ref, out = logp[i:i + c], ctx.head(h[i:i + c]), grad[i:i + c]
+            if ctx.direction == "rev":
+                torch.sub(lp, ref, out=out).add_(1).mul_(lp.exp())
+            else:
+                torch.exp(ref, out=out).neg_()
+            out.mul_(g[i:i + c, None])
+        return grad, None, None, None, None
+
+
+def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
+    """Per-position KL [N] between the student's completion log-probs `logp` [N, V] and the reference's (the model
+    under ref_ctx), without materialising the reference's [N, V] log-softmax: its decoder runs once under ref_ctx
+    (no grad) to hidden states [N, H]; head and log-softmax run `chunk` positions at a time (ChunkedKL; default
+    N / KL_SLICES: an eighth of the copy at a time, and few enough head matmuls that reading the head's weights
+    stays cheap on a GPU). The head is outside every LoRA round and every stash (lora_modules takes linears inside
+    the blocks only), so outside ref_ctx it is still the reference's. Gradients reach logp as through kl_per_position."""
+    with torch.no_grad(), ref_ctx():
+        h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+    chunk = chunk or max(1, -(-len(h) // KL_SLICES))
+    return ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
+
+
 def aggregate(kl, how="rmse"):
     """One number per sequence from its per-token KL. Incoherence is a few huge tokens, which the mean
     dilutes and rmse / p95 / max do not."""
@@ -726,9 +868,7 @@ def heal_loss(model, b, cfg, lam, ref_ctx, measure=True, task=None):
     name, data = ("nll", -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()) if task is None else (task[0], task[1](logp))
     if not lam and not measure:
         return data, {name: data.item()}
-    with torch.no_grad(), ref_ctx():
-        ref_logp = completion_logits(model, b).float().log_softmax(-1)
-    kl = kl_per_position(logp if lam else logp.detach(), ref_logp, cfg.kl_dir)
+    kl = barrier_kl(model, b, logp if lam else logp.detach(), ref_ctx, cfg.kl_dir)
     D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
     loss = data + lam * F.relu(D - cfg.tau).mean() if lam else data
     return loss, {name: data.item(), "kl_agg": D.mean().item(), "kl_mean": kl.mean().item(),

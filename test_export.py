@@ -248,6 +248,7 @@ BAD = {  # field -> flags with a value out of its range (or unusable), one per C
     "layers": ["--layers", "0.6", "0.4"], "n_contexts": ["--n-contexts", "1000"], "vector": ["--vector", "/no/v.pt"],
     "alphas": ["--alphas", "0.5", "nan"], "max_new_tokens": ["--max-new-tokens", "0"],
     "temperature": ["--temperature", "0"], "top_p": ["--top-p", "1.5"], "gen_batch": ["--gen-batch", "0"],
+    "compile": ["--compile=yes"],
     "steer_decay": ["--steer-decay", "-1"], "steer_decay_t": ["--steer-decay-t", "0"],
     "cosine_gate": ["--cosine-gate=1"], "steer_positions": ["--steer-positions", "prompt"],
     "backtrack": ["--backtrack=no"], "backtrack_window": ["--backtrack-window", "0"],

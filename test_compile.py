@@ -1,0 +1,158 @@
+"""--compile (static KV cache + compiled decode step) against the eager dynamic-cache path, and the chunked KL
+barrier against the unchunked one, on a tiny random Llama. The compiled tests use dynamo's "aot_eager" backend:
+the same capture, guards and recompiles as inductor, without a C++ build (inductor is the bench's business)."""
+import contextlib, dataclasses
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import steer_heal as sh
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from conftest import build_tiny
+    return sh.load_model(build_tiny("llama", tmp_path_factory.mktemp("tiny_compile")))
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    monkeypatch.setattr(sh, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()  # a fresh cache, and counters: graph counts below are this test's own
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def graphs():
+    return counters["stats"]["unique_graphs"]
+
+
+def ids(items):
+    return [x["ids"] for x in items]
+
+
+PROMPTS = [sh.GEN_PROMPTS[i] for i in (0, 3, 7, 11, 19)]  # different lengths: left padding is exercised
+DOSES = [0.0, 1.5, 3.0, 4.5, 6.0]
+
+
+def test_static_compiled_greedy_matches_dynamic_eager(tiny, compiled):
+    """Same greedy tokens both ways: unsteered, per-row doses, length decay, the cosine gate, and unsteered again
+    once the persistent steering hooks exist (a stale compiled step would still steer or never have)."""
+    model, tok = tiny
+    prompts = [sh.chat(tok, u) for u in PROMPTS]
+    torch.manual_seed(0)
+    vec = {1: 2.0 * torch.randn(model.config.hidden_size), 2: 2.0 * torch.randn(model.config.hidden_size)}
+    base = sh.Config(max_new_tokens=10, gen_batch=8, steer_decay=0.0)  # 5 prompts: padded to a batch of 8
+    runs = [("unsteered", base, None), ("per-row doses", base, DOSES),
+            ("length decay", dataclasses.replace(base, steer_decay=1.0, steer_decay_t=2.0), DOSES),
+            ("cosine gate", dataclasses.replace(base, cosine_gate=True), DOSES), ("unsteered again", base, None)]
+    eager = {}
+    for name, cfg, doses in runs:
+        eager[name] = ids(sh.generate(model, tok, prompts, cfg, doses and vec, doses, greedy=True))
+        before = graphs()
+        static = ids(sh.generate(model, tok, prompts, dataclasses.replace(cfg, compile=True), doses and vec, doses,
+                                 greedy=True))
+        assert static == eager[name], name
+        assert graphs() == before + 1, name  # really compiled, once: each run changes a guarded constant or hooks
+    # ...the last one because the persistent hooks now exist (switched off): hook guards caught the change
+    # the comparisons are not vacuous: the hook changes decode-step tokens, and the decay changes them again
+    assert any(a[1:] != b[1:] for a, b in zip(eager["per-row doses"], eager["unsteered"]))
+    assert eager["per-row doses"][0] == eager["unsteered"][0]  # dose 0 row untouched
+    assert eager["length decay"] != eager["per-row doses"]
+
+
+def test_new_doses_change_compiled_output_without_recompiling(tiny, compiled):
+    model, tok = tiny
+    prompts = [sh.chat(tok, u) for u in PROMPTS]
+    torch.manual_seed(1)
+    vec = {1: 2.0 * torch.randn(model.config.hidden_size)}
+    cfg = sh.Config(max_new_tokens=10, gen_batch=8, compile=True)  # default length decay on: t lives on the device
+    first = ids(sh.generate(model, tok, prompts, cfg, vec, DOSES, greedy=True))
+    n = graphs()
+    assert n >= 1
+    second = ids(sh.generate(model, tok, prompts, cfg, vec, DOSES[::-1], greedy=True))
+    assert graphs() == n  # doses written in place: the same graph ran
+    assert second != first and second[2] == first[2]  # the middle row kept its dose
+    eager = ids(sh.generate(model, tok, prompts, dataclasses.replace(cfg, compile=False), vec, DOSES[::-1],
+                            greedy=True))
+    assert second == eager
+
+
+def test_backtrack_under_compile_falls_back_to_eager_with_one_line(tiny, compiled, capsys):
+    model, tok = tiny
+    prompts = [sh.chat(tok, u) for u in PROMPTS[:2]]
+    vec = {1: torch.randn(model.config.hidden_size)}
+    cfg = sh.Config(backtrack=True, backtrack_window=4, rep_max=1.0, max_new_tokens=8)
+    sh.SAID.clear()
+    plain = sh.generate(model, tok, prompts, cfg, vec, [1.0, 1.0], greedy=True, gate=1e6)
+    for _ in range(2):
+        comp = sh.generate(model, tok, prompts, dataclasses.replace(cfg, compile=True), vec, [1.0, 1.0], greedy=True,
+                           gate=1e6)
+    assert ids(comp) == ids(plain) and graphs() == 0
+    assert capsys.readouterr().out.count("--backtrack generates eager") == 1
+
+
+def unchunked_kl(model, b, logp, ref_ctx, direction):  # heal_loss's reference KL before barrier_kl
+    with torch.no_grad(), ref_ctx():
+        ref_logp = sh.completion_logits(model, b).float().log_softmax(-1)
+    return sh.kl_per_position(logp, ref_logp, direction)
+
+
+@pytest.mark.parametrize("direction", ["rev", "fwd"])
+def test_chunked_kl_equals_unchunked_values_and_gradients(tiny, direction):
+    from peft import LoraConfig, get_peft_model
+    model, tok = tiny
+    cfg = sh.Config()
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=[n for n, _ in sh.lora_modules(model, cfg)]))
+    try:
+        torch.manual_seed(2)
+        with torch.no_grad():  # a non-zero adapter: the student is not the reference (adapter off)
+            for n, p in pm.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.3)
+        comps = [tok(t, add_special_tokens=False).input_ids for t in
+                 ["Sure, I can help with that today.", "No.", "Well, it depends on many things, really."]]
+        b = sh.make_batch(tok, [sh.chat(tok, u) for u in PROMPTS[:3]], comps, pm.device)
+        out = []
+        for kl_fn in (lambda lp: unchunked_kl(pm, b, lp, pm.disable_adapter, direction),
+                      lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction, chunk=5),  # ragged slices
+                      lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction)):  # heal_loss's default
+            pm.zero_grad()
+            with torch.enable_grad():
+                logp = sh.completion_logits(pm, b).float().log_softmax(-1)
+                kl = kl_fn(logp)
+                kl.pow(2).mean().backward()  # an rmse-like weighting: per-position grads differ
+            out.append((kl.detach(), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}))
+        (kl0, g0), *chunked = out
+        assert len(kl0) == int(b["pred"].sum()) > 2 * 5 and kl0.min() > 1e-3
+        assert max(g.abs().max() for g in g0.values()) > 1e-3
+        for kl1, g1 in chunked:
+            torch.testing.assert_close(kl1, kl0, rtol=1e-5, atol=1e-6)
+            for n in g0:
+                torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+    finally:
+        pm.unload()
+
+
+def test_chunked_kl_never_holds_the_reference_log_softmax(tiny):
+    """Peak tensor bytes of KL forward + backward (bench.peak_bytes): the chunked barrier stays below the unchunked
+    one by more than the [N, V] fp32 reference log-softmax and the copies autograd saves of it."""
+    import bench
+    model, tok = tiny
+    comps = [tok(t, add_special_tokens=False).input_ids * 8 for t in ["Sure, I can help with that today.", "No way."]]
+    b = sh.make_batch(tok, [sh.chat(tok, u) for u in PROMPTS[:2]], comps, model.device)
+    with torch.no_grad():
+        logits = sh.completion_logits(model, b).float()
+    N, V = logits.shape
+    ref_ctx = contextlib.nullcontext  # the reference's size is what matters here, not its weights
+
+    def step(kl_fn):
+        with torch.enable_grad():
+            logp = logits.clone().requires_grad_().log_softmax(-1)
+            kl_fn(logp).pow(2).mean().backward()
+    peak = {name: bench.peak_bytes(lambda f=f: step(f), model.device) for name, f in
+            dict(unchunked=lambda lp: unchunked_kl(model, b, lp, ref_ctx, "rev"),
+                 chunked=lambda lp: sh.barrier_kl(model, b, lp, ref_ctx, "rev", chunk=8)).items()}
+    assert N >= 64 and peak["chunked"] < peak["unchunked"] - 1.5 * N * V * 4, (N, V, peak)
