@@ -17,6 +17,7 @@ if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars a
     os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 import eval_mfv
+import fast
 import steer_heal as sh
 
 VIGNETTES = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
@@ -160,7 +161,7 @@ def bench_generation(model, tok, vec, cfg, n_prompts, repeats, dev, n_serial=8):
     for k, sec in secs.items():
         tokens = min(n_serial, n_prompts) * cfg.max_new_tokens if k == "serial_steered" else n_prompts * cfg.max_new_tokens
         out[k] = dict(seconds=sec, tokens=tokens, tokens_per_s=tokens / sec)
-    out["compiled"] = dict(backend=sh.COMPILE_BACKEND, bucket=sh.gen_bucket(n_prompts, n_prompts),
+    out["compiled"] = dict(backend=fast.COMPILE_BACKEND, bucket=fast.gen_bucket(n_prompts, n_prompts),
                            first_call_seconds=first, graphs_warmup=g1 - g0, recompiles_timed=g2 - g1)
     out["new_tokens"] = cfg.max_new_tokens
     out["rows_full_length"] = all(len(x["ids"]) == cfg.max_new_tokens for x in full)
@@ -203,7 +204,7 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
                   heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, measure=False)[0],
                   nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
     out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
-               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg, kl_slices=sh.KL_SLICES)
+               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg, kl_slices=fast.KL_SLICES)
 
     def step(loss_fn):  # grads are freed inside the step, so the memory profile sees their whole life
         loss_fn().backward()
@@ -331,7 +332,7 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="reduced sizes for heal, eval and the round (quick preset)")
     p.add_argument("--round", default="auto", choices=["auto", "quick", "default", "gpu", "none"],
                    help="sizes of the whole-round timing: auto = gpu on a GPU, else quick with --quick, else default")
-    p.add_argument("--compile-backend", default=sh.COMPILE_BACKEND,
+    p.add_argument("--compile-backend", default=fast.COMPILE_BACKEND,
                    help="torch.compile backend of the compiled path (inductor; aot_eager in the tests)")
     p.add_argument("--out", default="", help="JSON path (default results/bench_<device>.json)")
     return p.parse_args(argv)
@@ -342,7 +343,7 @@ def main(argv=None):
     repeats = a.repeats or (2 if a.quick else 5)
     if a.threads:  # on a shared, busy CPU, 1 thread avoids OpenMP threads waiting on each other
         torch.set_num_threads(a.threads)
-    sh.COMPILE_BACKEND = a.compile_backend
+    fast.COMPILE_BACKEND = a.compile_backend
     cfg = dataclasses.replace(sh.Config(), model=a.model, **(sh.PRESETS["quick"] if a.quick else {}))
     cfg.max_new_tokens = a.new_tokens or sh.Config.max_new_tokens  # generation at the run's length: not prefill-bound
     model, tok = build_arch(a.arch, a.dtype, a.device) if a.arch else sh.load_model(a.model, a.device, a.dtype)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import eval_mfv
+import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -303,11 +304,11 @@ def check_vector(vec, model, path):
 # -------------------------------------------------------------------------------------------------
 # 5. Steering: a forward hook adds coeff * v to each steered block's output. coeff is a scalar or one
 #    value per batch row (one batch can sweep doses). Hooks are always removed, even on exceptions.
-#    With --compile the hooks are instead one persistent set per model (steer_slot, below).
+#    With --compile the hooks are instead one persistent set per model (fast.steer_slot).
 
 def steer_hook(s, layer, first):
     """The hook, for both paths. `s` holds coeff, vecs, t, decay, decay_t, cosine_gate, positions, on. Eager: a
-    fresh `s` per steer() call, t a Python int. Compiled: the persistent slot, t a device tensor (see steer_slot)."""
+    fresh `s` per steer() call, t a Python int. Compiled: the persistent slot, t a device tensor (see fast.steer_slot)."""
     def hook(module, args, out):
         if not s["on"]:
             return out
@@ -337,7 +338,7 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, pos
     in place into the model's persistent slot and switches it on, instead of adding hooks."""
     knobs = dict(decay=float(decay), decay_t=float(decay_t), cosine_gate=bool(cosine_gate), positions=positions)
     if static:
-        slot = steer_slot(model, vectors, len(coeff))
+        slot = fast.steer_slot(model, vectors, len(coeff), steer_hook)
         slot["coeff"].zero_()
         slot["coeff"][:len(coeff)].copy_(torch.as_tensor(coeff, dtype=torch.float32))
         for l, v in vectors.items():
@@ -359,65 +360,6 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, pos
             hd.remove()
 
 
-# Compiled decoding (--compile), designed around what transformers 5.23 and torch 2.13 actually do:
-# - generate() compiles only the decode step (torch.compile of model.__call__, GenerationMixin.get_compiled_call),
-#   only with a compileable cache (cache_implementation="static"), and only on cuda/xpu/tpu/neuron unless
-#   compile_config._compile_all_devices is set (_valid_auto_compile_criteria): we set it, so --compile compiles on
-#   the CPU too. Prefill runs eager. The static cache is rebuilt per call with max(max_cache_len, the model's
-#   previous one), so its length only grows; we round it up too, and pad batches to a few sizes (gen_bucket):
-#   shapes repeat, and compile_config dynamic=False gives one static graph per (batch size, cache length).
-# - dynamo does not guard nn.Module hooks (torch._dynamo.config.skip_nnmodule_hook_guards=True): a hook added
-#   after the first compiled call is silently skipped by the compiled step (measured: prefill steered, decode
-#   not). So the compiled path keeps one persistent set of hooks per model, switched by slot["on"] (a guarded
-#   constant: steered and unsteered are two graphs), and generates with hook guards on (compiled_generation), so
-#   any other hook change recompiles instead of going stale.
-# - doses, vectors and the decode counter t are persistent device tensors written in place: a Python float dose
-#   would be a constant of the graph (a recompile per new value), a Python t one per token (test_compile counts
-#   graphs: new doses add none, a run adds one). They are marked static addresses, so CUDA graphs (transformers'
-#   default mode on a GPU, "reduce-overhead") can read them where they are (untested on a GPU here).
-COMPILE_BACKEND = "inductor"  # tests use "aot_eager": same dynamo capture and guards, no C++ build
-STATIC_LEN_STEP = 128  # static cache length = prompt + new tokens, rounded up to a multiple of this
-
-
-def steer_slot(model, vectors, rows):
-    """The model's persistent steering state for compiled decoding; (re)built only when the steered layers
-    change or more rows are needed (then the hooks change, which recompiles once)."""
-    slot = getattr(model, "_steer_slot", None)
-    if slot is not None and sorted(slot["vecs"]) == sorted(vectors) and slot["coeff"].numel() >= rows:
-        return slot
-    if slot is not None:
-        for hd in slot["handles"]:
-            hd.remove()
-    dev = model.device
-    slot = dict(on=False, coeff=torch.zeros(max(rows, 256), device=dev),  # doses; a call uses its first rows
-                t=torch.zeros((), dtype=torch.long, device=dev), vecs={l: torch.zeros_like(v, device=dev) for l, v in vectors.items()},
-                decay=0.0, decay_t=32.0, cosine_gate=False, positions="all")
-    for x in (slot["coeff"], slot["t"], *slot["vecs"].values()):
-        torch._dynamo.mark_static_address(x)
-    blocks = decoder_layers(model)
-    slot["handles"] = [blocks[l].register_forward_hook(steer_hook(slot, l, min(vectors))) for l in vectors]
-    model._steer_slot = slot
-    return slot
-
-
-def gen_bucket(n, gen_batch):
-    """Batch size a compiled generate call is padded to: the smallest of 8, 16, 32, ... and gen_batch that holds n."""
-    return min((b for b in {min(2 ** k, gen_batch) for k in range(3, 16)} if b >= n), default=n)
-
-
-@contextlib.contextmanager
-def compiled_generation(model, length):
-    """generate() keyword arguments for a static cache of `length` (rounded up) and a compiled decode step, with
-    dynamo guarding module hooks while it runs (see above); recompiles allowed for a few buckets x steered/not."""
-    from transformers import CompileConfig
-    cc = CompileConfig(backend=COMPILE_BACKEND, dynamic=False,
-                       mode="reduce-overhead" if model.device.type == "cuda" else "default")
-    cc._compile_all_devices = True  # transformers compiles only on accelerators otherwise
-    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=64):
-        yield dict(cache_implementation="static", compile_config=cc,
-                   max_cache_len=-(-length // STATIC_LEN_STEP) * STATIC_LEN_STEP)
-
-
 # -------------------------------------------------------------------------------------------------
 # 6. Batched generation: left padded, sampled (or greedy), steered when vectors and per-prompt coeffs
 #    are given. Returns completion token ids cut at the first EOS, and their text.
@@ -426,10 +368,10 @@ def compiled_generation(model, length):
 def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=False):
     """One model.generate() call on token-id rows (left padded here); new ids per row, cut after EOS.
     With --compile: a static cache and a compiled decode step; the batch is padded with copies of row 0 at dose 0
-    up to gen_bucket() rows (sampling draws for them too, so sampled text differs from the eager path's)."""
+    up to fast.gen_bucket() rows (sampling draws for them too, so sampled text differs from the eager path's)."""
     n = len(rows)
     if cfg.compile:
-        rows = rows + [rows[0]] * (gen_bucket(n, cfg.gen_batch) - n)
+        rows = rows + [rows[0]] * (fast.gen_bucket(n, cfg.gen_batch) - n)
         coeffs = None if coeffs is None else [*coeffs, *[0.0] * (len(rows) - n)]
     L = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (L - len(r)) + r for r in rows], device=model.device)
@@ -440,7 +382,7 @@ def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=F
     ctx = (steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate,
                  cfg.steer_positions, static=cfg.compile)
            if vectors is not None else contextlib.nullcontext())
-    with ctx, (compiled_generation(model, L + n_new) if cfg.compile else contextlib.nullcontext({})) as static:
+    with ctx, (fast.compiled_generation(model, L + n_new) if cfg.compile else contextlib.nullcontext({})) as static:
         seqs = model.generate(input_ids=ids, attention_mask=attn, **kw, **static)[:n, L:].tolist()
     eos = eos_ids(model, tok)
     return [s[:next((j + 1 for j, t in enumerate(s) if t in eos), len(s))] for s in seqs]  # keep EOS: learn to stop
@@ -780,35 +722,6 @@ def kl_per_position(logp, ref_logp, direction="rev"):
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
-KL_SLICES = 8  # barrier_kl's reference log-softmax is computed in this many slices of the completion positions
-
-
-class ChunkedKL(torch.autograd.Function):
-    """kl_per_position(logp, head(h), direction) over slices of `chunk` positions, where head(h) is the reference's
-    log-softmax: computed slice by slice in the forward and again in the backward, so no [N, V] copy of it is ever
-    held or saved. The backward writes d KL / d logp by hand (rev: p (logp - ref + 1); fwd: -exp(ref)), the same
-    derivative autograd takes through kl_per_position; logp itself is already saved by its log_softmax."""
-    @staticmethod
-    def forward(ctx, logp, h, head, direction, chunk):
-        ctx.save_for_backward(logp, h)
-        ctx.head, ctx.direction, ctx.chunk = head, direction, chunk
-        return torch.cat([kl_per_position(logp[i:i + chunk], head(h[i:i + chunk]), direction)
-                          for i in range(0, len(h), chunk)])
-
-    @staticmethod
-    def backward(ctx, g):
-        logp, h = ctx.saved_tensors
-        grad, c = torch.empty_like(logp), ctx.chunk
-        for i in range(0, len(h), c):
-            lp, ref, out = logp[i:i + c], ctx.head(h[i:i + c]), grad[i:i + c]
-            if ctx.direction == "rev":
-                torch.sub(lp, ref, out=out).add_(1).mul_(lp.exp())
-            else:
-                torch.exp(ref, out=out).neg_()
-            out.mul_(g[i:i + c, None])
-        return grad, None, None, None, None
-
-
 def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
     """Per-position KL [N] between the student's completion log-probs `logp` [N, V] and the reference's (the model
     under ref_ctx), without materialising the reference's [N, V] log-softmax: its decoder runs once under ref_ctx
@@ -818,8 +731,8 @@ def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
     the blocks only), so outside ref_ctx it is still the reference's. Gradients reach logp as through kl_per_position."""
     with torch.no_grad(), ref_ctx():
         h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
-    chunk = chunk or max(1, -(-len(h) // KL_SLICES))
-    return ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
+    chunk = chunk or max(1, -(-len(h) // fast.KL_SLICES))
+    return fast.ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
 
 
 def aggregate(kl, how="rmse"):

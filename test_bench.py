@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bench
+import fast
 import steer_heal as sh
 
 
@@ -32,7 +33,7 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
                     "--eval-n", "4", "--threads", "1", "--compile-backend", "aot_eager", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
-        sh.COMPILE_BACKEND = "inductor"
+        fast.COMPILE_BACKEND = "inductor"
     r = json.loads(out.read_text())
     for key in ("machine", "memory_method", "settings", "generation", "heal", "eval", "round", "ratios", "limits",
                 "checks", "wall_seconds"):

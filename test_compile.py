@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import fast
 import steer_heal as sh
 
 
@@ -18,7 +19,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def compiled(monkeypatch):
-    monkeypatch.setattr(sh, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()  # a fresh cache, and counters: graph counts below are this test's own
     counters.clear()
     yield
