@@ -1404,7 +1404,8 @@ def run(cfg, explicit=frozenset()):
         cfg.seed_vector = read_vector(saved if cfg.resume and saved.exists() else cfg.vector)
     t0 = time.time()
     model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
-    check_targets(model, cfg)  # these two before the run folder exists: a bad flag leaves nothing behind
+    check_targets(model, cfg)  # these before the run folder exists: a bad flag or model leaves nothing behind
+    check_head(model, tok)
     if cfg.vector:
         check_vector(cfg.seed_vector[0], model, cfg.vector)
     if not cfg.resume:
@@ -1413,7 +1414,6 @@ def run(cfg, explicit=frozenset()):
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
-    check_head(model, tok)
     steered = sorted(cfg.seed_vector[0]) if cfg.vector else steer_layers(model, cfg.layers)  # --vector decides
     log(f"model {cfg.model or EMBEDDED} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
         f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "

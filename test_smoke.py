@@ -294,6 +294,14 @@ def test_head_applies_the_models_own_logit_softcapping(tmp_path):
     sh.check_head(m, tok)  # and the load-time check passes for it
 
 
+def test_unsupported_head_exits_2_before_any_run_folder(tiny_dir, tmp_path, capsys, monkeypatch):
+    real = sh.lm_head
+    monkeypatch.setattr(sh, "lm_head", lambda model, h: real(model, h) * 2)  # a head we do not know how to read
+    assert _run(["--model", tiny_dir, "--out", str(tmp_path), "--name", "r", *TINY_FLAGS]) == 2
+    assert "this head is not supported" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
+
+
 def test_steer_band_never_includes_the_last_block(tiny):
     model, _ = tiny  # 4 blocks
     assert sh.band(model, (0.9, 0.99)) == [3]
