@@ -4,18 +4,7 @@ import pytest
 import torch
 
 import steer_heal as sh
-from test_smoke import TINY_FLAGS, _peft, _randomise_lora
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from conftest import build_tiny
-    return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def tiny(tiny_dir):
-    return sh.load_model(tiny_dir)
+from test_smoke import TINY_FLAGS, _peft, _randomise_lora, tiny, tiny_dir  # noqa: F401  (shared fixtures)
 
 
 def _items(tok, users, system):
