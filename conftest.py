@@ -1,7 +1,30 @@
-"""Shared test helper: tiny random models of real architectures, built in code (no download)."""
+"""Shared test helpers: tiny random models of real architectures, built in code (no download), and the
+skip for whole runs on a clone that has no eval data beside it."""
+import pytest
 import torch
 
 import steer_heal as sh
+
+
+def _eval_data_missing():
+    """Why a whole run cannot start here ('' if it can). A run reads tinymfv vignettes (the tinymfv package, or
+    ../shared/tinymfv in this workplace) and persona statements (../shared/persona) before it loads the model,
+    so on a bare clone every run-level test would fail on that first check instead of on what it tests."""
+    try:
+        sh.find_vignettes(sh.Config())
+    except sh.Stop as e:
+        return str(e)
+    return "" if sh.find_statements(sh.Config()) else "no persona statements (../shared/persona)"
+
+
+EVAL_DATA_MISSING = _eval_data_missing()
+needs_eval_data = pytest.mark.skipif(bool(EVAL_DATA_MISSING), reason=f"a whole run needs eval data: {EVAL_DATA_MISSING}")
+
+
+def skip_without_eval_data():
+    """For fixtures that make a run: skipping here skips every test that uses the fixture."""
+    if EVAL_DATA_MISSING:
+        pytest.skip(f"a whole run needs eval data: {EVAL_DATA_MISSING}")
 
 
 def build_tiny(arch, folder):

@@ -17,7 +17,7 @@ LINEARS = {"llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
            "phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}  # fused: Llama's names miss them
 
 
-from conftest import build_tiny  # noqa: E402  (shared with test_smoke / test_bench)
+from conftest import build_tiny, needs_eval_data, skip_without_eval_data  # noqa: E402  (shared helpers)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def llama_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run2(llama_dir, tmp_path_factory):
     """A finished 2-round run on the tiny Llama."""
+    skip_without_eval_data()
     out = tmp_path_factory.mktemp("runs")
     sh.main(["--model", llama_dir, "--out", str(out), "--name", "r2", *TINY_FLAGS, "--rounds", "2", "--no-baselines"])
     assert sh.completed_rounds(out / "r2") == [0, 1]
@@ -220,6 +221,7 @@ def test_all_linear_follows_fused_projections_and_the_stash_restores_base(tmp_pa
         torch.testing.assert_close(last_logits(merged, tok), base, atol=0, rtol=0)
 
 
+@needs_eval_data
 @pytest.mark.parametrize("arch", ["qwen2", "gemma2", "phi3"])
 def test_one_round_on_each_architecture(arch, tmp_path):
     from peft import PeftModel
@@ -280,7 +282,11 @@ def test_the_walk_covers_every_config_field():
     assert set(BAD) == {f.name for f in dataclasses.fields(sh.Config)}
 
 
-@pytest.mark.parametrize("field, argv", [*BAD.items(), *WRONG_TYPE], ids=lambda x: x if isinstance(x, str) else None)
+AFTER_EVAL_DATA = {"model", "vector", "lora_targets", "statements"}  # checked after the run finds its eval data
+WALK = [pytest.param(f, a, marks=needs_eval_data) if f in AFTER_EVAL_DATA else (f, a) for f, a in [*BAD.items(), *WRONG_TYPE]]
+
+
+@pytest.mark.parametrize("field, argv", WALK, ids=lambda x: x if isinstance(x, str) else None)
 def test_every_field_with_a_bad_value_exits_2_cleanly(field, argv, llama_dir, tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import steer_heal as sh
+from conftest import needs_eval_data
 from test_smoke import TINY_FLAGS, _peft, _randomise_lora, tiny, tiny_dir  # noqa: F401  (shared fixtures)
 
 
@@ -100,6 +101,7 @@ def test_online_advantage_pushes_the_better_sample_up(tiny):
 ONLINE = ["--online-batch", "2", "--online-group", "3", "--online-samples", "12", "--online-refresh", "1"]
 
 
+@needs_eval_data
 @pytest.mark.parametrize("method", ["prompt-bake", "online"])
 def test_quick_run_writes_the_same_files_and_names_the_method(method, tiny_dir, tmp_path):
     sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "r", *TINY_FLAGS, "--method", method, *ONLINE])
@@ -123,6 +125,7 @@ def test_quick_run_writes_the_same_files_and_names_the_method(method, tiny_dir, 
     assert method in (run / "report.md").read_text()
 
 
+@needs_eval_data
 def test_resumed_online_run_matches_an_uninterrupted_one(tiny_dir, tmp_path):
     flags = ["--model", tiny_dir, "--out", str(tmp_path), *TINY_FLAGS, "--no-baselines", "--method", "online", *ONLINE]
     sh.main(flags + ["--name", "full", "--rounds", "2"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import steer_heal as sh
+from conftest import needs_eval_data, skip_without_eval_data
 
 HERE = Path(__file__).resolve().parent
 VIGNETTES = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
@@ -294,6 +295,7 @@ def test_head_applies_the_models_own_logit_softcapping(tmp_path):
     sh.check_head(m, tok)  # and the load-time check passes for it
 
 
+@needs_eval_data
 def test_unsupported_head_exits_2_before_any_run_folder(tiny_dir, tmp_path, capsys, monkeypatch):
     real = sh.lm_head
     monkeypatch.setattr(sh, "lm_head", lambda model, h: real(model, h) * 2)  # a head we do not know how to read
@@ -355,6 +357,7 @@ def _run(argv):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dir, tmp_path_factory):
+    skip_without_eval_data()
     out = tmp_path_factory.mktemp("runs")
     sh.main(["--model", tiny_dir, "--out", str(out), "--name", "r", *TINY_FLAGS])
     return out / "r"
@@ -396,6 +399,7 @@ def test_reloading_a_run_reproduces_its_final_model(tiny_run):
     assert sh.fingerprint(base, tok) != pytest.approx(want, abs=2e-4)  # the adapter did change the model
 
 
+@needs_eval_data
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     flags = ["--model", tiny_dir, "--out", str(tmp_path), *TINY_FLAGS, "--rounds", "2", "--no-baselines"]
     cmd = [sys.executable, str(HERE / "steer_heal.py")]
@@ -441,9 +445,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     (["--eval-n", "-5"], "--eval-n"),
     (["--ppl-ceil", "0.5"], "--ppl-ceil"),
     (["--eval-frames", "bogus"], "--eval-frames"),
-    (["--statements", "/no/such.jsonl"], "statements file not found"),
-    (["--model", "./no/such/model"], "does not exist"),
-    (["--model", "no-such-org/no-such-model-xyz"], "hub id"),
+    # the statements file and the model are checked after the run finds its vignettes
+    pytest.param(["--statements", "/no/such.jsonl"], "statements file not found", marks=needs_eval_data),
+    pytest.param(["--model", "./no/such/model"], "does not exist", marks=needs_eval_data),
+    pytest.param(["--model", "no-such-org/no-such-model-xyz"], "hub id", marks=needs_eval_data),
 ])
 def test_bad_input_exits_2_with_a_message(argv, words, tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
@@ -476,6 +481,7 @@ def test_model_without_chat_template_and_occupied_folder(tiny_dir, tiny_run, tmp
     assert "--lam" in capsys.readouterr().out
 
 
+@needs_eval_data
 def test_starving_filter_exits_3_with_diagnosis_and_keeps_completions(tiny_dir, tmp_path, capsys):
     argv = ["--model", tiny_dir, "--out", str(tmp_path), "--name", "s", *TINY_FLAGS, "--min-words", "1000",
             "--kappa-min", "0.3", "--no-baselines"]
@@ -493,6 +499,7 @@ def test_starving_filter_exits_3_with_diagnosis_and_keeps_completions(tiny_dir, 
     assert sh.read_lines(tmp_path / "s")[1]["changed"] == {"min_words": 1}
 
 
+@needs_eval_data
 def test_lam0_ablation_heals_without_the_barrier(tiny_dir, tmp_path):
     sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "a", *TINY_FLAGS, "--no-baselines",
              "--ablate-lam0"])
@@ -502,6 +509,7 @@ def test_lam0_ablation_heals_without_the_barrier(tiny_dir, tmp_path):
     assert lines[2]["heal"]["status"] == "ok" and lines[2]["ppl_base"] > 0 and "persona_gap" in lines[2]
 
 
+@needs_eval_data
 def test_nonfinite_heal_aborts_the_round_and_keeps_the_model(tiny_dir, tmp_path):
     argv = ["--model", tiny_dir, "--out", str(tmp_path), "--name", "nan", *TINY_FLAGS, "--no-baselines",
             "--lr", "1e30", "--max-nonfinite", "0.0"]  # one step of this lr sends the weights to inf
