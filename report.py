@@ -292,6 +292,12 @@ def at_chance(runs, key):
     return blind(runs, key, sgn)
 
 
+def unreadable(runs, key, text):
+    """A reader's "not measurable" answer (key, word, text, readable=False) when it is at chance here, else None."""
+    at = at_chance(runs, key)
+    return (key, "not measurable", f"{at[1]}; {text}", False) if at[0] else None
+
+
 def has(runs, picks, key):
     """Every seed's lines picked by picks carry key."""
     return all(p(r) is not None and get(p(r), key) is not None for r in runs for p in picks)
@@ -420,9 +426,8 @@ def retention(runs, key, sgn, r0):
     s, h = delta(runs, lambda r: r["steer_ref"], base_of, key), delta(runs, r0, base_of, key)
     ref = ref_word(runs)
     nums = f"{ref.split()[-1]} {LABEL[key]} {fiv(s)}, healed {fiv(h)}"
-    at = at_chance(runs, key)
-    if at[0]:
-        return key, "not measurable", f"{at[1]}; {nums}", False
+    if (no := unreadable(runs, key, nums)):
+        return no
     if side(s, sgn) is None:
         return key, "not measurable", f"{no_noise(runs, key)}; {nums}", False
     if side(s, sgn) < 1:  # read, and what it reads is that steering did not move: this decides
@@ -594,9 +599,8 @@ def vs_reader(runs, key, sgn):
         return None
     L, P, D = delta(runs, last_of, base_of, key), delta(runs, pr, base_of, key), delta(runs, last_of, pr, key)
     text = f"loop {LABEL[key]} {fiv(L)} vs prompting {fiv(P)}; loop − prompting {fiv(D)}"
-    at = at_chance(runs, key)
-    if at[0]:
-        return key, "not measurable", f"{at[1]}; {text}", False
+    if (no := unreadable(runs, key, text)):
+        return no
     sl, sd = side(L, sgn), side(D, sgn)
     if None in (sl, sd):
         return key, "not measurable", f"{no_noise(runs, key)}; {text}", False
@@ -819,9 +823,8 @@ def vs_method_reader(runs_a, runs_b, a, b, pick, key, sgn):
         return None
     A, B, D = delta(runs_a, pick, base_of, key), delta(runs_b, pick, base_of, key), cross(runs_a, runs_b, pick, key)
     text = f"{a} {LABEL[key]} {fiv(A)} vs {b} {fiv(B)}; {a} − {b} {fiv(D)}"
-    at = at_chance(both, key)
-    if at[0]:
-        return key, "not measurable", f"{at[1]}; {text}", False
+    if (no := unreadable(both, key, text)):
+        return no
     s = side(D, sgn)
     if s is None:
         why = (f"{key} has no interval with one seed per method (no bootstrap for it): run ≥ 2 seeds each"
