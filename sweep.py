@@ -14,7 +14,7 @@ removes incoherence preferentially). A ratio is only computed where the λ=0 shi
 
     python sweep.py                       # the committed sweep: results/crux/ (resumes; rows already there are kept)
     python sweep.py --settings lam0 rmse_lam1 --seeds 0    # a slice
-    python sweep.py --summarize           # README.md + frontier.png from sweep.jsonl, no model
+    python sweep.py --summarize           # summary.md, summary.json + frontier.png from sweep.jsonl, no model
 """
 import argparse, json, math, statistics, sys, time
 from pathlib import Path
@@ -94,7 +94,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--summarize", action="store_true", help="only write README.md and frontier.png")
+    ap.add_argument("--summarize", action="store_true", help="only write summary.md, summary.json and frontier.png")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
