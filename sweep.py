@@ -201,8 +201,8 @@ def summarize(out):
                 d, d0 = shift(r, key), shift(z, key)
                 frac = d / d0 if not meas[key].startswith("not") and d is not None and d0 else None
                 kept[key].append(frac)
-                ok = meas[key] == "the persona's way" and None not in (removed, frac) and frac != 1
-                pref[key].append(removed / (1 - frac) if ok else None)
+                ok = meas[key] == "the persona's way" and None not in (removed, frac)
+                pref[key].append(removed / (1 - frac) if ok and frac != 1 else None)  # no trait removed: no ratio
                 if key == "trait_fixed" and ok:  # the ratio explodes when almost no trait is removed:
                     diff.append(removed - (1 - frac))  # the difference is the stable form of the same question
         summary[name] = dict(kept={k: _m(v) for k, v in kept.items()}, removed=_m(rem),
