@@ -10,7 +10,6 @@ import steer_heal as sh
 from conftest import needs_eval_data, skip_without_eval_data
 
 HERE = Path(__file__).resolve().parent
-VIGNETTES = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
 # A tiny-model run: every stage, small sizes, loose filters (a random model's text is noise).
 TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "--max-new-tokens", "12",
               "--probe-n", "6", "--gen-batch", "6", "--min-train", "4", "--max-batches", "2", "--epochs", "1",
@@ -522,9 +521,8 @@ def test_nonfinite_heal_aborts_the_round_and_keeps_the_model(tiny_dir, tmp_path)
 
 # --- the embedded model --------------------------------------------------------------------------------------
 
+@needs_eval_data
 def test_embedded_model_quick_run_steers_and_heals(tmp_path):
-    if not VIGNETTES.exists():
-        pytest.skip("needs ../shared/tinymfv for the eval")
     sh.main(["--preset", "quick", "--out", str(tmp_path), "--name", "q"])
     lines = sh.read_lines(tmp_path / "q")
     r = next(x for x in lines if x["kind"] == "round")
