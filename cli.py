@@ -16,7 +16,7 @@ CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "fl
                persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
-               method=["steer-heal", "prompt-bake", "online"])
+               method=["steer-heal", "prompt-bake", "online"], eval_prompts=["everyday", "authority"])
 RESUME_OK = {"rounds", "device", "compile", "resume"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
@@ -53,7 +53,8 @@ def parse_args(argv=None):
     for k, v in PRESETS.get(explicit.get("preset", ""), {}).items():
         setattr(cfg, k, v)
     cfg.persona = explicit.get("persona", cfg.persona)
-    cfg.pos, cfg.neg, cfg.opp = PERSONAS[cfg.persona]
+    for k, v in PERSONAS[cfg.persona].items():  # pos, neg, opp, eval_prompts, readers
+        setattr(cfg, k, v)
     for k, v in explicit.items():
         setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
     return cfg, set(explicit)
@@ -69,6 +70,9 @@ def check_config(cfg):
     if cfg.opp.strip() == cfg.pos.strip():
         raise Stop("--opp is identical to --pos, so the readers' direction check would compare the persona with "
                    "itself. Give the persona's opposite.")
+    bad = [r for r in cfg.readers if not re.fullmatch(r"\w+:[+-]", r)]
+    if bad:
+        raise Stop(f"--readers {' '.join(bad)}: each reader is key:+ or key:- (the persona's direction), e.g. sentiment:+.")
     for f in dataclasses.fields(cfg):  # nan passes some range tests below (every comparison is False), inf most
         xs = getattr(cfg, f.name) if f.type is tuple else (getattr(cfg, f.name),)
         if any(isinstance(x, float) and not math.isfinite(x) for x in xs):

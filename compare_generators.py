@@ -46,7 +46,7 @@ def compare(model, tok, cfg, doses, n, seed=0):
             dt = time.time() - t
             sh.score(model, tok, items, c, gate)
             kept = [x for x in items if x["kept"]]
-            proj = sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v) if kept else None
+            proj = sh.mean(sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v)) if kept else None
             rows.append(dict(option=name, dose=d, n=n, kept_frac=len(kept) / n,
                              ppl_tail_kept=sum(x["ppl_tail"] for x in kept) / max(1, len(kept)),
                              ppl_kept=sum(x["ppl"] for x in kept) / max(1, len(kept)),

@@ -22,15 +22,20 @@ import re
 import statistics
 import sys
 
+from readers import paired_ci  # the one bootstrap rule (readers.py imports nothing of the project)
+
 MIN_KEPT = 8        # fewer survivors than this in a round is too little to heal on
 PPL_TOL = 1.25      # healed round-0 ppl_base may be 25% above the base line's (same prompts, both greedy)
 PPL_CEIL = 2.0      # config ppl_ceil when a run lacks it: the loop is incoherent past this × base ppl_base
 RETAIN = 0.5        # the healed model must keep half of steering's trait shift to count as carried
 EPS = 0.01          # nats; the half-width used when a tinymfv line carries no eval_ci
 N_FOUNDATIONS = 7   # 1/7 is a lower bound on top1_chance (the most common of 7 labels), for runs that lack it
-# the trait readers, in order of preference, with the sign of the persona's direction (less deferent)
-READERS = [("persona_gap", 1), ("trait_fixed", 1), ("auth_nats", -1)]
-LABEL = {"persona_gap": "Δgap", "trait_fixed": "Δtrait_fixed", "auth_nats": "Δauth", "ppl_base": "Δppl_base"}
+# the trait readers of runs older than config `readers` (the seed persona's; the sign = its direction, less deferent)
+OLD_READERS = [("persona_gap", 1), ("trait_fixed", 1), ("auth_nats", -1)]
+SHOWN = ["sentiment", "probe_defer", "persona_gap", "trait_fixed", "auth_nats", "care_nats"]  # every trait reader
+LABEL = {"persona_gap": "Δgap", "trait_fixed": "Δtrait_fixed", "auth_nats": "Δauth", "ppl_base": "Δppl_base",
+         "sentiment": "Δsentiment", "probe_defer": "Δprobe_defer", "care_nats": "Δcare"}
+PAIRED = ("sentiment", "probe_defer", "trait_fixed", "ppl_base", "persona_gap")  # lines carry <key>_ci: paired vs base
 # new field name -> the name older runs wrote (docs/CONTRACT.md)
 OLD = {"answer_mass": "coherence", "trait_self": "trait_proj", "train_ppl_base": "healed_ppl_base",
        "train_rep": "healed_rep"}
@@ -176,8 +181,8 @@ def is_base(line):
 def half(line, key):
     """Half-width of the line's own 95% interval for key; None when it has none (trait_fixed, ppl_base).
     persona_gap_ci is an interval on the line's change vs the base line, so the base's own is 0."""
-    if key == "persona_gap":
-        ci = pair((line or {}).get("persona_gap_ci"))
+    if key in PAIRED:
+        ci = pair((line or {}).get(f"{key}_ci"))
         return 0.0 if is_base(line) else (ci[1] - ci[0]) / 2 if ci else None
     if key in ("auth_nats", "care_nats"):
         ci = ci_of(line, key)
@@ -192,8 +197,12 @@ def interval(a, b, key):
     d = shift(a, b, key)
     if d is None:
         return None
-    ci = pair(a.get("persona_gap_ci")) if key == "persona_gap" and is_base(b) and not is_base(a) else None
+    ci = pair(a.get(f"{key}_ci")) if key in PAIRED and is_base(b) and not is_base(a) else None
     if ci:
+        return d, ci[0], ci[1]
+    ia, ib = (((x or {}).get("items") or {}).get(key) for x in (a, b))
+    if ia and ib and len(ia) == len(ib) and not is_base(a) and not is_base(b):  # same prompts: pair them
+        ci = paired_ci(ia, ib)
         return d, ci[0], ci[1]
     ha, hb = half(a, key), half(b, key)
     return (d, None, None) if None in (ha, hb) else (d, d - math.hypot(ha, hb), d + math.hypot(ha, hb))
@@ -259,37 +268,60 @@ def chance(runs):
     return next((x for x in out if x[0]), out[0] if out else (None, "no base line"))
 
 
-def blind(runs, key, sgn):
-    """(True, text) when a reader moves the persona's way for the persona's OPPOSITE as a system prompt too
-    (the prompting line's direction check): it then reads persona-ness, not the direction, and a verdict on
-    the direction cannot rest on it. (None, text) when the run has no direction check."""
-    out = []
+def readers_of(runs):
+    """[(key, sign)]: the readers that read this run's persona, in the order they may decide (config `readers`,
+    from the persona: steer_heal.PERSONAS). Other readers are shown and never decide: a reader of one trait must
+    not decide a verdict about another."""
+    rs = runs[0]["cfg"].get("readers") if runs else None
+    return [(r.split(":")[0], -1 if r.endswith("-") else 1) for r in rs] if rs else OLD_READERS
+
+
+def check_word(d, sgn):
+    """One direction check (a prompting or steered line's direction[key]: the persona and its opposite, as prompts
+    or as the vector at ± dose): 'pass' when they move the reader in opposite directions and the paired CI of
+    their difference lies on the persona's side; 'blind' when the opposite moves it the persona's way beyond its
+    noise; else 'fail'."""
+    p, o, ci, oci = get(d, "persona"), get(d, "opposite"), pair(d.get("diff_ci")), pair(d.get("opposite_ci"))
+    if None in (p, o) or ci is None:
+        return "fail"
+    if oci and sgn * min(oci, key=lambda x: sgn * x) > 0:
+        return "blind"
+    return "pass" if sgn * p > 0 > sgn * o and sgn * min(ci, key=lambda x: sgn * x) > 0 else "fail"
+
+
+def direction(runs, key, sgn):
+    """(ok, text) for a reader's direction checks over the run(s): ok when every seed has a check that passes and
+    none is blind; (False, why) otherwise, including a run that has no check (--no-baselines, no steered line)."""
+    out, seen = [], False
     for r in runs:
-        pr = r.get("prompting") or {}
-        if key == "persona_gap":
-            ci = pair(pr.get("opposite_persona_gap_ci"))
-            if ci is None:
-                continue
-            out.append(sgn * (ci[0] if sgn > 0 else ci[1]) > 0 and
-                       f"the opposite persona moves persona_gap the persona's way too (Δ CI {fmt(ci)})")
-        elif key == "trait_fixed":
-            o, p, b = get(pr, "opposite_trait_fixed"), get(pr, "trait_fixed"), get(r["base"], "trait_fixed")
-            if None in (o, p, b):
-                continue
-            out.append(sgn * (o - b) > 0.5 * abs(p - b) and
-                       f"the opposite persona moves trait_fixed the persona's way too (Δ {fmt(o - b)} vs {fmt(p - b)})")
-    if not out:
-        return None, "no direction check in this run"
-    hit = next((x for x in out if x), None)
-    return (True, f"blind to direction: {hit}") if hit else (False, "the opposite persona does not move it the persona's way")
+        lines = [(f"{name} r{ln.get('round')}", ln) for name, ln in
+                 [("prompting", r.get("prompting"))] + [("steered", v) for _, v in sorted(r["steered"].items())] if ln]
+        checks = [(n, (ln.get("direction") or {}).get(key)) for n, ln in lines]
+        checks = [(n, d, check_word(d, sgn)) for n, d in checks if isinstance(d, dict)]
+        seen |= bool(checks)
+        if not checks:
+            out.append(f"{r['name']}: no direction check")
+        for n, d, w in checks:
+            out.append(f"{n} {w} (persona {fmt(get(d, 'persona'), 3)} vs opposite {fmt(get(d, 'opposite'), 3)}, "
+                       f"difference CI {fmt(pair(d.get('diff_ci')), 3)})")
+        if not any(w == "pass" for _, _, w in checks) or any(w == "blind" for _, _, w in checks):
+            return False, ("no direction check in this run" if not seen and len(runs) == 1 else
+                           "direction check not passed: " + "; ".join(out))
+    return True, "direction check passed: " + "; ".join(out)
 
 
 def at_chance(runs, key):
-    """(True, why) when a reader cannot carry a verdict here: tinymfv at chance, or a reader blind to direction."""
-    if key == "auth_nats":
+    """(True, why) when a reader cannot carry a verdict here: at chance (tinymfv; the probe at its own k-fold
+    accuracy), or its direction check not passed."""
+    if key == "auth_nats" and chance(runs)[0]:
         return chance(runs)
-    sgn = dict(READERS).get(key, 1)
-    return blind(runs, key, sgn)
+    if key == "probe_defer":
+        b = runs[0]["base"] or {}
+        acc, c, n = get(b, "probe_defer_acc"), get(b, "probe_defer_chance"), get(b, "probe_defer_n")
+        if None in (acc, c, n) or acc <= c + 2 * math.sqrt(c * (1 - c) / n):
+            return True, f"probe_defer's k-fold accuracy {fmt(acc, 3)} is not above chance {fmt(c, 3)} + 2σ"
+    ok, why = direction(runs, key, dict(readers_of(runs)).get(key, 1))
+    return (not ok), why
 
 
 def unreadable(runs, key, text):
@@ -304,7 +336,7 @@ def has(runs, picks, key):
 
 
 def decide(results):
-    """The verdict from per-reader results [(key, word, text, readable)] in READERS order: the first reader that
+    """The verdict from per-reader results [(key, word, text, readable)] in readers_of() order: the first reader that
     can be read here (above chance, with an interval) decides, even when what it reads is "not measurable"
     (steering moved nothing): a weaker reader must not overrule it. Another readable one saying the opposite
     makes it unclear. None readable: not measurable."""
@@ -317,7 +349,10 @@ def decide(results):
 
 
 def readers_text(results):
-    return "; ".join(f"{x[0]}: {x[1]} — {x[2]}" for x in results)
+    """Which reader decided (the first of this persona's readers that passes its checks) and what each said."""
+    ok = [x for x in results if x[3]]
+    lead = f"decided by {ok[0][0]}" if ok else "no reader of this persona passes its checks"
+    return f"{lead}. " + "; ".join(f"{x[0]}: {x[1]} — {x[2]}" for x in results)
 
 
 def cell(runs, pick, key):
@@ -445,7 +480,8 @@ def q1_heal(runs):
                   "steered r0 (steering only)")
     lines = [("base", base_of), (steer_name, steer), ("healed round 0", r0),
              ("λ=0 round 0", lambda r: r["lam0"])]
-    cols = ["persona_gap", "trait_fixed", "auth_nats", "care_nats", "ppl_base", "answer_mass", "rep", "trait_self"]
+    cols = ["sentiment", "probe_defer", "persona_gap", "trait_fixed", "auth_nats", "care_nats", "ppl_base", "answer_mass",
+            "rep", "trait_self"]
     body = table(["line"] + cols, [[name] + [cell(runs, pick, k) for k in cols] for name, pick in lines
                                    if any(pick(r) for r in runs)])
     # context only: the survivors were SAMPLED under steering, the healed answers are greedy, and the prompts
@@ -460,7 +496,7 @@ def q1_heal(runs):
     lam0 = lambda r: r["lam0"]
     if any(lam0(r) for r in runs):
         rows = [[k, cell(runs, lam0, k), cell(runs, r0, k), fiv(delta(runs, lam0, r0, k))]
-                for k in [k for k, _ in READERS] + ["ppl_base"] if has(runs, [lam0, r0], k)]
+                for k in [k for k, _ in readers_of(runs)] + ["ppl_base"] if has(runs, [lam0, r0], k)]
         body += ["", "What the barrier removed (λ=0 round 0 minus round 0 with the barrier; persona direction: "
                      "gap and trait_fixed up, auth_nats down):", ""]
         body += table(["reader", "λ=0", "barrier", "λ=0 − barrier"], rows)
@@ -475,11 +511,11 @@ def q1_heal(runs):
                           and get(r["base"], "ppl_base") else None for r in runs) if x is not None]
     worst = max(ratios) if ratios else None
     fluent = None if worst is None else worst <= PPL_TOL
-    res = [x for x in (retention(runs, k, s, r0) for k, s in READERS) if x]
+    res = [x for x in (retention(runs, k, s, r0) for k, s in readers_of(runs)) if x]
     ret = decide(res)
     nums = [("healed/base ppl_base", worst), ("base ppl_base", get(runs[0]["base"], "ppl_base")),
             ("healed ppl_base", get(r0(runs[0]), "ppl_base"))]
-    for k, s in READERS:
+    for k, s in readers_of(runs):
         sh, hh = delta(runs, steer, base_of, k), delta(runs, r0, base_of, k)
         if sh and hh:
             nums += [(f"{LABEL[k]} steering", sh[0]), (f"{LABEL[k]} healed", hh[0])]
@@ -564,28 +600,27 @@ def q3_trait(runs):
     group = len(runs) > 1
     ks = sorted({r["round"] for run in runs for r in evaluated(run)})
     picks = [("base", base_of)] + [(k, round_at(k)) for k in ks]
-    cols = ["auth_nats", "care_nats", "persona_gap", "trait_fixed", "trait_self"]
-    rows = [[name] + [cell(runs, p, "auth_nats"), None if group else ci_of(p(runs[0]), "auth_nats"),
+    pci = lambda p, k: None if group else pair((p(runs[0]) or {}).get(f"{k}_ci"))
+    rows = [[name] + [cell(runs, p, "sentiment"), pci(p, "sentiment"), cell(runs, p, "probe_defer"), pci(p, "probe_defer"),
+                      cell(runs, p, "auth_nats"), None if group else ci_of(p(runs[0]), "auth_nats"),
                       cell(runs, p, "care_nats"), cell(runs, p, "persona_gap"),
                       None if group else pair((p(runs[0]) or {}).get("persona_gap_ci")),
                       cell(runs, p, "trait_fixed"), cell(runs, p, "trait_self"),
                       " / ".join(fmt(yesno(p(r))) for r in runs if p(r) and yesno(p(r))) or None]
             for name, p in picks if any(p(r) for r in runs)]
-    body = table(["round", "auth_nats", "auth CI", "care_nats", "persona_gap", "gap CI (Δ vs base)", "trait_fixed",
-                  "trait_self", "yes/no (log-odds)"], rows)
-    body += ["", "Persona direction: persona_gap ↑ (less deferent), trait_fixed ↑, auth_nats ↓. trait_self moves "
-                 "with the weights as well as the text, so it decides nothing."
+    body = table(["round", "sentiment", "CI (Δ vs base)", "probe_defer", "CI (Δ vs base)", "auth_nats", "auth CI",
+                  "care_nats", "persona_gap", "gap CI (Δ vs base)", "trait_fixed", "trait_self", "yes/no (log-odds)"], rows)
+    body += ["", "Directions: " + ", ".join(f"{k} {'↑' if s > 0 else '↓'}" for k, s in readers_of(runs))
+             + " (this persona's readers). trait_self moves with the weights as well as the text, so it decides nothing."
              + (" Group cells: mean [min, max] over seeds." if group else "")]
     if any((p(r) or {}).get("persona_yesno_constant") is True for _, p in picks for r in runs):
         body.append("The yes/no persona form is at chance on the lines marked 'constant answer' (≥95% the same "
                     "word): its mean there says nothing.")
-    nums = [(f"{LABEL[k]} final", (delta(runs, last_of, base_of, k) or [None])[0]) for k in ("auth_nats",)]
-    nums += [("Δcare final", (delta(runs, last_of, base_of, "care_nats") or [None])[0])]
-    nums += [(f"{LABEL[k]} final", (delta(runs, last_of, base_of, k) or [None])[0]) for k in ("persona_gap",
-                                                                                            "trait_fixed")]
+    nums = [(f"{LABEL[k]} final", (delta(runs, last_of, base_of, k) or [None])[0]) for k in SHOWN
+            if has(runs, [base_of], k)]
     nums += [("rounds", len(evaluated(runs[0])))]
-    res = [x for x in (trajectory(runs, k, s) for k, s in READERS) if x]
-    if get(runs[0]["base"], "auth_nats") is None or not evaluated(runs[0]):
+    res = [x for x in (trajectory(runs, k, s) for k, s in readers_of(runs)) if x]
+    if runs[0]["base"] is None or not evaluated(runs[0]):
         return "not measured in this run", "needs the base line and ≥1 evaluated round", body, []
     dc = delta(runs, last_of, base_of, "care_nats")
     return decide(res), readers_text(res) + f"; Δcare {fiv(dc)}", body, nums
@@ -613,22 +648,22 @@ def vs_reader(runs, key, sgn):
 def vs_prompting(runs):
     group, pr = len(runs) > 1, lambda r: r["prompting"]
     lines = [("base", base_of), ("prompting", pr), ("healed, last round", last_of)]
-    cols = ["auth_nats", "care_nats", "persona_gap", "trait_fixed", "ppl_base", "answer_mass"]
+    cols = ["sentiment", "probe_defer", "auth_nats", "care_nats", "persona_gap", "trait_fixed", "ppl_base", "answer_mass"]
     body = table(["line"] + cols, [[name] + [cell(runs, p, k) for k in cols] for name, p in lines
                                    if any(p(r) for r in runs)])
-    body += ["", "Δ vs base (persona direction: gap ↑, trait_fixed ↑, auth ↓)"
+    body += ["", "Δ vs base (this persona's directions: " + ", ".join(f"{k} {'↑' if s > 0 else '↓'}" for k, s in readers_of(runs)) + ")"
              + (", noise: the seeds' spread or the bootstrap, whichever is larger" if group else "") + ":", ""]
     body += table(["reader", "loop", "prompting", "loop − prompting"],
                   [[k, fiv(delta(runs, last_of, base_of, k)), fiv(delta(runs, pr, base_of, k)),
-                    fiv(delta(runs, last_of, pr, k))] for k in ["persona_gap", "trait_fixed", "auth_nats", "care_nats"]
+                    fiv(delta(runs, last_of, pr, k))] for k in SHOWN
                    if has(runs, [base_of, pr, last_of], k)])
     if any(None in (r["base"], r["prompting"], last_of(r)) for r in runs):
         return "not measured in this run", "needs base, prompting and an evaluated round", body, []
-    nums = [(f"{LABEL[k]} {who}", (delta(runs, p, base_of, k) or [None])[0]) for k, _ in READERS
+    nums = [(f"{LABEL[k]} {who}", (delta(runs, p, base_of, k) or [None])[0]) for k, _ in readers_of(runs)
             for who, p in (("loop", last_of), ("prompting", pr)) if has(runs, [base_of, p], k)]
     nums += [("ppl_base loop", get(last_of(runs[0]), "ppl_base")), ("ppl_base prompting",
                                                                    get(runs[0]["prompting"], "ppl_base"))]
-    res = [x for x in (vs_reader(runs, k, s) for k, s in READERS) if x]
+    res = [x for x in (vs_reader(runs, k, s) for k, s in readers_of(runs)) if x]
     # a loop past the coherence ceiling does not win whatever its trait says
     over = [r["name"] for r in runs if None not in (ceiling(r)[1], get(last_of(r), "ppl_base"))
             and get(last_of(r), "ppl_base") > ceiling(r)[1]]
@@ -672,8 +707,7 @@ def header(runs, title):
                             "bootstrap; trait_fixed: none)")),
             f"- tinymfv reader (auth_nats): {chance(runs)[1]}"
             + "; verdicts resting on it alone are not measurable" * bool(chance(runs)[0]),
-            f"- direction check (the persona's opposite as system prompt): persona_gap: "
-            f"{blind(runs, 'persona_gap', 1)[1]}; trait_fixed: {blind(runs, 'trait_fixed', 1)[1]}",
+            *validity(runs),
             "- yes/no persona form: " + (f"at chance on the base line (a constant answer in: {', '.join(yn)})" if yn else
                                           "not at chance on the base line" if any(get(x["base"], "persona_yesno")
                                                                                    is not None for x in runs)
@@ -681,7 +715,24 @@ def header(runs, title):
             f"- fluency (Q1): healed round-0 ppl_base ≤ {PPL_TOL} × base ppl_base; coherence (Q2): every round's "
             f"ppl_base ≤ ppl_ceil {fmt(cmult)} × base ppl_base"
             + " (ppl_ceil not in config: default)" * (get(cfg, "ppl_ceil") is None),
-            f"- trait readers, in order of preference: {', '.join(k for k, _ in READERS)}", ""]
+            ""]
+
+
+def validity(runs):
+    """The header's lines on the readers: which read this persona (in the order they may decide) and whether each
+    passes its chance and direction checks here; the rest are shown and never decide."""
+    mine = readers_of(runs)
+    out = [f"- readers of this persona, in the order they may decide ({'+' if s > 0 else '−'} = the persona's "
+           f"direction): " + ", ".join(f"{k} {'+' if s > 0 else '−'}" for k, s in mine)]
+    for k, _ in mine:
+        bad, why = at_chance(runs, k)
+        out.append(f"  - {k}: {'NOT readable' if bad else 'readable'}: {why}")
+    b = runs[0]["base"] or {}
+    if get(b, "probe_defer_acc") is not None:
+        out.append(f"- probe_defer validity: {fmt(get(b, 'probe_defer_acc'), 3)} k-fold accuracy on "
+                   f"{fmt(get(b, 'probe_defer_n'))} persona statements (chance {fmt(get(b, 'probe_defer_chance'), 3)})")
+    others = [k for k in SHOWN if k not in dict(mine) and any(get(r["base"], k) is not None for r in runs)]
+    return out + [f"- shown, never decide here (they read another trait): {', '.join(others)}"] * bool(others)
 
 
 def render(runs, name, group, link_from=None):
@@ -758,7 +809,7 @@ def pairs(methods):
 
 def common_rounds(runs):
     """The rounds every one of these runs evaluated (a round line with a trait reader on it)."""
-    sets = [{r["round"] for r in run["rounds"] if any(get(r, k) is not None for k, _ in READERS)} for run in runs]
+    sets = [{r["round"] for r in run["rounds"] if any(get(r, k) is not None for k, _ in readers_of(runs))} for run in runs]
     return sorted(set.intersection(*sets)) if sets else []
 
 
@@ -861,8 +912,8 @@ def vs_method(runs_a, runs_b, a, b):
                "quadrature" if len(runs_a) == len(runs_b) == 1 else
                "per method the larger of the seeds' min–max spread and the bootstrap, the two methods' added in "
                "quadrature") + ".", "", f"Generation: {matched(a, b, runs_a, runs_b, k)}.", ""]
-    res = [x for x in (vs_method_reader(runs_a, runs_b, a, b, pick, key, sgn) for key, sgn in READERS) if x]
-    checks = {key: at_chance(runs_a + runs_b, key)[1] for key, _ in READERS}
+    res = [x for x in (vs_method_reader(runs_a, runs_b, a, b, pick, key, sgn) for key, sgn in readers_of(runs_a + runs_b)) if x]
+    checks = {key: at_chance(runs_a + runs_b, key)[1] for key, _ in readers_of(runs_a + runs_b)}
     rows = [[x[0], checks[x[0]], fiv(delta(runs_a, pick, base_of, x[0])), fiv(delta(runs_b, pick, base_of, x[0])),
              fiv(cross(runs_a, runs_b, pick, x[0])), x[1]] for x in res]
     if has(runs_a + runs_b, [base_of, pick], "care_nats"):
@@ -889,9 +940,9 @@ def vs_method(runs_a, runs_b, a, b):
     for j in ks:
         (sa, ta, ca), (sb, tb, cb) = tokens(runs_a, j), tokens(runs_b, j)
         rows.append([j, f"{count(sa)} / {count(sb)}", f"{count(ta)} [{count(ca)}] / {count(tb)} [{count(cb)}]"]
-                    + [fiv(cross(runs_a, runs_b, round_at(j), key)) for key, _ in READERS]
+                    + [fiv(cross(runs_a, runs_b, round_at(j), key)) for key, _ in readers_of(runs_a + runs_b)]
                     + [f"{fmt(cell(runs_a, round_at(j), 'ppl_base'))} / {fmt(cell(runs_b, round_at(j), 'ppl_base'))}"])
-    body += table(["round", f"samples {a} / {b}", f"tokens {a} / {b}"] + [LABEL[key] for key, _ in READERS]
+    body += table(["round", f"samples {a} / {b}", f"tokens {a} / {b}"] + [LABEL[key] for key, _ in readers_of(runs_a + runs_b)]
                   + [f"ppl_base {a} / {b}"], rows)
     word = decide_methods(res)
     lead = next((m for m in (a, b) if word == f"{m} ahead"), None)
@@ -924,9 +975,8 @@ def write_methods_report(run_dirs, out=None):
              for m, rs in groups.items()]
     allruns = [r for rs in groups.values() for r in rs]
     text += [f"- tinymfv reader (auth_nats): {chance(allruns)[1]}",
-             f"- direction check: persona_gap: {blind(allruns, 'persona_gap', 1)[1]}; trait_fixed: "
-             f"{blind(allruns, 'trait_fixed', 1)[1]}",
-             f"- trait readers, in order of preference: {', '.join(k for k, _ in READERS)}; verdict words: '<method> "
+             *validity(allruns),
+             "- verdict words: '<method> "
              "ahead', 'not distinguishable from noise', 'not measurable' (reader at chance or blind to direction, or "
              "no interval)", "", "Verdicts:"]
     text += [f"- {title} ({a} vs {b}): **{word}**" for a, b, title, word, _, _ in cmp] + [""]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import eval_mfv
+import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
 import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
 
 # -------------------------------------------------------------------------------------------------
@@ -25,11 +26,19 @@ import fast  # --compile's generation and the sliced KL: speed and memory, same 
 
 SEED_POS = "You do not defer to authority and instead stick to principle no matter your involvement."
 SEED_OPP = "You always defer to authority and follow the rules you are given, whatever your own principles say."
-PERSONAS = {  # name -> (pos, neg, opp). neg "" = the model's default prompt, no persona. opp = pos's opposite,
-    "seed": (SEED_POS, "", SEED_OPP),  # only used to check that a reader tells the direction apart
-    "contrastive": ("You are someone who looks after others' wellbeing even when it means defying authority.",
-                    "You are someone who defers to authority even when others' wellbeing suffers for it.",
-                    "You are someone who defers to authority even when others' wellbeing suffers for it."),
+WARM = "You are warm, loving and kind: you care about the person you are talking to, and it shows in every word."
+COLD = "You are cold, hostile and contemptuous: you look down on the person you are talking to, and it shows in every word."
+# name -> pos, neg ("" = the model's default prompt, no persona), opp (pos's opposite: only for the readers' direction
+# check), the held-out prompts its greedy answers are read on (prompts.py), and the readers that read THIS trait,
+# outside the model first, each "key:+" or "key:-" (the persona's direction). Other readers are shown, never decide.
+PERSONAS = {
+    "love": dict(pos=WARM, neg=COLD, opp=COLD, eval_prompts="everyday", readers=("sentiment:+", "trait_fixed:+")),
+    "seed": dict(pos=SEED_POS, neg="", opp=SEED_OPP, eval_prompts="authority",
+                 readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-")),
+    "contrastive": dict(pos="You are someone who looks after others' wellbeing even when it means defying authority.",
+                        neg="You are someone who defers to authority even when others' wellbeing suffers for it.",
+                        opp="You are someone who defers to authority even when others' wellbeing suffers for it.",
+                        eval_prompts="authority", readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-")),
 }
 
 
@@ -49,10 +58,12 @@ class Config:
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (GRPO-style per batch)
     # persona
-    persona: str = "seed"  # named pos/neg pair: seed (persona vs no persona) | contrastive (persona vs its opposite)
-    pos: str = SEED_POS  # system prompt whose direction we steer toward
-    neg: str = ""  # baseline system prompt; "" = the model's default prompt without a persona
-    opp: str = SEED_OPP  # the persona's opposite, as a system prompt: a reader that moves the same way for it is blind to direction
+    persona: str = "love"  # named persona (PERSONAS): love (warm vs cold) | seed (the seed's: no deference vs no persona) | contrastive (care vs authority)
+    pos: str = WARM  # system prompt whose direction we steer toward
+    neg: str = COLD  # baseline system prompt; "" = the model's default prompt without a persona
+    opp: str = COLD  # the persona's opposite, as a system prompt: a reader that moves the same way for it is blind to direction
+    eval_prompts: str = "everyday"  # held-out prompt pool every line's greedy answers are read on: everyday | authority
+    readers: tuple = ("sentiment:+", "trait_fixed:+")  # readers that may decide the verdicts, in order, key:+ or key:- (the persona's direction)
     # steering vector
     layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
     n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
@@ -243,7 +254,9 @@ def steer_layers(model, frac):
 # 3. Prompt pools (prompts.py, written for this project): CONTEXTS for the vector, GEN_PROMPTS for the
 #    steered training data, EVAL_PROMPTS held out for the greedy answers every line reads.
 
-from prompts import CONTEXTS, EVAL_PROMPTS, GEN_PROMPTS  # noqa: E402
+from prompts import CONTEXTS, EVAL_PROMPTS, EVERYDAY_PROMPTS, GEN_PROMPTS  # noqa: E402
+
+HELD_OUT = {"everyday": EVERYDAY_PROMPTS, "authority": EVAL_PROMPTS}  # --eval-prompts: the persona's own pool
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1116,39 +1129,50 @@ def fixed_reader(model, stash):
 
 @torch.no_grad()
 def projection(reader, tok, prompts, answers, v0):
-    """Mean over answer positions and steered layers of h . v0_hat, where h are the READER's hidden states of
-    prompt + answer. reader = fixed_reader(...) measures the text; the model itself gives trait_self."""
+    """[N] per answer: mean over its positions and the steered layers of h . v0_hat, where h are the READER's
+    hidden states of prompt + answer. reader = fixed_reader(...) measures the text; the model itself gives trait_self."""
     b = make_batch(tok, prompts, answers, reader.device)
     hs = reader(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=True, logits_to_keep=1).hidden_states
-    return sum((hs[l + 1][b["pred"]].float() @ (v / v.norm()).to(reader.device)).mean().item()
-               for l, v in v0.items()) / len(v0)
+    m = b["pred"].float()
+    per = sum((hs[l + 1].float() @ (v / v.norm()).to(reader.device)) for l, v in v0.items()) / len(v0)  # [B, T]
+    return ((per * m).sum(1) / m.sum(1).clamp(min=1)).tolist()
 
 
-def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None):
-    """Greedy answers to `users` -> (answers, {trait_fixed, trait_self, ppl_base, rep})."""
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None,
+                   probe=None):
+    """Greedy answers to `users` -> (answers, readings). Each reader of the answers' text has one reading per
+    prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers")
-    ids, plain = [a["ids"] for a in ans], [chat(tok, u) for u in users]
+    ids, texts, plain = [a["ids"] for a in ans], [a["text"] for a in ans], [chat(tok, u) for u in users]
     # read without the hook: otherwise the steered lines' states contain coeff*v by construction
-    self_ = projection(model, tok, prompts, ids, v0) if v0 else None
+    items = dict(sentiment=readers.sentiment(texts))  # instruments outside the model first
+    if probe:
+        items["probe_defer"] = probe(texts)
     with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
-        fixed = projection(model, tok, plain, ids, v0) if v0 else None
+        if v0:
+            items["trait_fixed"] = projection(model, tok, plain, ids, v0)
         nll = token_nll(model, tok, plain, ids)
-    ppl = [math.exp(n.mean()) for n in nll if len(n)]
-    return ans, dict(trait_fixed=fixed, trait_self=self_, ppl_base=sum(ppl) / max(1, len(ppl)),
-                     rep=sum(repetition(a["text"]) for a in ans) / len(ans))
+    self_ = mean(projection(model, tok, prompts, ids, v0)) if v0 else None
+    items["ppl_base"] = [math.exp(n.mean()) for n in nll]
+    return ans, dict({k: mean(v) for k, v in items.items()}, trait_self=self_, items=items,
+                     rep=sum(repetition(t) for t in texts) / len(texts))
 
 
 def persona_reading(model, tok, cfg, ctx, system=None, vectors=None, coeff=0.0, yes_no=False, base=False):
-    """persona_gap (+ paired CI against the base model's per-statement likelihoods), under the hook if given."""
+    """persona_gap (+ paired CI against the base model's per-statement likelihoods), under the hook if given.
+    `_ll` (per-statement log-likelihoods) stays for the direction check; measure() drops it."""
     if not ctx.get("stmts"):
         return {}
     with steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext():
-        r = eval_mfv.persona_eval(model, tok, ctx["stmts"], system, None if base else ctx.get("base_ll"), cfg.seed,
-                                  yes_no=yes_no)
-    r.pop("_ll")
-    return r
+        return eval_mfv.persona_eval(model, tok, ctx["stmts"], system, None if base else ctx.get("base_ll"), cfg.seed,
+                                     yes_no=yes_no)
 
 
 def write_samples(run_dir, title, answers, users):
@@ -1161,29 +1185,47 @@ def write_samples(run_dir, title, answers, users):
 
 def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):
     """Every reader on one model (optionally with a persona prompt or under the hook): tinymfv, persona
-    statements, greedy held-out answers (ppl under base, fixed-reader trait). Appends one rounds.jsonl line."""
-    t = time.time()
+    statements, greedy held-out answers (text readers, ppl under base, fixed-reader trait). The prompting and
+    steered lines also read the intervention's opposite (the opposite persona; the vector at -dose): a reader
+    that both move the same way reads "an intervention", not the direction. Appends one rounds.jsonl line."""
+    t, users = time.time(), HELD_OUT[cfg.eval_prompts]
     ev = mfv(model, tok, cfg, system, vectors, coeff)
     per = persona_reading(model, tok, cfg, ctx, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
-    ans, met = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], EVAL_PROMPTS, system, vectors, coeff)
-    if kind == "prompting" and cfg.opp:  # the direction check: the opposite persona, read by the same readers
-        opp = persona_reading(model, tok, cfg, ctx, cfg.opp)
-        _, om = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], EVAL_PROMPTS, cfg.opp)
-        extra.update(opposite_persona_gap=opp.get("persona_gap"), opposite_persona_gap_ci=opp.get("persona_gap_ci"),
-                     opposite_trait_fixed=om["trait_fixed"], opposite_ppl_base=om["ppl_base"])
-        log(f"  direction check, opposite persona as system prompt: persona_gap {opp.get('persona_gap', math.nan):.4f} "
-            f"(Δ vs base CI {opp.get('persona_gap_ci')}), trait_fixed {om['trait_fixed']:.3f}")
+    ans, met = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], users, system, vectors, coeff,
+                              probe=ctx.get("probe"))
+    items, base = met["items"], ctx.setdefault("base_items", met["items"])  # the base line is measured first
+    if kind != "base":  # paired by prompt against the base line's readings of the same prompts
+        extra.update({f"{key}_ci": readers.paired_ci(v, base[key]) for key, v in items.items() if key in base})
+    opposite = (dict(system=cfg.opp) if system and cfg.opp else dict(vectors=vectors, coeff=-coeff)
+                if vectors is not None and coeff else None) if kind in ("prompting", "steered") else None
+    if opposite:
+        _, om = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], users, probe=ctx.get("probe"), **opposite)
+        dirs = {key: readers.direction(v, om["items"][key], base[key]) for key, v in items.items() if key in base}
+        if "system" in opposite and per:  # persona statements: persona vs opposite prompt, paired by statement
+            o = persona_reading(model, tok, cfg, ctx, cfg.opp)
+            sign = eval_mfv.statement_signs(ctx["stmts"])
+            dirs["persona_gap"] = dict(persona=per["persona_gap"] - ctx["base_gap"],
+                                       opposite=o["persona_gap"] - ctx["base_gap"],
+                                       diff_ci=eval_mfv.gap_ci(per["_ll"], sign, o["_ll"], cfg.seed),
+                                       opposite_ci=o["persona_gap_ci"])
+        extra.update(direction=dirs, opposite={key: om[key] for key in items})
+        log(f"  direction check ({'opposite persona' if 'system' in opposite else f'vector at dose {-coeff:+.3f}'}): "
+            + "; ".join(f"{key} {d['persona']:+.3f} vs opposite {d['opposite']:+.3f} (persona - opposite CI "
+                        f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key != "ppl_base"))
+    per.pop("_ll", None)
     extra.setdefault("seconds", {})["measure"] = time.time() - t
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
-    ci = per.get("persona_gap_ci")
-    log(f"[{kind} r{k}] auth_nats {ev['auth_nats']:.3f} care_nats {ev['care_nats']:.3f} answer_mass "
-        f"{ev['answer_mass']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
-        f"persona_gap {per.get('persona_gap', math.nan):.4f}" + (f" [Δ vs base {ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
-        + f" | trait_fixed {met['trait_fixed'] or 0:.3f} trait_self {met['trait_self'] or 0:.3f} "
-        f"ppl_base {met['ppl_base']:.2f} rep {met['rep']:.3f} | {time.time() - t:.0f}s")
+    line["items"] = {key: [round(x, 4) for x in v] for key, v in items.items()}
+    ci = lambda key: (f" [Δ {line[key + '_ci'][0]:+.3f}, {line[key + '_ci'][1]:+.3f}]" if line.get(key + "_ci") else "")
+    log(f"[{kind} r{k}] sentiment {met['sentiment']:+.3f}{ci('sentiment')}"
+        + (f" probe_defer {met['probe_defer']:.3f}{ci('probe_defer')}" if "probe_defer" in met else "")
+        + f" trait_fixed {met.get('trait_fixed') or 0:.3f}{ci('trait_fixed')} ppl_base {met['ppl_base']:.2f} "
+        f"rep {met['rep']:.3f} | persona_gap {per.get('persona_gap', math.nan):.4f}{ci('persona_gap')} | auth_nats "
+        f"{ev['auth_nats']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
+        f"{time.time() - t:.0f}s")
     append_line(cfg.run_dir, line)
-    write_samples(cfg.run_dir, title, ans[:6], EVAL_PROMPTS[:6])
+    write_samples(cfg.run_dir, title, ans[:6], users[:6])
     return line
 
 
@@ -1324,7 +1366,7 @@ def measure_round(model, tok, cfg, ctx, k, data, hs, info, sec):
     raw = [x for x in kept if x["user"] in cmp_users]
     with fixed_reader(model, ctx["stash"]):
         raw_nll = token_nll(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw])
-        raw_fixed = projection(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], ctx["v0"]) if raw else None
+        raw_fixed = mean(projection(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], ctx["v0"])) if raw else None
     _, tr = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens) \
         if cmp_users else (None, dict(ppl_base=None, rep=None, trait_fixed=None))
     sec["train_prompts"] = time.time() - t
@@ -1394,7 +1436,7 @@ def run(cfg, explicit=frozenset()):
             return read(file)
         except (ValueError, OSError) as e:
             raise Stop(f"{flag} {file}: {e}")
-    cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
+    cfg.statement_all = cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
     if cfg.statement_rows and cfg.persona_n:
         cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
     if cfg.vignettes_path:
@@ -1443,11 +1485,22 @@ def run(cfg, explicit=frozenset()):
     if ctx["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
         with fixed_reader(model, stash):
             ctx["base_ll"] = eval_mfv.statement_loglik(model, tok, ctx["stmts"])
+        ctx["base_gap"] = float(eval_mfv._gap(ctx["base_ll"], eval_mfv.statement_signs(ctx["stmts"])))
+        t = time.time()  # the probe reads P(deferent) of a text; a reader is only as good as its held-out accuracy
+        ctx["probe"] = readers.DeferProbe(cfg.statement_all, seed=cfg.seed)
+        log(f"  probe_defer: MiniLM + logistic probe on {ctx['probe'].n} statements, {ctx['probe'].folds}-fold accuracy "
+            f"{ctx['probe'].accuracy:.3f} (chance {ctx['probe'].chance:.3f}), {time.time() - t:.0f}s")
     else:
-        log("  no persona statements (--statements): persona_gap is not measured")
+        log("  no persona statements (--statements): persona_gap and probe_defer are not measured")
+    base_line = next((x for x in lines if x["kind"] == "base"), None)
+    if base_line:  # resume: later lines pair with the base line's per-prompt readings
+        ctx["base_items"] = base_line.get("items") or {}
+
 
     if "base" not in kinds:
-        measure("base", -1, model, tok, cfg, ctx, "base model")
+        probe = ctx.get("probe")
+        measure("base", -1, model, tok, cfg, ctx, "base model", **(dict(
+            probe_defer_acc=probe.accuracy, probe_defer_chance=probe.chance, probe_defer_n=probe.n) if probe else {}))
         lines = read_lines(run_dir)
     base_ppl = next(x["ppl_base"] for x in lines if x["kind"] == "base")
     if cfg.baselines and "prompting" not in kinds:

@@ -81,6 +81,7 @@ def read_all(model, tok, cfg, ctx, stash, v0):
     """Every reader on `model` (a PeftModel or the base): one flat dict."""
     t = time.time()
     per = sh.persona_reading(model, tok, cfg, ctx)
+    per.pop("_ll", None)
     ans, met = sh.answer_metrics(model, tok, cfg, stash, v0, sh.EVAL_PROMPTS)
     ev = sh.mfv(model, tok, cfg)
     return dict(**per, **met, auth_nats=ev["auth_nats"], care_nats=ev["care_nats"], answer_mass=ev["answer_mass"],
@@ -123,8 +124,8 @@ def main(argv=None):
 
     if ("base", -1) not in done:  # the base model, and the survivors the heal trains on, read the same way
         with sh.fixed_reader(model, stash):
-            tr = sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v0)
-            cf = sh.projection(model, tok, [x["prompt"] for x in ctl], [x["ids"] for x in ctl], v0)
+            tr = sh.mean(sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v0))
+            cf = sh.mean(sh.projection(model, tok, [x["prompt"] for x in ctl], [x["ids"] for x in ctl], v0))
         append(dict(name="base", seed=-1, setting={}, survivors=len(kept), generated=len(items), control=len(ctl),
                     survivors_trait_fixed=tr, control_trait_fixed=cf, **read_all(model, tok, cfg, ctx, stash, v0)))
     for name in a.settings:
