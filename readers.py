@@ -38,6 +38,11 @@ def embed(texts):
     return _encoder().encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
 
 
+@lru_cache(maxsize=4)
+def _embed_once(texts):  # a run's statements, embedded once per process (--seeds runs, tests)
+    return embed(texts)
+
+
 class DeferProbe:
     """Logistic probe: statement embedding -> P(a deferent persona would say it). Fit on the run's
     statements (label = answer_matching_behavior " Yes"); `accuracy` is k-fold on those same statements."""
@@ -46,7 +51,7 @@ class DeferProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_score
         import numpy as np
-        x = embed([r["statement"] for r in rows])
+        x = _embed_once(tuple(r["statement"] for r in rows))
         y = np.array([r["answer_matching_behavior"].strip() == "Yes" for r in rows], dtype=int)
         make = lambda: LogisticRegression(C=C, max_iter=1000)
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

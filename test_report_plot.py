@@ -43,6 +43,12 @@ def round_line(k, auth, care, coherence, run, seed, kept=40, loyalty=-2.0):
                      "kl_mean": 0.04, "barrier_active": 0.1 * k, "lam": 1.0, "tau": 0.05, "nonfinite": 0}}
 
 
+def passing(sgn=1):
+    """A direction check that passes: persona and opposite move the reader apart, beyond the paired noise."""
+    return dict(persona=0.1 * sgn, opposite=-0.1 * sgn, diff_ci=sorted([0.1 * sgn, 0.3 * sgn]),
+                opposite_ci=sorted([-0.2 * sgn, -0.02 * sgn]))
+
+
 def make_run(path, auths=(-1.0, -1.1, -1.2, -1.3), cares=(-1.5, -1.45, -1.4, -1.35), coh=0.6,
              seed=41, n_rounds=3, prompting_auth=-1.02, completions=True, ci=0.02):
     """A run folder: config.json, rounds.jsonl (base, prompting, steering_only, round 0..n-1), completions_r0."""
@@ -56,7 +62,8 @@ def make_run(path, auths=(-1.0, -1.1, -1.2, -1.3), cares=(-1.5, -1.45, -1.4, -1.
     head = {"round": -1, "run": run, "seed": seed, "time": "2025-01-01T00:00:00"}
     lines = [{"kind": "base", **head, **eval_fields(auths[0], cares[0], coh, ci=ci), "trait_proj": 0.2,
               "ppl_base": 7.5, "rep": 0.04},
-             {"kind": "prompting", **head, **eval_fields(prompting_auth, cares[0] + 0.01, coh * 0.98, ci=ci)},
+             {"kind": "prompting", **head, **eval_fields(prompting_auth, cares[0] + 0.01, coh * 0.98, ci=ci),
+              "direction": {k: passing(sgn) for k, sgn in report.OLD_READERS}},
              {"kind": "steering_only", **head, **eval_fields(auths[0] - 0.05, cares[0], coh * 0.9, ci=ci),
               "trait_proj": 1.0}]
     lines += [{**round_line(k, auths[k + 1], cares[k + 1], coh * 0.97, run, seed, loyalty=-2.0 + 0.1 * k),
@@ -200,7 +207,7 @@ def test_lam0_stop_and_path_argument(tmp_path):
         f.write(json.dumps({"kind": "stop", "round": 2, "run": "abl", "seed": 41, "time": "t",
                             "reason": "coherence 0.300 < floor"}) + "\n")
     text = report.write_report(tmp_path / "abl")  # steer_heal.py passes a pathlib.Path
-    assert re.search(r"^\| λ=0 round 0 \| — \| — \| -1.15 \|", text, flags=re.M) and "not run; rerun" not in text
+    assert re.search(r"^\| λ=0 round 0 \| — \| — \| — \| — \| -1.15 \|", text, flags=re.M) and "not run; rerun" not in text
     # what the barrier removed: λ=0 minus round 0 with the barrier, per reader and ppl_base (25 - 8)
     assert "| auth_nats | -1.15 | -1.1 | -0.05 [" in text and "| ppl_base | 25 | 8 | 17 (no interval) |" in text
     assert "loop stopped early: coherence 0.300 < floor" in sections(text)["## " + report.SECTIONS[2]]
@@ -227,7 +234,7 @@ def test_group_report_aggregates_seeds(tmp_path):
     q3 = sections(text)["## " + report.SECTIONS[3]]
     # the group's verdict uses the seeds together: Δauth -0.1495 ± the spread 0.301 holds 0 → no (it was
     # "unclear (seeds disagree)" from the per-seed words); each seed's own verdict is still listed
-    assert "**Verdict: no**: auth_nats: no — Δauth -0.1495 [-0.4505, 0.1515]" in q3
+    assert "**Verdict: no**: decided by auth_nats. auth_nats: no — Δauth -0.1495 [-0.4505, 0.1515]" in q3
     assert "- seed41: yes:" in q3 and "- seed42: no:" in q3
     assert "2 seeds: a change counts only beyond the larger of the seeds' min–max spread" in text
     # Δauth final: -0.3 and +0.001 → mean -0.1495, min–max -0.3–0.001
@@ -346,8 +353,8 @@ def test_q1_reads_persona_gap_first_and_shows_lam0_and_training_pair(tmp_path):
     text = report.write_report(d)
     q1 = sections(text)["## " + report.SECTIONS[1]]
     # steering Δgap 0.06 [0.05, 0.07], healed 0.05 → retained 0.833; persona_gap is named first and decides
-    assert verdict(text, report.SECTIONS[1]) == "yes" and "Retention: yes — persona_gap: yes — retained 0.833" in q1
-    assert "| steered r0 (steering only) | 0.36 | 2.5 |" in q1
+    assert verdict(text, report.SECTIONS[1]) == "yes" and "Retention: yes — decided by persona_gap. persona_gap: yes — retained 0.833" in q1
+    assert "| steered r0 (steering only) | — | — | 0.36 | 2.5 |" in q1
     assert "| raw steered survivors | 11 | 0.09 | 3 |" in q1 and "| healed model (greedy) | 8.5 | 0.06 | 2.5 |" in q1
     # what the barrier removed: λ=0 minus barrier, per reader (gap 0.4 - 0.35) and ppl_base (12 - 8)
     assert "| persona_gap | 0.4 | 0.35 | 0.05 [" in q1 and "| trait_fixed | 2.6 | 2 | 0.6 (no interval) |" in q1
@@ -399,7 +406,7 @@ def test_at_chance_readers_say_not_measurable(tmp_path):
     new = make_new_run(tmp_path / "new", top1_chance=0.35)
     text = report.write_report(patch_run(new, lambda ln: ln.update(top1=0.36)))
     q3 = sections(text)["## " + report.SECTIONS[3]]
-    assert q3.split("\n")[2].startswith("**Verdict: yes**: persona_gap: yes")
+    assert q3.split("\n")[2].startswith("**Verdict: yes**: decided by persona_gap. persona_gap: yes")
     assert "auth_nats: not measurable" in q3 and "Δtrait_fixed 3" in q3
     # the yes/no form at chance (constant answer): said in the header and on every line it is shown
     text = report.write_report(make_new_run(tmp_path / "yn", yesno_constant=True))
@@ -420,7 +427,7 @@ def test_q3_falls_back_from_a_single_reading(tmp_path):
     patch_run(make_new_run(g / "seed41", seed=41), strip)
     patch_run(make_new_run(g / "seed42", seed=42, traits=(1.0, 2.1, 3.1, 4.1)), strip)
     q3 = upto_seeds(sections(report.write_report(str(g)))["## " + report.SECTIONS[3]])
-    assert "**Verdict: yes**: trait_fixed: yes — Δtrait_fixed 3.05 [2.95, 3.15]" in q3
+    assert "**Verdict: yes**: decided by trait_fixed. trait_fixed: yes — Δtrait_fixed 3.05 [2.95, 3.15]" in q3
 
 
 def test_plot_persona_gap_panel_new_and_old(tmp_path, monkeypatch):
@@ -439,24 +446,29 @@ def test_plot_persona_gap_panel_new_and_old(tmp_path, monkeypatch):
     assert not figs[-1].axes[3].texts and all(os.path.getsize(p) > 10_000 for p in paths)
 
 
+BLIND = dict(persona=0.1, opposite=0.14, diff_ci=[-0.1, 0.02], opposite_ci=[0.06, 0.22])  # persona_gap, measured
+
+
 def test_a_reader_blind_to_direction_decides_nothing(tmp_path):
-    # the same run as the Q1 "yes" above, plus a direction check on the prompting line
-    def check(opp_ci, opp_trait):
+    # the same run as the Q1 "yes" above, with the prompting line's direction checks set per reader
+    def check(**dirs):
         def fn(ln):
             if ln["kind"] == "prompting":
-                ln.update(opposite_persona_gap_ci=opp_ci, opposite_trait_fixed=opp_trait)
+                ln["direction"].update(dirs)
         return fn
-    sighted = report.write_report(patch_run(make_new_run(tmp_path / "a"), check([-0.08, -0.02], 0.5)))
+    sighted = report.write_report(patch_run(make_new_run(tmp_path / "a"), check()))
     assert verdict(sighted, report.SECTIONS[1]) == "yes"
-    assert "persona_gap: the opposite persona does not move it the persona's way" in sighted
+    assert "persona_gap: readable: direction check passed" in sighted
     # the opposite persona raises persona_gap as much as the persona (measured on the embedded model):
     # persona_gap reads persona-ness, so it cannot carry the verdict, and trait_fixed decides instead
-    blind = report.write_report(patch_run(make_new_run(tmp_path / "b"), check([0.05, 0.2], 0.5)))
+    blind = report.write_report(patch_run(make_new_run(tmp_path / "b"), check(persona_gap=BLIND)))
     q1 = sections(blind)["## " + report.SECTIONS[1]]
-    assert "persona_gap: not measurable — blind to direction" in q1
-    assert "Retention: yes — persona_gap: not measurable" in q1  # trait_fixed (retained 0.667) decides
-    both = report.write_report(patch_run(make_new_run(tmp_path / "c"), check([0.05, 0.2], 3.0)))
-    assert "trait_fixed: not measurable — blind to direction" in both
+    assert "persona_gap: not measurable — direction check not passed: prompting r-1 blind" in q1
+    assert "Retention: yes — decided by auth_nats. persona_gap: not measurable" in q1  # trait_fixed: no interval
+    # a check that merely fails (the opposite does not move the other way) is no pass either
+    weak = dict(persona=0.1, opposite=0.01, diff_ci=[0.02, 0.16], opposite_ci=[-0.03, 0.05])
+    both = report.write_report(patch_run(make_new_run(tmp_path / "c"), check(persona_gap=BLIND, trait_fixed=weak)))
+    assert "trait_fixed: not measurable — direction check not passed: prompting r-1 fail" in both
     q3 = sections(both)["## " + report.SECTIONS[3]]
     assert "persona_gap: not measurable" in q3 and "auth_nats: yes" in q3  # tinymfv is above chance in this run
 
@@ -533,7 +545,7 @@ def test_method_clearly_ahead_on_persona_gap(tmp_path):
     sec = methods_section(text, "vs prompt baking")
     assert ("persona_gap: steer-heal ahead — steer-heal Δgap 0.15 [0.14, 0.16] vs prompt-bake 0.03 [0.02, 0.04]; "
             "steer-heal − prompt-bake 0.12 [0.1059, 0.1341]") in sec
-    assert "| persona_gap | no direction check in this run | 0.15 [0.14, 0.16] | 0.03 [0.02, 0.04] |" in sec
+    assert re.search(r"\| persona_gap \| direction check passed: [^|]* \| 0.15 \[0.14, 0.16\] \| 0.03 \[0.02, 0.04\] \|", sec)
     assert "at round 2, the last round every run of both evaluated" in sec
     # each method's own report is inside, naming its method, and the per-round generation is shown
     assert "## steer-heal report: steer-heal" in text and "## prompt-bake report: prompt-bake" in text
@@ -576,14 +588,14 @@ def test_blind_or_at_chance_reader_not_measurable_between_methods(tmp_path):
     # persona raises it too), trait_fixed has no interval on one seed, tinymfv reads at chance → not measurable
     def blind(ln):
         if ln["kind"] == "prompting":
-            ln.update(opposite_persona_gap_ci=[0.05, 0.2], opposite_trait_fixed=1.0)
+            ln["direction"].update(persona_gap=BLIND)
         ln.update(top1=0.2, top1_chance=0.2)
     sh = patch_run(make_method_run(tmp_path / "sh", "steer-heal"), blind)
     pb = patch_run(make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03)), blind)
     text = open(report.write_methods_report([sh, pb])).read()
     sec = methods_section(text, "vs prompt baking")
     assert method_verdict(text, "vs prompt baking") == "not measurable"
-    assert "persona_gap: not measurable — blind to direction" in sec
+    assert "persona_gap: not measurable — direction check not passed" in sec and "blind" in sec
     assert "trait_fixed: not measurable — trait_fixed has no interval with one seed per method" in sec
     assert "auth_nats: not measurable — tinymfv reads at chance" in sec
     assert "steer-heal ahead" not in sec
