@@ -47,7 +47,8 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
         assert g[k]["tokens"] == 4 * 4 and g[k]["tokens_per_s"] > 0
     c = g["compiled"]  # steered and unsteered compile once each in the warm-up, never while timed
     assert c["backend"] == "aot_eager" and c["graphs_warmup"] == 2 and c["recompiles_timed"] == 0
-    for k in ("kl_barrier", "kl_unchunked", "heal_loss_lam0", "nll", "nll_full_logsoftmax"):
+    for k in ("kl_barrier", "kl_barrier_step", "kl_ref_every_step", "kl_unchunked", "heal_loss_lam0", "nll",
+              "nll_full_logsoftmax", "reference_pass"):
         assert r["heal"][k]["seconds"] > 0 and r["heal"][k]["peak_mb"] > 0
     assert r["eval"]["n"] == 4 and r["eval"]["vignettes_per_s"] > 0
     assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}
