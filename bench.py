@@ -295,7 +295,7 @@ def bench_round(model, tok, cfg):
 
 
 GPU_CHECK = {  # --gpu-check's sizes: on a GPU, the targets' own; on the CPU, a dry run of the same code on a tiny shape
-    "cuda": dict(arch="qwen2.5-1.5b", gen_batch=128, new_tokens=64, repeats=3, round=dict(
+    "cuda": dict(arch="qwen2.5-1.5b", gen_batch=128, new_tokens=sh.Config.max_new_tokens, repeats=3, round=dict(
         sh.PRESETS["gpu"], gen_batch=128, probe_n=128, max_batches=2, min_train=64, eval_n=64)),  # one bucket: 128
     "cpu": dict(arch="tiny-qwen2", gen_batch=8, new_tokens=8, repeats=1, round=dict(sh.PRESETS["quick"], compile=True)),
 }
