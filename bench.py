@@ -409,7 +409,7 @@ def gpu_check(a):
         res["round"] = r = bench_round(model, tok, rc)
         print("        round by stage: " + " | ".join(f"{k} {v:.1f}s" for k, v in r["seconds"].items())
               + f" (generated {r['generated']}, kept {r['kept']}{', starved' if r['starved'] else ''})", flush=True)
-        verdict("whole_round", r["heal_status"] == "ok", "==", True, f"one whole round ({r['total']:.0f}s, stages above)")
+        verdict("whole_round", r["heal_status"] == "ok", "==", True, f"one whole round ({r['total']:.0f}s, by stage)")
     stage("whole_round", whole_round)
     res["wall_seconds"] = time.time() - t0
     verdict("wall_seconds", res["wall_seconds"], "<=", GPU_BUDGET_S, "the whole check, seconds")

@@ -71,7 +71,7 @@ def compiled_generation(model, length):
 # barrier_kl's reference log-softmax is computed in this many slices of the completion positions: few, because each
 # slice is one head matmul and a short one runs far below matmul speed (measured on this CPU, the embedded model's
 # head on 192 positions: 8 slices take 2.5x the time of 1), but not 1, whose [N, V] temporaries would raise the heal
-# step's peak memory (bench --quick: 4 slices add nothing to it, 2 add 3%).
+# step's peak memory (measured at bench --quick's heal batch: 4 slices add nothing to it, 2 add 3%).
 KL_SLICES = 4
 
 

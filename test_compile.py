@@ -1,6 +1,7 @@
 """--compile (static KV cache + compiled decode step) against the eager dynamic-cache path, and the chunked KL
-barrier (on the reference states a heal keeps) against the unchunked one, on a tiny random Llama. The compiled tests use dynamo's "aot_eager" backend:
-the same capture, guards and recompiles as inductor, without a C++ build (inductor is the bench's business)."""
+barrier (also on the reference states a heal keeps) against the unchunked one, on a tiny random Llama. The compiled
+tests use dynamo's "aot_eager" backend: the same capture, guards and recompiles as inductor, without a C++ build
+(inductor is the bench's business)."""
 import contextlib, dataclasses
 
 import pytest
@@ -116,7 +117,7 @@ def test_chunked_kl_equals_unchunked_values_and_gradients(tiny, direction):
         comps = [tok(t, add_special_tokens=False).input_ids for t in
                  ["Sure, I can help with that today.", "No.", "Well, it depends on many things, really."]]
         prompts = [sh.chat(tok, u) for u in PROMPTS[:3]]
-        batch = lambda idx: sh.make_batch(tok, [prompts[j] for j in idx], [comps[j] for j in idx], pm.device)  # noqa: E731
+        batch = lambda idx: sh.make_batch(tok, [prompts[j] for j in idx], [comps[j] for j in idx], pm.device)  # noqa
         b = batch([0, 1, 2])
         # the states heal() keeps: computed in other micro-batches (other padding), fetched in b's order; the last
         # barrier below gets no ref_ctx: it never runs the reference again
