@@ -2,16 +2,19 @@
 
     python bench.py --quick                          # embedded SmolLM2-135M, reduced sizes, CPU
     python bench.py --arch qwen2.5-1.5b --device cuda --gen-batch 128   # GPU: random-weight Qwen2.5-1.5B shape, bf16
+    python bench.py --gpu-check                      # GPU: every GPU target, PASS/FAIL each, in under 5 minutes
 
 Medians over --repeats after a warm-up, at the default generation length (Config.max_new_tokens) unless
 --new-tokens: steered generation tokens/s batched vs one prompt at a time (eager, dynamic cache); static cache +
 compiled decode step (--compile) vs eager, steered and unsteered, with the compilation time of the first calls and
 the graphs compiled during the timed calls (recompiles: should be 0); hook overhead on each path; one heal optimizer
-step (time, peak memory) for NLL + chunked KL barrier, the unchunked barrier it replaced, heal_loss at lam=0 and pure
-NLL, and full-sequence vs completion-only log-softmax; fast-eval vignettes/s; a whole round by stage (at --preset gpu
-sizes on a GPU, or with --round gpu). Every ratio with a target prints PASS/FAIL. Writes results/bench_<device>.json.
+step (time, peak memory) for NLL + KL barrier as heal() runs it (on reference states computed once per heal, that pass
+spread over the default 3 epochs), the barrier re-running the reference every step (heal before), the unchunked
+barrier, heal_loss at lam=0 and pure NLL, and full-sequence vs completion-only log-softmax; fast-eval vignettes/s; a
+whole round by stage (at --preset gpu sizes on a GPU, or with --round gpu). Every ratio with a target prints
+PASS/FAIL. Writes results/bench_<device>.json.
 """
-import argparse, dataclasses, datetime, json, os, platform, re, statistics, sys, time
+import argparse, contextlib, dataclasses, datetime, json, os, platform, re, statistics, sys, time, traceback
 from pathlib import Path
 if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars around the table
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -25,6 +28,10 @@ ARCHS = {  # random-weight models of a real shape (GPU timing without downloadin
     "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                          intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True,
                          max_position_embeddings=32768, rope_theta=1e6),
+    "tiny-qwen2": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=128, vocab_size=49152, tie_word_embeddings=True,  # --gpu-check's CPU dry run
+                       max_position_embeddings=2048, rope_theta=1e6,
+                       initializer_range=0.1),  # 0.02 at width 64 writes one token over and over, steered or not
 }
 RATIOS = {  # name -> (section, numerator, denominator, field, comparison, target, what it compares)
     "gen_batched_vs_serial": ("generation", "batched_steered", "serial_steered", "tokens_per_s", ">=", 6.0,
@@ -35,8 +42,12 @@ RATIOS = {  # name -> (section, numerator, denominator, field, comparison, targe
                                "compiled gen time: steered / unsteered"),
     "gen_compiled_vs_eager": ("generation", "compiled_steered", "batched_steered", "tokens_per_s", None, None,
                               "steered tok/s: static compiled / eager"),
-    "heal_kl_vs_nll_time": ("heal", "kl_barrier", "nll", "seconds", "<=", 1.4, "heal step time: NLL+KL / NLL"),
+    "heal_kl_vs_nll_time": ("heal", "kl_barrier", "nll", "seconds", "<=", 1.15, "heal step time: NLL+KL / NLL"),
     "heal_kl_vs_nll_mem": ("heal", "kl_barrier", "nll", "peak_mb", "<=", 1.05, "heal step peak mem: NLL+KL / NLL"),
+    "heal_kl_step_vs_nll_time": ("heal", "kl_barrier_step", "nll", "seconds", None, None,
+                                 "heal step time: NLL+KL, no reference pass / NLL"),
+    "heal_ref_every_step_vs_nll_time": ("heal", "kl_ref_every_step", "nll", "seconds", None, None,
+                                        "heal step time: reference every step / NLL"),
     "heal_unchunked_vs_nll_time": ("heal", "kl_unchunked", "nll", "seconds", None, None,
                                    "heal step time: unchunked KL / NLL"),
     "heal_unchunked_vs_nll_mem": ("heal", "kl_unchunked", "nll", "peak_mb", None, None,
@@ -96,16 +107,16 @@ def peak_bytes(fn, dev):
     return int(live.max())
 
 
-def build_arch(arch, dtype="auto", device="auto"):
-    """A randomly initialised model of a real shape, with the embedded model's tokenizer (its ids all fit
-    the larger vocab; sampled ids above the tokenizer's range decode to nothing). UNTESTED on a GPU here."""
+def build_arch(arch, dtype="auto", device="auto", **over):
+    """A randomly initialised model of a real shape (config fields in `over` replace the shape's), with the embedded
+    model's tokenizer (its ids all fit the larger vocab; sampled ids above the tokenizer's range decode to nothing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
     dev = sh.pick_device(device)
     dt = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32}.get(dtype) or getattr(torch, dtype)
     tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
     tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side = "left"
-    cfg = Qwen2Config(**ARCHS[arch], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    cfg = Qwen2Config(**(ARCHS[arch] | over), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     assert len(tok) <= cfg.vocab_size, "the tokenizer's ids must fit the model's vocab"
     torch.manual_seed(0)
@@ -191,7 +202,10 @@ def kl_unchunked(pm, b, cfg, ref_ctx):  # heal_loss's barrier as it was before b
 
 def bench_heal(model, tok, pairs, cfg, repeats, dev):
     """One optimizer step (forward, backward, clip, AdamW step, zero_grad) per loss, same LoRA and batch.
-    KL reference = the adapter disabled. Returns (results, the model with the adapter removed)."""
+    KL reference = the adapter disabled. kl_barrier is heal()'s step: the barrier on the reference states heal keeps,
+    plus the reference pass that computes them once per heal, its time spread over the default Config.epochs
+    (every epoch reuses them) and its kept states counted in the peak; kl_ref_every_step runs the reference in
+    every step, as heal did before. Returns (results, the model with the adapter removed)."""
     from peft import LoraConfig, get_peft_model
     pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                           target_modules=[n for n, _ in sh.lora_modules(model, cfg)]))
@@ -199,12 +213,16 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     rows = pairs[:cfg.train_batch]
     b = sh.make_batch(tok, [p for p, _ in rows], [c for _, c in rows], dev)
-    losses = dict(kl_barrier=lambda: sh.heal_loss(pm, b, cfg, cfg.lam, pm.disable_adapter)[0],
+    kept = dict(b, ref_h=sh.reference_states(pm, b, pm.disable_adapter))
+    losses = dict(kl_barrier=lambda: sh.heal_loss(pm, kept, cfg, cfg.lam, pm.disable_adapter)[0],
+                  kl_ref_every_step=lambda: sh.heal_loss(pm, b, cfg, cfg.lam, pm.disable_adapter)[0],
                   kl_unchunked=lambda: kl_unchunked(pm, b, cfg, pm.disable_adapter),
                   heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, measure=False)[0],
                   nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
+    epochs = sh.Config.epochs
     out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
-               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg, kl_slices=fast.KL_SLICES)
+               lora_r=cfg.lora_r, lam=cfg.lam, tau=cfg.tau, kl_dir=cfg.kl_dir, kl_agg=cfg.kl_agg,
+               kl_slices=fast.KL_SLICES, epochs_amortised=epochs)
 
     def step(loss_fn):  # grads are freed inside the step, so the memory profile sees their whole life
         loss_fn().backward()
@@ -212,12 +230,18 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
         opt.step()
         opt.zero_grad(set_to_none=True)
     steps = {k: (lambda f=f: step(f)) for k, f in losses.items()}
+    steps["reference_pass"] = lambda: sh.reference_states(pm, b, pm.disable_adapter)
     pm.train()
     with torch.enable_grad():
         for fn in steps.values():
             fn()  # warm-up (AdamW allocates its state on the first step)
         secs = median_times(steps, repeats, dev)
         out |= {k: dict(seconds=secs[k], peak_mb=peak_bytes(fn, dev) / 2 ** 20) for k, fn in steps.items()}
+    k, ref = out["kl_barrier"], out["reference_pass"]
+    kept_mb = kept["ref_h"].numel() * kept["ref_h"].element_size() / 2 ** 20
+    out["kl_barrier_step"] = k
+    out["kl_barrier"] = dict(seconds=k["seconds"] + ref["seconds"] / epochs, peak_mb=k["peak_mb"] + kept_mb,
+                             kept_states_mb=kept_mb)
     return out, pm.unload().eval()  # drop the adapter unmerged: the model is untouched
 
 
@@ -265,8 +289,139 @@ def bench_round(model, tok, cfg):
     t.append(time.time())
     sec = {k: t[i + 1] - t[i] for i, k in enumerate(("vector", "generate+filter", "heal", "eval"))}
     return dict(seconds=sec, total=sum(sec.values()), bottleneck=max(sec, key=sec.get), generated=len(items),
-                kept=len(kept), starved=starved, heal_steps=hs.get("steps"), eval_n=cfg.eval_n, compile=cfg.compile,
+                kept=len(kept), starved=starved, heal_steps=hs.get("steps"), heal_status=hs.get("status"),
+                eval_n=cfg.eval_n, compile=cfg.compile,
                 graphs_compiled=graphs_compiled() - g0)  # with --compile its compilation is inside generate+filter
+
+
+GPU_CHECK = {  # --gpu-check's sizes: on a GPU, the targets' own; on the CPU, a dry run of the same code on a tiny shape
+    "cuda": dict(arch="qwen2.5-1.5b", gen_batch=128, new_tokens=sh.Config.max_new_tokens, repeats=3, round=dict(
+        sh.PRESETS["gpu"], gen_batch=128, probe_n=128, max_batches=2, min_train=64, eval_n=64)),  # one bucket: 128
+    "cpu": dict(arch="tiny-qwen2", gen_batch=8, new_tokens=8, repeats=1, round=dict(sh.PRESETS["quick"], compile=True)),
+}
+GPU_BUDGET_S = 300  # the whole check: a GPU may be lent for minutes at a time
+
+
+def greedy_compiled_vs_eager(arch, device, new_tokens, doses):
+    """Greedy tokens of --compile's path against the eager path's, steered with per-row doses and the length decay
+    (whose counter t the compiled step increments in place: under CUDA graphs, transformers' mode on a GPU, only a
+    GPU can show it) and unsteered. fp32, 4 blocks of the real shape: rounding must not flip a near-tied argmax (the
+    final norm is scaled up for wide logit margins), and this check compiles its own graphs, so small ones.
+    Returns (equal, what differs)."""
+    model, tok = build_arch(arch, "float32", device, num_hidden_layers=4)  # no TF32 either: nothing here turns it on
+    with torch.no_grad():
+        model.get_decoder().norm.weight.mul_(8.0)
+    prompts = [sh.chat(tok, sh.GEN_PROMPTS[i]) for i in range(len(doses))]
+    layers = sh.steer_layers(model, sh.Config.layers)
+    scale = sh.hidden_at_last(model, tok, prompts, layers)  # doses in units of the hidden states' norm
+    g = torch.Generator().manual_seed(0)
+    vec = {l: (v := torch.randn(model.config.hidden_size, generator=g)) / v.norm() * h.norm(dim=-1).mean().item()
+           for l, h in scale.items()}
+    cfg = sh.Config(max_new_tokens=new_tokens, gen_batch=len(doses), steer_decay=1.0, steer_decay_t=2.0)
+    runs = dict(unsteered=(cfg, None, None), steered_decay=(cfg, vec, doses),
+                steered_no_decay=(dataclasses.replace(cfg, steer_decay=0.0), vec, doses))
+    ids = lambda c, v, d: [x["ids"] for x in sh.generate(model, tok, prompts, c, v, d, greedy=True)]  # noqa: E731
+    eager, diff = {k: ids(*run) for k, run in runs.items()}, []
+    for k in ("unsteered", "steered_decay"):  # the compiled step's graphs: two, as in a run
+        c, v, d = runs[k]
+        got = ids(dataclasses.replace(c, compile=True), v, d)
+        diff += [f"{k} row {i}" for i, (a, b) in enumerate(zip(got, eager[k])) if a != b]
+    if eager["steered_decay"] == eager["unsteered"] or eager["steered_decay"] == eager["steered_no_decay"]:
+        diff.append("vacuous: the doses or the decay change no token (eager)")
+    return not diff, diff
+
+
+def gpu_check(a):
+    """python bench.py --gpu-check: every GPU target once on a random-weight Qwen2.5-1.5B shape, one PASS/FAIL
+    line each, in under GPU_BUDGET_S; each target runs even when another fails. --device cpu: the same code on a tiny
+    shape (a dry run, tested in test_bench.py, so it is known to start; its verdicts mean nothing)."""
+    dev = sh.pick_device(a.device)
+    size = GPU_CHECK["cuda" if dev.type == "cuda" else "cpu"]
+    t0, checks, res = time.time(), {}, dict(device=dev.type, arch=size["arch"], sizes=size, dry_run=dev.type != "cuda")
+    model, tok = build_arch(size["arch"], a.dtype, a.device)
+    res["machine"] = machine_info(model, dev)
+    print(f"gpu-check: {size['arch']} on {res['machine']['gpu'] or dev.type} ({res['machine']['dtype']})"
+          + ("  DRY RUN: a tiny shape on the CPU, the verdicts mean nothing" if res["dry_run"] else ""), flush=True)
+    cfg = dataclasses.replace(sh.Config(), **(sh.PRESETS["gpu"] | dict(max_new_tokens=size["new_tokens"])))
+    torch.set_grad_enabled(False)
+
+    def verdict(name, value, op, target, what):
+        ok = value <= target if op == "<=" else value >= target if op == ">=" else value == target
+        checks[name] = dict(verdict="PASS" if ok else "FAIL", value=value, target=f"{op} {target}", what=what)
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {checks[name]['verdict']}  {what:<52} {shown:>12}  {op} {target}  ({time.time() - t0:.0f}s)",
+              flush=True)
+
+    def stage(name, fn, *names):  # a failing stage fails its targets and lets the others run
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001  (reported, not hidden: the message is the verdict)
+            for n in names or (name,):
+                checks[n] = dict(verdict="FAIL", value=None, error=f"{type(e).__name__}: {e}")
+            print(f"  FAIL  {name}: {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc()
+
+    vec = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:8], sh.steer_layers(model, cfg.layers))
+
+    def generation():
+        g, pairs = bench_generation(model, tok, vec, cfg, size["gen_batch"], size["repeats"], dev, n_serial=2)
+        res["generation"] = g
+        verdict("compiled_steered_tok_s", g["compiled_steered"]["tokens_per_s"], ">=", 20000,
+                f"steered tok/s, batch {size['gen_batch']}, --compile")
+        verdict("hook_overhead_compiled", g["compiled_steered"]["seconds"] / g["compiled_unsteered"]["seconds"], "<=",
+                1.05, "compiled gen time: steered / unsteered")
+        verdict("recompiles_timed", g["compiled"]["recompiles_timed"], "<=", 0, "graphs compiled during timed calls")
+        return pairs
+    pairs = stage("generation", generation, "compiled_steered_tok_s", "hook_overhead_compiled", "recompiles_timed")
+    pairs = pairs or [(sh.chat(tok, u), list(range(100, 100 + size["new_tokens"]))) for u in sh.GEN_PROMPTS[:16]]
+
+    def heal():
+        nonlocal model
+        res["heal"], model = bench_heal(model, tok, pairs, cfg, size["repeats"], dev)
+        h = res["heal"]
+        verdict("heal_kl_vs_nll_time", h["kl_barrier"]["seconds"] / h["nll"]["seconds"], "<=", 1.15,
+                f"heal step time: NLL+KL / NLL ({h['epochs_amortised']} epochs)")
+        verdict("heal_kl_vs_nll_mem", h["kl_barrier"]["peak_mb"] / h["nll"]["peak_mb"], "<=", 1.05,
+                "heal step peak mem: NLL+KL / NLL")
+    stage("heal", heal, "heal_kl_vs_nll_time", "heal_kl_vs_nll_mem")
+    if dev.type == "cuda":
+        def pinned():  # the reference states a heal keeps, when they do not fit on the GPU
+            b = lambda idx: sh.make_batch(tok, *zip(*[pairs[j] for j in idx]), dev)  # noqa: E731
+            ref = lambda mb: sh.reference_states(model, mb, contextlib.nullcontext)  # noqa: E731
+            n = min(16, len(pairs))
+            on, off = (fast.kept_states(b, ref, n, 8, dev, room=r)(list(range(n))[::-1]) for r in (None, 0))
+            verdict("kept_states_pinned_equal", bool(torch.equal(on, off)), "==", True,
+                    "kept reference states: pinned CPU == on the GPU")
+        stage("kept_states_pinned_equal", pinned)
+
+    def equal():
+        same, diff = greedy_compiled_vs_eager(size["arch"], a.device, 16, [0.0, 0.5, 1.0, 2.0, 4.0, 1.0, 2.0, 4.0])
+        res["greedy_diff"] = diff
+        mode = "CUDA graphs" if dev.type == "cuda" else "no CUDA graphs"
+        verdict("greedy_compiled_equals_eager", same, "==", True, f"greedy tokens: compiled ({mode}) == eager")
+        if diff:
+            print("        differs: " + "; ".join(diff[:8]), flush=True)
+    stage("greedy_compiled_equals_eager", equal)
+
+    def whole_round():
+        rc = dataclasses.replace(sh.Config(), **size["round"])
+        rc.max_new_tokens = rc.sample_tokens = size["new_tokens"]  # the generation check's graphs serve the round too
+        res["round"] = r = bench_round(model, tok, rc)
+        print("        round by stage: " + " | ".join(f"{k} {v:.1f}s" for k, v in r["seconds"].items())
+              + f" (generated {r['generated']}, kept {r['kept']}{', starved' if r['starved'] else ''})", flush=True)
+        verdict("whole_round", r["heal_status"] == "ok", "==", True, f"one whole round ({r['total']:.0f}s, by stage)")
+    stage("whole_round", whole_round)
+    res["wall_seconds"] = time.time() - t0
+    verdict("wall_seconds", res["wall_seconds"], "<=", GPU_BUDGET_S, "the whole check, seconds")
+    res["checks"] = checks
+    slug = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_") if dev.type == "cuda" else "cpu"
+    out = Path(a.out or f"results/gpu_check_{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    fails = [k for k, v in checks.items() if v["verdict"] != "PASS"]
+    print(f"gpu-check: {len(checks) - len(fails)}/{len(checks)} PASS" + (f"; FAIL: {' '.join(fails)}" if fails else "")
+          + f"; wrote {out}")
+    return res
 
 
 def machine_info(model, dev):
@@ -301,7 +456,8 @@ def table(r):
     rows += [(f"compiled ({c['backend']}) first calls s", " | ".join(f"{v:.1f}" for v in c["first_call_seconds"].values())),
              ("compiled graphs: warm-up | timed", f"{c['graphs_warmup']} | {c['recompiles_timed']}")]
     rows += [(f"heal step {k} s | peak MB", f"{h[k]['seconds']:.3f} | {h[k]['peak_mb']:.0f}")
-             for k in ("kl_barrier", "kl_unchunked", "heal_loss_lam0", "nll", "nll_full_logsoftmax")]
+             for k in ("kl_barrier", "kl_barrier_step", "reference_pass", "kl_ref_every_step", "kl_unchunked",
+                       "heal_loss_lam0", "nll", "nll_full_logsoftmax")]
     rows += [(f"eval fast vignettes/s ({e['frames']})", f"{e['vignettes_per_s']:.2f}")]
     if rd:
         rows += [(f"round ({rd['preset']}) {k} s", f"{v:.1f}") for k, v in rd["seconds"].items()] + [
@@ -334,7 +490,9 @@ def parse(argv=None):
                    help="sizes of the whole-round timing: auto = gpu on a GPU, else quick with --quick, else default")
     p.add_argument("--compile-backend", default=fast.COMPILE_BACKEND,
                    help="torch.compile backend of the compiled path (inductor; aot_eager in the tests)")
-    p.add_argument("--out", default="", help="JSON path (default results/bench_<device>.json)")
+    p.add_argument("--gpu-check", action="store_true", help="every GPU target, PASS/FAIL each, in under 5 minutes on "
+                   "a random-weight Qwen2.5-1.5B shape; with --device cpu a dry run on a tiny shape")
+    p.add_argument("--out", default="", help="JSON path (default results/bench_<device>.json; gpu_check_<device>.json)")
     return p.parse_args(argv)
 
 
@@ -344,6 +502,8 @@ def main(argv=None):
     if a.threads:  # on a shared, busy CPU, 1 thread avoids OpenMP threads waiting on each other
         torch.set_num_threads(a.threads)
     fast.COMPILE_BACKEND = a.compile_backend
+    if a.gpu_check:
+        return gpu_check(a)
     cfg = dataclasses.replace(sh.Config(), model=a.model, **(sh.PRESETS["quick"] if a.quick else {}))
     cfg.max_new_tokens = a.new_tokens or sh.Config.max_new_tokens  # generation at the run's length: not prefill-bound
     model, tok = build_arch(a.arch, a.dtype, a.device) if a.arch else sh.load_model(a.model, a.device, a.dtype)

@@ -1,8 +1,9 @@
 """fast.py: speed and memory for steer_heal.py, the same numbers as its plain path (test_compile.py proves it).
 
 --compile's generation: a static KV cache, a compiled decode step, and one persistent steering slot per model.
-The KL barrier in slices: the reference's [N, V] log-softmax is never held at once (ChunkedKL). steer_heal.py
-calls these; read it for the algorithm, this file for why the fast path is shaped the way it is.
+The KL barrier: the reference's states kept once per heal (kept_states), its [N, V] log-softmax computed in slices
+and never held at once (ChunkedKL). steer_heal.py calls these (this file never imports it); read it for the
+algorithm, this file for why the fast path is shaped the way it is.
 """
 import contextlib
 
@@ -67,31 +68,54 @@ def compiled_generation(model, length):
                    max_cache_len=-(-length // STATIC_LEN_STEP) * STATIC_LEN_STEP)
 
 
-KL_SLICES = 8  # barrier_kl's reference log-softmax is computed in this many slices of the completion positions
+# barrier_kl's reference log-softmax is computed in this many slices of the completion positions: few, because each
+# slice is one head matmul and a short one runs far below matmul speed (measured on this CPU, the embedded model's
+# head on 192 positions: 8 slices take 2.5x the time of 1), but not 1, whose [N, V] temporaries would raise the heal
+# step's peak memory (measured at bench --quick's heal batch: 4 slices add nothing to it, 2 add 3%).
+KL_SLICES = 4
 
 
 class ChunkedKL(torch.autograd.Function):
-    """kl_per_position(logp, head(h), direction) over slices of `chunk` positions, where head(h) is the reference's
-    log-softmax: computed slice by slice in the forward and again in the backward, so no [N, V] copy of it is ever
-    held or saved. The backward writes d KL / d logp by hand (rev: p (logp - ref + 1); fwd: -exp(ref)), the same
-    derivative autograd takes through kl_per_position; logp itself is already saved by its log_softmax."""
+    """kl_per_position(logp, head(h), direction) [N] over slices of `chunk` positions, where head(h) is the
+    reference's log-softmax: no [N, V] copy of it is ever held. The head runs once per step: the forward writes
+    d KL / d logp as it goes (rev: p (logp - ref + 1); fwd: -exp(ref)) into one [N, V] buffer, the size of the
+    gradient the backward would have allocated anyway, and the backward only scales it by the upstream grad.
+    The formulas are kl_per_position's, written here so this file never imports steer_heal; test_compile.py
+    proves values and gradients equal to autograd through the unchunked kl_per_position."""
     @staticmethod
     def forward(ctx, logp, h, head, direction, chunk):
-        ctx.save_for_backward(logp, h)
-        ctx.head, ctx.direction, ctx.chunk = head, direction, chunk
-        from steer_heal import kl_per_position  # the readable definition; this only slices it
-        return torch.cat([kl_per_position(logp[i:i + chunk], head(h[i:i + chunk]), direction)
-                          for i in range(0, len(h), chunk)])
+        grad = torch.empty_like(logp) if ctx.needs_input_grad[0] else None
+        kl = logp.new_empty(len(logp))
+        for i in range(0, len(h), chunk):
+            lp, ref = logp[i:i + chunk], head(h[i:i + chunk])
+            # p: the distribution the KL is an expectation under, written where its gradient goes (no other copy)
+            p = torch.exp(lp if direction == "rev" else ref, out=None if grad is None else grad[i:i + chunk])
+            d = torch.sub(lp, ref, out=ref) if direction == "rev" else ref.sub_(lp)  # log-ratio, in ref's buffer
+            kl[i:i + chunk] = (p * d).sum(-1)  # kl_per_position's own order of operations: the same rounding
+            if grad is not None:  # rev: p (d + 1); fwd: -p
+                p.mul_(d.add_(1)) if direction == "rev" else p.neg_()
+        ctx.grad = grad  # an intermediate, not an input or output: kept on ctx, freed by the backward
+        return kl
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        logp, h = ctx.saved_tensors
-        grad, c = torch.empty_like(logp), ctx.chunk
-        for i in range(0, len(h), c):
-            lp, ref, out = logp[i:i + c], ctx.head(h[i:i + c]), grad[i:i + c]
-            if ctx.direction == "rev":
-                torch.sub(lp, ref, out=out).add_(1).mul_(lp.exp())
-            else:
-                torch.exp(ref, out=out).neg_()
-            out.mul_(g[i:i + c, None])
-        return grad, None, None, None, None
+        grad, ctx.grad = ctx.grad, None
+        return grad.mul_(g[:, None]), None, None, None, None
+
+
+def kept_states(batch, states, n, size, dev, room=None):
+    """The barrier's reference, once per heal: it does not change while an adapter trains, so its last hidden states
+    at the completion positions are computed once per training example, in micro-batches of `size` (batch(idx) ->
+    make_batch's dict, states(b) -> [sum of b["lengths"], H]), and kept. Returns get(idx): the rows of examples idx,
+    in order, on `dev`. Kept on `dev` while they fit in `room` bytes (default: a quarter of its free memory; the step
+    still needs room for its activations); the rest in pinned CPU memory, copied back per micro-batch without
+    blocking (UNTESTED on a GPU: bench.py --gpu-check compares the two)."""
+    budget = room if room is not None else torch.cuda.mem_get_info(dev)[0] // 4 if dev.type == "cuda" else float("inf")
+    rows, used = [], 0
+    for i in range(0, n, size):
+        b = batch(list(range(i, min(i + size, n))))
+        for h in states(b).split(b["lengths"]):
+            used += h.numel() * h.element_size()
+            rows.append(h if used <= budget else torch.empty_like(h, device="cpu", pin_memory=True).copy_(h))
+    return lambda idx: torch.cat([rows[j].to(dev, non_blocking=True) for j in idx])

@@ -708,10 +708,9 @@ def check_targets(model, cfg):
 
 
 def stash_base(model, cfg):
-    """Original weights of every matrix a LoRA round can change (lora_modules); kept so `base` stays
-    reachable after rounds are merged (merging is lossy to undo in low precision, so we never unmerge).
-    Cost: a copy of the targeted matrices on the model's device (with the default targets and band, most
-    of the non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
+    """Original weights of every matrix a LoRA round can change (lora_modules), so `base` stays reachable after rounds
+    are merged (undoing a merge is lossy in low precision: we never unmerge). Cost: a copy of those matrices on the
+    model's device (by default most non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
     return [(m, m.weight.detach().clone()) for _, m in lora_modules(model, cfg)]
 
 
@@ -735,15 +734,17 @@ def kl_per_position(logp, ref_logp, direction="rev"):
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
-def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
-    """Per-position KL [N] between the student's completion log-probs `logp` [N, V] and the reference's (the model
-    under ref_ctx), without materialising the reference's [N, V] log-softmax: its decoder runs once under ref_ctx
-    (no grad) to hidden states [N, H]; head and log-softmax run `chunk` positions at a time (ChunkedKL; default
-    N / KL_SLICES: an eighth of the copy at a time, and few enough head matmuls that reading the head's weights
-    stays cheap on a GPU). The head is outside every LoRA round and every stash (lora_modules takes linears inside
-    the blocks only), so outside ref_ctx it is still the reference's. Gradients reach logp as through kl_per_position."""
+def reference_states(model, b, ref_ctx):
+    """All the barrier needs of the reference (the model under ref_ctx): last hidden states at the completions [N, H]."""
     with torch.no_grad(), ref_ctx():
-        h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+        return model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+
+
+def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
+    """Per-position KL [N] of the student's completion log-probs `logp` [N, V] to the reference's, from its states
+    (b["ref_h"], kept by heal, else reference_states now); head + log-softmax `chunk` positions at a time (ChunkedKL),
+    never its whole [N, V]. The head is outside every LoRA and stash (lora_modules), so it is the reference's."""
+    h = b["ref_h"] if "ref_h" in b else reference_states(model, b, ref_ctx)
     chunk = chunk or max(1, -(-len(h) // fast.KL_SLICES))
     return fast.ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
 
@@ -786,10 +787,10 @@ def spectral_penalty(pm, state, iters=3):
 
 
 def heal_loss(model, b, cfg, lam, ref_ctx, measure=True, task=None):
-    """Returns (loss, stats). loss = task + lam * mean_seq relu(D - tau). task = (name, fn(logp) -> scalar),
-    the data term on the student's completion log-probs: None = the completion NLL (steer-heal); prompt-bake
-    and online pass their own (distill_task, pg_task). With lam == 0 the loss is exactly the task: the
-    reference forward then runs only when `measure` asks for the KL to be logged, outside the autograd graph."""
+    """Returns (loss, stats). loss = task + lam * mean_seq relu(D - tau); task = (name, fn(logp) -> scalar), the data
+    term on the student's completion log-probs: None = the completion NLL (steer-heal), else prompt-bake's or online's
+    (distill_task, pg_task). At lam == 0 the loss is exactly the task; the KL is computed only when `measure` asks, for
+    the log, outside the autograd graph."""
     logp = completion_logits(model, b).float().log_softmax(-1)
     name, data = ("nll", -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()) if task is None else (task[0], task[1](logp))
     if not lam and not measure:
@@ -828,7 +829,7 @@ def pg_task(b, adv):
 
 
 def new_adapter(model, cfg, k, stash, steps):
-    """A fresh zero-init LoRA on `model` with its optimizer and schedule (warmup, then cosine to 0), and
+    """A fresh zero-init LoRA on `model` with its optimizer and schedule (warmup, then cosine to 0), its device, and
     ref_ctx: the barrier's reference, from the same weights (adapter off; original weights for kl_ref=base)."""
     from peft import LoraConfig, get_peft_model
     torch.manual_seed(cfg.seed + 1000 * k + 7)
@@ -845,7 +846,7 @@ def new_adapter(model, cfg, k, stash, steps):
     warm = max(1, round(cfg.warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    return pm, ref_ctx, params, opt, sched
+    return pm, ref_ctx, params, opt, sched, next(pm.parameters()).device
 
 
 def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
@@ -914,12 +915,12 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     """Trains a fresh LoRA on fixed data (steer-heal's survivors; prompt-bake's teacher samples with
     task=distill_task); returns (peft_model, stats), stats["status"] != "ok" on faults."""
     g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 11)
-    micro = [[train[j] for j in perm[i:i + cfg.train_batch]] for _ in range(cfg.epochs)
-             for perm in [torch.randperm(len(train), generator=g).tolist()]
-             for i in range(0, len(train), cfg.train_batch)]
+    perms = [torch.randperm(len(train), generator=g).tolist() for _ in range(cfg.epochs)]  # one per epoch
+    micro = [p[i:i + cfg.train_batch] for p in perms for i in range(0, len(train), cfg.train_batch)]  # indices into train
     steps = math.ceil(len(micro) / cfg.grad_accum)
-    pm, ref_ctx, params, opt, sched = new_adapter(model, cfg, k, stash, steps)
-    dev = pm.device if hasattr(pm, "device") else next(pm.parameters()).device
+    pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
+    batch = lambda idx: make_batch(tok, [train[j]["prompt"] for j in idx], [train[j]["ids"] for j in idx], dev)  # noqa: E731
+    ref_h = fast.kept_states(batch, lambda b: reference_states(pm, b, ref_ctx), len(train), cfg.train_batch, dev)
     spec = {}
 
     def val_nll():
@@ -931,11 +932,11 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
         return torch.cat(n).mean().item()
 
     def step_losses(s, measure):
-        def thunk(mb):
-            b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
+        def thunk(idx):
+            b, mb = dict(batch(idx), ref_h=ref_h(idx)), [train[j] for j in idx]
             loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, measure, task and task(pm, tok, mb, dev))
             return regularised(pm, tok, cfg, loss, st, s, anchor, spec, dev)
-        return [lambda mb=mb: thunk(mb) for mb in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]]
+        return [lambda idx=idx: thunk(idx) for idx in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]]
 
     before = val_nll()
     hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"heal r{k}")
@@ -955,8 +956,7 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
     (default: what a default steer-heal round generates), then bake as steer-heal does."""
     B, G = cfg.online_batch, cfg.online_group
     steps = max(1, math.ceil(cfg.online_samples / (B * G)))
-    pm, ref_ctx, params, opt, sched = new_adapter(model, cfg, k, stash, steps)
-    dev = pm.device if hasattr(pm, "device") else next(pm.parameters()).device
+    pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
     g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 5)
     order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
     st, spec, floor = dict(kappa=1.0, vec=vec), {}, -math.log(data["gate"]) - 1.0  # below any survivor's reward

@@ -1,5 +1,6 @@
 """bench.py end to end on a tiny random Llama (embedded tokenizer): the JSON has every key and every ratio is a
-positive finite number. No timing assertions: speed lives in the benchmark, never in a test."""
+positive finite number; --gpu-check's CPU dry run judges every target. No timing assertions: speed lives in the
+benchmark, never in a test."""
 import json, math
 
 import pytest
@@ -47,7 +48,8 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
         assert g[k]["tokens"] == 4 * 4 and g[k]["tokens_per_s"] > 0
     c = g["compiled"]  # steered and unsteered compile once each in the warm-up, never while timed
     assert c["backend"] == "aot_eager" and c["graphs_warmup"] == 2 and c["recompiles_timed"] == 0
-    for k in ("kl_barrier", "kl_unchunked", "heal_loss_lam0", "nll", "nll_full_logsoftmax"):
+    for k in ("kl_barrier", "kl_barrier_step", "kl_ref_every_step", "kl_unchunked", "heal_loss_lam0", "nll",
+              "nll_full_logsoftmax", "reference_pass"):
         assert r["heal"][k]["seconds"] > 0 and r["heal"][k]["peak_mb"] > 0
     assert r["eval"]["n"] == 4 and r["eval"]["vignettes_per_s"] > 0
     assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}
@@ -57,3 +59,25 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
     # every target is judged; the GPU tok/s target only on a GPU with the 1.5B shape
     assert set(r["checks"]) == {k for k, v in bench.RATIOS.items() if v[4]} | {"recompiles_timed"}
     assert set(r["checks"].values()) <= {"PASS", "FAIL"} and r["checks"]["recompiles_timed"] == "PASS"
+
+
+@pytest.mark.skipif(not bench.VIGNETTES.exists(), reason="needs ../shared/tinymfv vignettes")
+def test_gpu_check_dry_run_on_the_cpu_judges_every_target(tmp_path):
+    """bench.py --gpu-check --device cpu: the GPU check's code on a tiny shape, so a GPU's few minutes are not spent
+    finding that it does not start. Every stage runs without an exception and every target gets a verdict; the
+    greedy equality is exact here (fp32, compiled without CUDA graphs), so it must PASS."""
+    out, threads = tmp_path / "gpu_check.json", torch.get_num_threads()
+    try:
+        r = bench.main(["--gpu-check", "--device", "cpu", "--threads", "1", "--compile-backend", "aot_eager",
+                        "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+        fast.COMPILE_BACKEND = "inductor"
+    checks = json.loads(out.read_text())["checks"]
+    assert r["dry_run"] and set(checks) == {
+        "compiled_steered_tok_s", "hook_overhead_compiled", "recompiles_timed", "heal_kl_vs_nll_time",
+        "heal_kl_vs_nll_mem", "greedy_compiled_equals_eager", "whole_round", "wall_seconds"}  # pinned: GPU only
+    assert all(v["verdict"] in ("PASS", "FAIL") and "error" not in v for v in checks.values()), checks
+    for k in ("greedy_compiled_equals_eager", "recompiles_timed", "whole_round"):
+        assert checks[k]["verdict"] == "PASS", (k, checks[k], r.get("greedy_diff"))
+    assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}

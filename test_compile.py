@@ -1,6 +1,7 @@
 """--compile (static KV cache + compiled decode step) against the eager dynamic-cache path, and the chunked KL
-barrier against the unchunked one, on a tiny random Llama. The compiled tests use dynamo's "aot_eager" backend:
-the same capture, guards and recompiles as inductor, without a C++ build (inductor is the bench's business)."""
+barrier (also on the reference states a heal keeps) against the unchunked one, on a tiny random Llama. The compiled
+tests use dynamo's "aot_eager" backend: the same capture, guards and recompiles as inductor, without a C++ build
+(inductor is the bench's business)."""
 import contextlib, dataclasses
 
 import pytest
@@ -115,11 +116,17 @@ def test_chunked_kl_equals_unchunked_values_and_gradients(tiny, direction):
                     p.normal_(0, 0.3)
         comps = [tok(t, add_special_tokens=False).input_ids for t in
                  ["Sure, I can help with that today.", "No.", "Well, it depends on many things, really."]]
-        b = sh.make_batch(tok, [sh.chat(tok, u) for u in PROMPTS[:3]], comps, pm.device)
+        prompts = [sh.chat(tok, u) for u in PROMPTS[:3]]
+        batch = lambda idx: sh.make_batch(tok, [prompts[j] for j in idx], [comps[j] for j in idx], pm.device)  # noqa
+        b = batch([0, 1, 2])
+        # the states heal() keeps: computed in other micro-batches (other padding), fetched in b's order; the last
+        # barrier below gets no ref_ctx: it never runs the reference again
+        kept = fast.kept_states(batch, lambda mb: sh.reference_states(pm, mb, pm.disable_adapter), 3, 2, pm.device)
         out = []
         for kl_fn in (lambda lp: unchunked_kl(pm, b, lp, pm.disable_adapter, direction),
                       lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction, chunk=5),  # ragged slices
-                      lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction)):  # heal_loss's default
+                      lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction),  # heal_loss's default
+                      lambda lp: sh.barrier_kl(pm, dict(b, ref_h=kept([0, 1, 2])), lp, None, direction)):  # kept
             pm.zero_grad()
             with torch.enable_grad():
                 logp = sh.completion_logits(pm, b).float().log_softmax(-1)
@@ -128,6 +135,7 @@ def test_chunked_kl_equals_unchunked_values_and_gradients(tiny, direction):
             out.append((kl.detach(), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}))
         (kl0, g0), *chunked = out
         assert len(kl0) == int(b["pred"].sum()) > 2 * 5 and kl0.min() > 1e-3
+        assert [len(kept([j])) for j in (2, 0, 1)] == [b["lengths"][j] for j in (2, 0, 1)]  # rows follow idx
         assert max(g.abs().max() for g in g0.values()) > 1e-3
         for kl1, g1 in chunked:
             torch.testing.assert_close(kl1, kl0, rtol=1e-5, atol=1e-6)
@@ -157,3 +165,17 @@ def test_chunked_kl_never_holds_the_reference_log_softmax(tiny):
             dict(unchunked=lambda lp: unchunked_kl(model, b, lp, ref_ctx, "rev"),
                  chunked=lambda lp: sh.barrier_kl(model, b, lp, ref_ctx, "rev", chunk=8)).items()}
     assert N >= 64 and peak["chunked"] < peak["unchunked"] - 1.5 * N * V * 4, (N, V, peak)
+
+
+def test_heal_runs_the_reference_once_per_example_not_per_epoch(tiny, monkeypatch):
+    """The barrier's reference is fixed during a heal: 3 epochs over 6 examples in micro-batches of 2 run it on 3
+    batches (6 examples), not 9, and the KL is still there (from the kept states)."""
+    model, tok = tiny
+    calls, states = [], sh.reference_states
+    monkeypatch.setattr(sh, "reference_states", lambda m, b, ctx: calls.append(len(b["lengths"])) or states(m, b, ctx))
+    train = [dict(prompt=sh.chat(tok, u), ids=[100 + j, 200, 300 + j]) for j, u in enumerate(PROMPTS + PROMPTS[:1])]
+    cfg = sh.Config(epochs=3, train_batch=2, lora_targets=("q_proj", "v_proj"), tau=0.0)
+    pm, st = sh.heal(model, tok, train, [], [], cfg, 0, sh.stash_base(model, cfg), lam=1.0)
+    pm.unload()
+    assert st["status"] == "ok" and st["steps"] == 9 and st["kl_agg"] > 0
+    assert calls == [2, 2, 2]
