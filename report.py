@@ -722,8 +722,8 @@ def validity(runs):
     """The header's lines on the readers: which read this persona (in the order they may decide) and whether each
     passes its chance and direction checks here; the rest are shown and never decide."""
     mine = readers_of(runs)
-    out = [f"- readers of this persona, in the order they may decide ({'+' if s > 0 else '−'} = the persona's "
-           f"direction): " + ", ".join(f"{k} {'+' if s > 0 else '−'}" for k, s in mine)]
+    out = ["- readers of this persona, in the order they may decide (+ / − = the persona's "
+           "direction): " + ", ".join(f"{k} {'+' if s > 0 else '−'}" for k, s in mine)]
     for k, _ in mine:
         bad, why = at_chance(runs, k)
         out.append(f"  - {k}: {'NOT readable' if bad else 'readable'}: {why}")
