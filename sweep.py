@@ -17,8 +17,13 @@ A reader decides only when it passes report.py's checks and λ=0 moved it beyond
     python sweep.py --settings lam0 rmse_lam1 --seeds 0    # a slice
     python sweep.py --summarize           # summary.md, summary.json + frontier.png from sweep.jsonl, no model
 
+The crux over rounds: whole steer_heal runs (warmth persona), one per (setting, seed), one at a time, into
+results/crux_rounds/<setting>/seed<k>/; resumable (done runs are skipped, unfinished ones --resume'd):
+
+    python sweep.py --over-rounds [--settings lam0 rmse ...] [--seeds 0 1 2] [--rounds 4] [-- steer_heal flags]
+    python sweep.py --over-rounds --summarize    # summary.md, summary.json, frontier.png from the runs, no model
 """
-import argparse, json, math, statistics, sys, time
+import argparse, json, math, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 import torch
@@ -93,15 +98,31 @@ def read_all(model, tok, cfg, ctx, stash, v0):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # --over-rounds: flags for every new steer_heal run
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="results/crux")
+    ap.add_argument("--out", help="default: results/crux, or results/crux_rounds with --over-rounds")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", help=f"single round: {', '.join(SETTINGS)} (default all); over "
+                                                  f"rounds: {', '.join(ROUND_SETTINGS)} (default all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--summarize", action="store_true", help="only write summary.md, summary.json and frontier.png")
+    ap.add_argument("--over-rounds", action="store_true", help="the crux over rounds: whole steer_heal runs, one "
+                                                               "at a time, into OUT/<setting>/seed<k>/")
+    ap.add_argument("--rounds", type=int, default=4, help="--over-rounds: rounds per run (fewer if the ppl ceiling "
+                                                          "stops it)")
+    ap.add_argument("--dry-run", action="store_true", help="--over-rounds: print the commands, run nothing")
     a = ap.parse_args(argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    grid = ROUND_SETTINGS if a.over_rounds else SETTINGS
+    a.settings = a.settings or list(grid)
+    if set(a.settings) - set(grid):
+        ap.error(f"--settings {' '.join(sorted(set(a.settings) - set(grid)))}: choose from {', '.join(grid)}")
+    out = Path(a.out or ("results/crux_rounds" if a.over_rounds else "results/crux"))
+    if not a.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+    if a.over_rounds:
+        return summarize_rounds(out, a.rounds) if a.summarize else run_rounds(a, out, extra)
     if a.summarize:
         return summarize(out)
     if a.threads:
@@ -392,6 +413,328 @@ def frontier(out, base, by, passes):
         ax.set_xlabel("ppl of greedy held-out answers under the base model (incoherence →)")
         ax.set_ylabel(f"Δ {key} vs base" + ("" if passes[key] else " (does NOT pass: decides nothing)"))
     fig.suptitle("Crux sweep: each point a heal setting (mean over seeds, bars = min–max); dotted = base model")
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
+    plt.close(fig)
+
+
+# ---- the crux over rounds: whole steer_heal runs, one at a time ------------------------------------------------
+# name -> steer_heal flags. λ=0 (NLL only) is the reference; the barrier and the rivals at the issue's strengths.
+ROUND_SETTINGS = {
+    "lam0": ["--lam", "0"],
+    "rmse": ["--kl-agg", "rmse", "--lam", "1"],  # the default barrier, spelled out so the record says so
+    "mean": ["--kl-agg", "mean", "--lam", "1"],  # the mean aggregate at the same λ
+    "spectral3": ["--spectral-lam", "3", "--lam", "0"],  # the single-round sweep's best
+    "anchor1": ["--anchor-nll", "1", "--lam", "0"],
+}
+# every run: the warmth persona (readers outside the model can see it); no prompting line (the steered line's ± dose
+# direction check stays, and the summary does not need prompting)
+ROUND_FLAGS = ["--persona", "love", "--no-baselines"]
+STEER_HEAL = Path(__file__).resolve().parent / "steer_heal.py"
+SAME = {"seed", "seeds", "name", "out", "resume", "overwrite", "rounds", "lam", "kl_agg", "spectral_lam",
+        "anchor_nll", "device", "compile"}  # config keys runs of one grid may differ in
+
+
+def run_state(d, rounds):
+    """'new' (no run there), 'done' (stopped, or `rounds` rounds completed) or 'resume'."""
+    if not (d / "config.json").exists():
+        return "new"
+    lines = report.read_jsonl(str(d / "rounds.jsonl"))
+    if any(x.get("kind") == "stop" for x in lines):
+        return "done"
+    ok = {x.get("round") for x in lines if x.get("kind") == "round" and x.get("status") == "ok"}
+    return "done" if len(ok) >= rounds else "resume"
+
+
+def run_rounds(a, out, extra):
+    """Every (setting, seed) run not yet done, one at a time (two processes on two cores run 5-15x slower), in a
+    subprocess each (a crash or a kill leaves the others intact); then the summary. A run killed midway resumes
+    with steer_heal --resume; `extra` flags go to new runs only (--resume refuses flags that change a run)."""
+    env = dict(os.environ, **({k: str(a.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if a.threads else {}))
+    for seed in a.seeds:  # seed-major: a grid stopped early still has every setting at its first seeds
+        for name in a.settings:
+            d = out / name / f"seed{seed}"
+            state = run_state(d, a.rounds)
+            if state == "done":
+                print(f"[sweep] {d}: done, skipped")
+                continue
+            cmd = ([sys.executable, os.path.relpath(STEER_HEAL)]
+                   + (["--resume", str(d), "--rounds", str(a.rounds)] if state == "resume" else
+                      [*ROUND_FLAGS, *ROUND_SETTINGS[name], "--seed", str(seed), "--rounds", str(a.rounds),
+                       "--out", str(out / name), "--name", f"seed{seed}", *extra]
+                      + ["--overwrite"] * (d.exists() and any(d.iterdir()))))  # no config.json: nothing to keep
+            print(f"[sweep] {state} {d}: {' '.join(cmd[1:])}", flush=True)
+            if a.dry_run:
+                continue
+            t = time.time()
+            rc = subprocess.call(cmd, env=env)
+            print(f"[sweep] {d}: exit {rc} after {time.time() - t:.0f}s", flush=True)
+            if rc == 3:  # starved: a result, not a crash; on the record, so the grid goes on and does not retry it
+                lines = report.read_jsonl(str(d / "rounds.jsonl"))
+                k = 1 + max([x["round"] for x in lines if x.get("kind") == "round"], default=-1)
+                sh.append_line(d, dict(kind="stop", round=k, run=d.name, seed=seed, method="steer-heal",
+                                       reason="starved: too few survivors to heal (steer_heal exit 3, see log.txt); "
+                                              "delete this line and --resume with looser filters to retry"))
+            elif rc:
+                raise SystemExit(f"sweep: {d} exited {rc}; the grid stops here (rerun the same command to resume)")
+    if not a.dry_run:
+        return summarize_rounds(out, a.rounds)
+
+
+def seed_of(run):
+    return (run["cfg"] or {}).get("seed", (run["base"] or {}).get("seed"))
+
+
+def under_ceiling(run):
+    """Rounds completed before the first past the ppl ceiling (report.ceiling: ppl_ceil x base ppl_base)."""
+    ceil, n = report.ceiling(run)[1], 0
+    for r in run["rounds"]:
+        if ceil is None or report.get(r, "ppl_base") is None or report.get(r, "ppl_base") > ceil:
+            break
+        n += 1
+    return n
+
+
+def finished(run, want):
+    """Why the run ended: its stop line, all `want` rounds, or 'in progress'."""
+    if run["stop"]:
+        return f"stopped at round {run['stop'].get('round')}: {run['stop'].get('reason')}"
+    return f"ran all {len(run['rounds'])} rounds" if len(run["rounds"]) >= want else "in progress"
+
+
+def path_of(run, key):
+    """The run's path through (ppl_base, Δreader vs base), from the base model through each round."""
+    b = run["base"]
+    pts = [(report.get(b, "ppl_base"), 0.0)] + [(report.get(r, "ppl_base"), report.shift(r, b, key)) for r in run["rounds"]]
+    return [p for p in pts if None not in p]
+
+
+def best_at(path, p):
+    """The most trait a path reached while its ppl was at most p (points, and segments crossing p interpolated):
+    the frontier at that ppl. None if no point is that coherent."""
+    got = [y for x, y in path if x <= p]
+    for (x0, y0), (x1, y1) in zip(path, path[1:]):
+        if min(x0, x1) < p < max(x0, x1):
+            got.append(y0 + (y1 - y0) * (p - x0) / (x1 - x0))
+    return max(got) if got else None
+
+
+def further(runs_s, runs_z, key, sgn, ok_why, want):
+    """Does the setting let the loop go further than λ=0? (a) rounds under the ppl ceiling, (b) the trait at equal
+    ppl: per seed, the frontier of each at the highest ppl both reached, the difference beyond its noise (the seeds'
+    spread, or the lines' paired CIs). Returns a dict: rounds word, trait word, numbers."""
+    zs = {seed_of(r): r for r in runs_z}
+    both = [(r, zs[seed_of(r)]) for r in runs_s if seed_of(r) in zs]
+    if not both:
+        return dict(rounds="not measured", trait="not measured", why="no seed run in both")
+    ns, nz = [under_ceiling(s) for s, _ in both], [under_ceiling(z) for _, z in both]
+    ended = [finished(r, want) for pr in both for r in pr]
+    if any(e == "in progress" for e in ended):
+        rw = "not yet decided (runs in progress)"
+    elif all(not r["stop"] for pr in both for r in pr):
+        rw = "not decided by the ceiling (every run stayed under it for all its rounds: run more rounds)"
+    elif ns == nz:
+        rw = "as far"
+    elif min(ns) >= max(nz):
+        rw = "further"
+    elif max(ns) <= min(nz):
+        rw = "not as far"
+    else:
+        rw = "mixed across seeds"
+    ds, hs, level = [], [], []
+    for s, z in both:
+        ps, pz = path_of(s, key), path_of(z, key)
+        if len(ps) < 2 or len(pz) < 2:
+            continue
+        p = min(max(x for x, _ in ps), max(x for x, _ in pz))
+        ds.append(sgn * (best_at(ps, p) - best_at(pz, p)))
+        level.append(p)
+        h = [report.half(r, key) for r in (s["rounds"][-1], z["rounds"][-1])]
+        hs.append(None if None in h else math.hypot(*h))
+    band = None if not ds else max(report.rng(ds), statistics.fmean(hs) if hs and None not in hs else 0.0)
+    if not ok_why[0]:
+        tw = "not measurable"
+    elif not ds:
+        tw = "not measured"
+    elif not band:
+        tw = "not measurable"  # one seed and no paired interval
+    else:
+        m = statistics.fmean(ds)
+        tw = ("more trait at equal ppl" if m > band else "less trait at equal ppl" if m < -band else
+              "the same trait at equal ppl within noise")
+    return dict(rounds=rw, trait=tw, under_ceiling=[ns, nz], ended=ended, d_trait=ds and statistics.fmean(ds),
+                band=band, level=level and statistics.fmean(level), key=key)
+
+
+def over_rounds(word_by_round):
+    """One word for the bet over rounds: the same in every round compared, else mixed (each round's listed)."""
+    words = [w for w in word_by_round.values()]
+    if not words:
+        return "not measured"
+    return words[0] if len(set(words)) == 1 else "mixed across rounds"
+
+
+def summarize_rounds(out, want=4):
+    """results/crux_rounds/summary.md, summary.json, frontier.png from every run's rounds.jsonl (no model). A run
+    with fewer than `want` round lines and no stop line is in progress."""
+    names = [n for n in ROUND_SETTINGS if report.seed_dirs(str(out / n))]
+    names += sorted(n.name for n in out.iterdir() if n.is_dir() and n.name not in names and report.seed_dirs(str(n)))
+    groups = {n: [report.read_run(d) for d in report.seed_dirs(str(out / n))] for n in names}
+    groups = {n: [r for r in rs if r["base"]] for n, rs in groups.items()}
+    groups = {n: rs for n, rs in groups.items() if rs}
+    allruns = [r for rs in groups.values() for r in rs]
+    if not allruns:
+        print(f"no runs with a base line under {out}")
+        return None
+    readers = report.readers_of(allruns)
+    checks = {k: readable(allruns, k, s) for k, s in readers}  # report's rule: chance and the ± dose direction check
+    zero = groups.get("lam0", [])
+    cfgs = {k: {json.dumps((r["cfg"] or {}).get(k)) for r in allruns} for k in (allruns[0]["cfg"] or {}) if k not in SAME}
+    differ = sorted(k for k, v in cfgs.items() if len(v) > 1)
+    res, lines = {}, []
+    rounds = sorted({r["round"] for run in allruns for r in run["rounds"]})
+    for name, runs in groups.items():
+        rows, words = [], {}
+        for k in rounds:
+            pick = report.round_at(k)
+            rk = [r for r in runs if pick(r)]
+            if not rk:
+                continue
+            cells = [str(k), str(len(rk))] + [ivs(report.delta(rk, pick, report.base_of, key)) for key, _ in readers]
+            cells += [spread([report.get(pick(r), x) for r in rk]) for x in ("ppl_base", "rep")]
+            cells += [spread([report.get(pick(r), "kept") / report.get(pick(r), "generated")
+                              if report.get(pick(r), "generated") else None for r in rk], 2),
+                      spread([report.get(pick(r), "heal", "barrier_active") for r in rk], 2)]
+            v = None
+            if name != "lam0" and zero:
+                zs = {seed_of(z): z for z in zero if pick(z)}
+                ps = [pair(r["base"], pick(r), pick(zs[seed_of(r)]), r["name"], r) for r in rk if seed_of(r) in zs]
+                zp = [dict(p, s=p["z"]) for p in ps]
+                gates = {key: gate(checks[key], zp, key, s) for key, s in readers}
+                v = decide_bet(ps, gates, readers) if ps else dict(word="not measured", why="λ=0 has no round "
+                                                                    f"{k} in these seeds", by={})
+                words[k] = v["word"]
+                b0 = next(iter(v["by"].values()), None)
+                cells += [pm(b0 and b0["removed"]), pm(b0 and b0["kept"]), v["word"]]
+            rows.append((cells, v))
+        dec = next(((k, s) for k, s in readers if checks[k][0]), readers[0])
+        fur = further(runs, zero, *dec, checks[dec[0]], want) if name != "lam0" and zero else None
+        res[name] = dict(runs=[r["name"] for r in runs], by_round={k: v for k, v in zip(
+            [int(c[0]) for c, _ in rows], [v for _, v in rows]) if v}, bet=over_rounds(words), words=words,
+            further=fur, ended=[finished(r, want) for r in runs], under_ceiling=[under_ceiling(r) for r in runs],
+            rows=[c for c, _ in rows], minutes_per_round=minutes(runs))
+    base = allruns[0]["base"]
+    lines += ["# The crux over rounds: does the barrier remove incoherence before the trait, and go further?", "",
+              f"Runs: {sum(len(v) for v in groups.values())} under `{out}` ({', '.join(f'{n}: {len(rs)}' for n, rs in groups.items())} seeds). "
+              f"Settings (steer_heal flags, beside `{' '.join(ROUND_FLAGS)}`): "
+              + "; ".join(f"{n} `{' '.join(ROUND_SETTINGS.get(n, ['?']))}`" for n in groups) + ". "
+              f"Command: `python sweep.py --over-rounds` (resumes; `--summarize` rewrites this from the rows). "
+              f"First run's command: `python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "",
+              f"Base model: ppl_base {report.fmt(report.get(base, 'ppl_base'))}, ceiling ×{report.fmt(report.ceiling(allruns[0])[0])}; "
+              + ", ".join(f"{k} {report.fmt(report.get(base, k))}" for k, _ in readers) + ".", ""]
+    if differ:
+        lines += [f"**WARNING: the runs differ in {', '.join(differ)}** beyond their settings: they are not one grid.", ""]
+    lines += ["Readers of this persona (report.py's rule over every run: not at chance, and the steered line's "
+              "vector at ± dose moves it in opposite directions beyond noise in every run):", ""]
+    lines += [f"- {k} ({'+' if s > 0 else '−'}): {'readable' if checks[k][0] else 'NOT readable: decides nothing'}: "
+              + short(checks[k][1], len(allruns)) for k, s in readers]
+    lines += ["", "Per round, against λ=0 of the same seed at the same round, the same two claims as the "
+              "single-round summary (`results/crux/summary.md`): incoherence removed = ppl_base lower than λ=0's "
+              "beyond noise; trait kept = the reader not lower beyond noise; noise = report.delta over the seeds "
+              "(the larger of the seeds' spread and the per-prompt paired bootstrap). Δ columns: vs the run's base "
+              "line (one seed: its paired 95% CI by prompt; several: mean [mean ± noise]). Cells of levels: mean "
+              "[min, max] over seeds.", ""]
+    for name, x in res.items():
+        hdr = ["round", "seeds"] + [f"Δ{k}" for k, _ in readers] + ["ppl_base", "rep", "kept frac", "barrier"]
+        hdr += ["incoh. removed", "trait kept", "vs λ=0"] * (name != "lam0" and bool(zero))
+        lines += [f"## {name} (`{' '.join(ROUND_SETTINGS.get(name, ['?']))}`)", "",
+                  "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+        lines += ["| " + " | ".join(c) + " |" for c in x["rows"]]
+        lines += ["", "Runs: " + "; ".join(f"{r}: {e}, {n} rounds under the ceiling" for r, e, n in
+                                           zip(x["runs"], x["ended"], x["under_ceiling"]))
+                  + (f". About {x['minutes_per_round']:.1f} min a round (the lines' own stage times)."
+                     if x["minutes_per_round"] else ""), ""]
+    lines += ["## Verdict on the bet over rounds", ""]
+    if not zero:
+        lines += ["Not measured: no λ=0 runs (the reference) yet."]
+    for name, x in res.items():
+        if name == "lam0" or not x["further"]:
+            continue
+        f = x["further"]
+        lines += [f"- **{name} vs λ=0**: removes incoherence before the trait? **{x['bet']}**"
+                  + (f" ({', '.join(f'r{k}: {w}' for k, w in x['words'].items())})" if x["words"] else "")
+                  + f". Goes further? rounds under the ceiling: **{f['rounds']}** ({name} {f['under_ceiling'][0]} vs "
+                  f"λ=0 {f['under_ceiling'][1]} per seed); trait at equal ppl ({f['key']}): **{f['trait']}**"
+                  + (f" (Δ {f['d_trait']:+.3f} ± {f['band']:.3f} at ppl_base {f['level']:.2f})" if f["band"] else "")
+                  + "."]
+        lines += [f"  - r{k}: {v['why']}" for k, v in x["by_round"].items()]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(sh.finite(dict(
+        readers={k: dict(sign=s, readable=checks[k][0], why=checks[k][1]) for k, s in readers}, differ=differ,
+        settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
+    frontier_rounds(out, groups, readers, checks)
+    for name in groups:  # each setting's group report (report.py), beside its seeds' own
+        report.write_report(str(out / name))
+    print("\n".join(lines))
+    return res
+
+
+def short(why, n):
+    """report.direction's text lists every check of every run: the first, the ones that did not pass (up to three),
+    and how many runs, are enough here (summary.json keeps the whole text)."""
+    parts = why.split("; ")
+    if len(why) < 300:
+        return why
+    bad = [p for p in parts[1:] if " pass (" not in p][:3]
+    return "; ".join([parts[0], *bad, f"… (over {n} runs; summary.json has every check)"])
+
+
+def minutes(runs):
+    """Mean minutes a round from the lines' own `seconds` (every stage of the round's lines)."""
+    per = []
+    for r in runs:
+        lines = [ln for ln in r["rounds"] + list(r["steered"].values()) if isinstance(ln.get("seconds"), dict)]
+        n = len(r["rounds"])
+        if n:
+            per.append(sum(sum(v for v in ln["seconds"].values() if isinstance(v, (int, float))) for ln in lines) / n / 60)
+    return statistics.fmean(per) if per else None
+
+
+def frontier_rounds(out, groups, readers, checks):
+    """Per persona reader, Δreader vs base against ppl_base: one line per setting through base → r0 → r1 ..., mean
+    over seeds, seeds as bands (shaded: the reader's min–max; bars: ppl's); the ppl ceiling dotted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(readers), figsize=(7 * len(readers), 5.5), squeeze=False)
+    colors = dict(lam0="k", rmse="tab:blue", mean="tab:orange", spectral3="tab:green", anchor1="tab:red")
+    for ax, (key, _) in zip(axes[0], readers):
+        for i, (name, runs) in enumerate(groups.items()):
+            c = colors.get(name, f"C{i + 4}")
+            pts = {}
+            for r in runs:
+                for j, xy in enumerate(path_of(r, key)):
+                    pts.setdefault(j, []).append(xy)
+            js = sorted(pts)
+            if not js:
+                continue
+            mx = [statistics.fmean(x for x, _ in pts[j]) for j in js]
+            my = [statistics.fmean(y for _, y in pts[j]) for j in js]
+            ax.plot(mx, my, "o-", color=c, label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(mx, [min(y for _, y in pts[j]) for j in js], [max(y for _, y in pts[j]) for j in js],
+                            color=c, alpha=0.15, lw=0)
+            for j, x0, y0 in zip(js, mx, my):
+                ax.plot([min(x for x, _ in pts[j]), max(x for x, _ in pts[j])], [y0, y0], color=c, lw=0.8, alpha=0.6)
+                if j:
+                    ax.annotate(f"r{j - 1}", (x0, y0), fontsize=7, xytext=(3, 3), textcoords="offset points", color=c)
+        ceil = report.ceiling(next(iter(groups.values()))[0])[1]
+        if ceil:
+            ax.axvline(ceil, color="k", ls=":", lw=1, label="ppl ceiling")
+        ax.axhline(0, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("ppl_base: greedy held-out answers under the base model (incoherence →)")
+        ax.set_ylabel(f"Δ {key} vs base (the trait →)" + ("" if checks[key][0] else ": NOT readable here"))
+        ax.legend(fontsize=8)
+    fig.suptitle("Crux over rounds: base → round 0 → round 1 ..., mean over seeds; bands = seeds' min–max")
     fig.tight_layout()
     fig.savefig(out / "frontier.png", dpi=120)
     plt.close(fig)
