@@ -8,20 +8,28 @@ barrier on the KL to the base model should remove the first preferentially. Meas
   3. read every healed model with every reader: persona_gap (statement likelihood, paired CI vs base),
      trait_fixed (the original model reading the greedy held-out answers), auth_nats (tinymfv), and
      incoherence: ppl of those answers under the base model, repetition.
-Per (setting, seed): trait kept = Δreader / Δreader at λ=0 (same seed), incoherence removed =
-1 - excess ppl / excess ppl at λ=0; preference = incoherence removed / trait removed (> 1: the barrier
-removes incoherence preferentially). A ratio is only computed where the λ=0 shift is outside its noise.
+Per setting, against λ=0 of the same seed, two separate claims, each with its own noise (report.py's rule:
+the seeds' spread or the rows' paired bootstrap, whichever is larger): incoherence removed (ppl of the answers
+lower than λ=0's) and trait kept (the reader not lower than λ=0's). A gain in trait is not removed incoherence.
+A reader decides only when it passes report.py's checks and λ=0 moved it beyond noise the persona's way.
 
     python sweep.py                       # the committed sweep: results/crux/ (resumes; rows already there are kept)
     python sweep.py --settings lam0 rmse_lam1 --seeds 0    # a slice
     python sweep.py --summarize           # summary.md, summary.json + frontier.png from sweep.jsonl, no model
+
+The crux over rounds: whole steer_heal runs (warmth persona), one per (setting, seed), one at a time, into
+results/crux_rounds/<setting>/seed<k>/; resumable (done runs are skipped, unfinished ones --resume'd):
+
+    python sweep.py --over-rounds [--settings lam0 rmse ...] [--seeds 0 1 2] [--rounds 4] [-- steer_heal flags]
+    python sweep.py --over-rounds --summarize    # summary.md, summary.json, frontier.png from the runs, no model
 """
-import argparse, json, math, statistics, sys, time
+import argparse, json, math, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 import torch
 
 import eval_mfv
+import report  # the one rule for noise, chance and direction (issue 22: it lives once)
 import steer_heal as sh
 
 # name -> heal overrides. Every regulariser the seed names, each alone, at two or more strengths.
@@ -90,15 +98,31 @@ def read_all(model, tok, cfg, ctx, stash, v0):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # --over-rounds: flags for every new steer_heal run
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="results/crux")
+    ap.add_argument("--out", help="default: results/crux, or results/crux_rounds with --over-rounds")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", help=f"single round: {', '.join(SETTINGS)} (default all); over "
+                                                  f"rounds: {', '.join(ROUND_SETTINGS)} (default all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--summarize", action="store_true", help="only write summary.md, summary.json and frontier.png")
+    ap.add_argument("--over-rounds", action="store_true", help="the crux over rounds: whole steer_heal runs, one "
+                                                               "at a time, into OUT/<setting>/seed<k>/")
+    ap.add_argument("--rounds", type=int, default=4, help="--over-rounds: rounds per run (fewer if the ppl ceiling "
+                                                          "stops it)")
+    ap.add_argument("--dry-run", action="store_true", help="--over-rounds: print the commands, run nothing")
     a = ap.parse_args(argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    grid = ROUND_SETTINGS if a.over_rounds else SETTINGS
+    a.settings = a.settings or list(grid)
+    if set(a.settings) - set(grid):
+        ap.error(f"--settings {' '.join(sorted(set(a.settings) - set(grid)))}: choose from {', '.join(grid)}")
+    out = Path(a.out or ("results/crux_rounds" if a.over_rounds else "results/crux"))
+    if not a.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+    if a.over_rounds:
+        return summarize_rounds(out, a.rounds) if a.summarize else run_rounds(a, out, extra)
     if a.summarize:
         return summarize(out)
     if a.threads:
@@ -148,117 +172,230 @@ def main(argv=None):
     summarize(out)
 
 
-# ---- summary: fractions relative to λ=0 of the same seed, then across seeds -------------------------
-def _m(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return (statistics.fmean(xs), min(xs), max(xs)) if xs else (None, None, None)
+# ---- the bet as two claims, each against λ=0 of the same seed, with report.py's noise rule -----------------
+# "Removes incoherence" and "keeps the trait" are separate claims, each decided by its own interval (report.delta:
+# the larger of the seeds' spread and the lines' paired bootstrap); a gain in trait is not removed incoherence.
+# A pair is one seed: its base line, the setting's line `s` and λ=0's `z` (the same round, over rounds), plus what
+# report.py's checks read (name, cfg, steered, prompting), so report's functions take a list of pairs as runs.
+B, S, Z = (lambda p: p["base"]), (lambda p: p["s"]), (lambda p: p["z"])
+BET = ("preferential", "not preferential", "not distinguishable", "no incoherence removed", "no effect beyond noise",
+       "not measurable")  # the words bet() answers with
 
 
-def _f(t, nd=3):
-    m, lo, hi = t
-    return "—" if m is None else f"{m:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+def pair(base, s, z, name, run=None):
+    run = run or {}
+    return dict(name=name, base=base, s=s, z=z, cfg=run.get("cfg") or {}, steered=run.get("steered") or {},
+                prompting=run.get("prompting"), rounds=run.get("rounds") or [])
 
 
+def readable(runs, key, sgn):
+    """(ok, why): report.py's rule (tinymfv or the probe at chance, the direction check). Lines that carry no
+    direction check at all (the single-round sweep's rows: no steered line) cannot run its direction part: then
+    the reader is read and `why` says the direction was not checked."""
+    bad, why = report.at_chance(runs, key)
+    checked = any(isinstance(((ln or {}).get("direction") or {}).get(key), dict)
+                  for r in runs for ln in [r.get("prompting"), *(r.get("steered") or {}).values()])
+    if bad and not checked and why == report.direction(runs, key, sgn)[1]:  # failed only for want of a check
+        return True, "direction not checked (these lines carry no direction check)"
+    return not bad, why
+
+
+def gate(ok_why, pairs, key, sgn):
+    """(ok, why): the reader may decide the bet here: it is readable and λ=0 moved it beyond noise the persona's way
+    (a reader λ=0 did not move, or moved against the persona, has no trait to keep)."""
+    if not ok_why[0]:
+        return False, ok_why[1]
+    iv = report.delta(pairs, Z, B, key)
+    s = report.side(iv, sgn)
+    if s != 1:
+        return False, (f"λ=0 moved it {report.fiv(iv)}: " + ("no noise estimate" if s is None else "within noise"
+                                                             if s == 0 else "AGAINST the persona"))
+    return True, f"{ok_why[1]}; λ=0 moved it {report.fiv(iv)}, the persona's way beyond noise"
+
+
+def frac(num, den):
+    """num / den's mean as a fraction ± its half-width: (Δ S−Z, lo, hi) over λ=0's own shift (Δ Z−base)."""
+    if not num or not den or not den[0]:
+        return None
+    return num[0] / den[0], (None if num[1] is None else (num[2] - num[1]) / 2 / abs(den[0]))
+
+
+def bet(pairs, key, sgn):
+    """One reader's answer to "does the setting remove incoherence before the trait?" against λ=0, as a dict:
+    word (BET), why, and the intervals. Incoherence = ppl_base of the greedy held-out answers under the base model.
+    Claim 1, incoherence removed: ppl lower than λ=0's beyond noise; without it the setting cannot be preferential.
+    Claim 2, before the trait: the fraction of λ=0's excess ppl removed exceeds the fraction of λ=0's trait shift
+    removed by more than the noise of the two fractions; a trait above λ=0's counts as none removed (a gain in trait
+    is not removed incoherence), and a trait loss within its noise is not evidence that the trait was kept."""
+    ex, zt = report.delta(pairs, Z, B, "ppl_base"), report.delta(pairs, Z, B, key)
+    inc, tr = report.delta(pairs, S, Z, "ppl_base"), report.delta(pairs, S, Z, key)
+    neg = lambda iv: iv and (-iv[0], None if iv[1] is None else -iv[2], None if iv[1] is None else -iv[1])
+    removed, lost = frac(neg(inc), ex), frac(neg(tr), zt)  # fractions of λ=0's own shifts from base, ± noise
+    out = dict(key=key, zero_ppl=ex, zero_trait=zt, d_ppl=inc, d_trait=tr, removed=removed,
+               kept=lost and (1 - lost[0], lost[1]))
+    say = lambda w, why: dict(out, word=w, why=why)
+    nums = f"Δppl_base vs λ=0 {report.fiv(inc)}, {report.LABEL.get(key, key)} vs λ=0 {report.fiv(tr)}"
+    if report.side(ex, 1) != 1:
+        return say("not measurable", f"λ=0 adds no incoherence beyond noise (Δppl_base vs base {report.fiv(ex)}): "
+                                     "nothing to remove")
+    si, st = report.side(inc, -1), report.side(tr, sgn)  # si +1: ppl lower (incoherence removed); st -1: trait lost
+    if None in (si, st, removed, lost) or None in (removed[1], lost[1]):
+        return say("not measurable", f"no noise estimate (one seed, no paired interval); {nums}")
+    if si < 0:
+        return say("not preferential", f"raises incoherence beyond noise; {nums}")
+    if si == 0:  # no incoherence removed: whatever the trait did, the barrier did not do its job
+        w, why = (("no effect beyond noise", "neither moves beyond noise") if st == 0 else
+                  ("no incoherence removed", "the trait rose, the incoherence did not fall beyond noise: a gain in "
+                                             "trait is not removed incoherence") if st > 0 else
+                  ("not preferential", "removes the trait, not the incoherence"))
+        return say(w, f"{why}; {nums}")
+    ri, rt, band = removed[0], max(lost[0], 0.0), math.hypot(removed[1], lost[1])
+    d = (f"fraction of λ=0's shift removed: incoherence {pm(removed)}, trait {pm(lost)}"
+         + " (counted as 0: the trait rose)" * (lost[0] < 0) + f"; difference {ri - rt:+.2f} ± {band:.2f}; {nums}")
+    return say(*(("preferential", "removes incoherence beyond noise, and more of it than of the trait: " + d)
+                 if ri - rt > band else
+                 ("not preferential", "removes incoherence, but more of the trait: " + d) if ri - rt < -band else
+                 ("not distinguishable", "removes incoherence beyond noise, but whether before the trait is within "
+                                         "noise: " + d)))
+
+
+def decide_bet(pairs, gates, readers):
+    """The verdict on the bet from the readers that pass (gates), in the persona's order: the first decides; a second
+    that passes and says the opposite makes it unclear. None passes: not measurable."""
+    res = [bet(pairs, k, s) for k, s in readers if gates[k][0]]
+    if not res:
+        return dict(word="not measurable", why="no reader of this persona passes its checks: " + "; ".join(
+            f"{k}: {gates[k][1]}" for k, _ in readers), by={})
+    words = {r["word"] for r in res if r["word"] != "not measurable"}
+    word = ("unclear (the readers disagree)" if {"preferential", "not preferential"} <= words else res[0]["word"])
+    return dict(word=word, why=f"decided by {res[0]['key']}: {res[0]['why']}", by={r["key"]: r for r in res})
+
+
+CLAIMS = ("Two claims per setting, each against λ=0 of the same seed (and round), each with its own noise (report.delta: "
+          "the larger of the seeds' min–max spread of the difference, of either side's level, and the lines' paired "
+          "bootstrap where they carry one). **1. Incoherence removed**: ppl_base (greedy held-out answers under the base "
+          "model) lower than λ=0's beyond noise. **2. Before the trait**: the fraction of λ=0's excess ppl removed "
+          "exceeds the fraction of λ=0's trait shift removed by more than the two fractions' noise (a trait above "
+          "λ=0's counts as none removed: a gain in trait is not removed incoherence). Verdicts: *preferential* = 1 "
+          "and 2; *not distinguishable* = 1, but 2 is within noise; *not preferential* = raises incoherence, removes "
+          "only the trait, or more of the trait than of the incoherence; *no incoherence removed* = only the trait "
+          "moved (up); *no effect beyond noise*; *not measurable* = no reader passes, or λ=0 adds no incoherence "
+          "beyond noise. Columns: incoh. removed = −Δppl / λ=0's excess ppl, trait kept = 1 + Δtrait / λ=0's trait "
+          "shift (means over seeds, ± the noise over λ=0's mean shift).")
+
+
+def pm(t, nd=2):
+    """'m ± h' of a (fraction, half-width)."""
+    return "—" if not t else f"{t[0]:.{nd}f}" + ("" if t[1] is None else f" ± {t[1]:.{nd}f}")
+
+
+def ivs(iv, nd=3):
+    """'Δ [lo, hi]' with fixed decimals (report.fiv's 4 significant digits are too many for a table)."""
+    if not iv:
+        return "—"
+    return f"{iv[0]:+.{nd}f}" + ("" if iv[1] is None else f" [{iv[1]:+.{nd}f}, {iv[2]:+.{nd}f}]")
+
+
+def spread(vals, nd=3):
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    if not vals:
+        return "—"
+    m = statistics.fmean(vals)
+    return f"{m:.{nd}f}" if len(vals) == 1 or max(vals) == min(vals) else f"{m:.{nd}f} [{min(vals):.{nd}f}, {max(vals):.{nd}f}]"
+
+
+# ---- the single-round summary (results/crux/sweep.jsonl) -------------------------------------------------------
 def summarize(out):
     rows = [json.loads(line) for line in open(out / "sweep.jsonl")] if (out / "sweep.jsonl").exists() else []
     base = next((r for r in rows if r["name"] == "base"), None)
     if not base:
         print("no base row yet")
         return
+    base = dict(base, kind="base", eval_n=base.get("eval_n", SIZES["eval_n"]))  # the sweep ran at SIZES' eval_n
     by = {}
     for r in rows:
         if r["name"] != "base":
-            by.setdefault(r["name"], {})[r["seed"]] = r
+            by.setdefault(r["name"], {})[r["seed"]] = dict(r, kind="round")
     zero, ctl = by.get("lam0", {}), by.get("control_unsteered", {})
-    readers = [("persona_gap", +1), ("trait_fixed", +1), ("auth_nats", -1)]  # sign: + = the persona's direction
-
-    def shift(r, key):
-        return None if r.get(key) is None or base.get(key) is None else r[key] - base[key]
-
-    # Is the λ=0 shift of a reader measurable, and which way? persona_gap: its paired CI excludes 0 in every seed,
-    # all on one side; trait_fixed / auth_nats (no per-model interval): every seed on one side, >= 2 seeds.
-    # tinymfv at chance (top1 within 2σ of the best constant answer) is never measurable.
-    at_chance = base["top1"] <= base["top1_chance"] + 2 * math.sqrt(base["top1_chance"] * (1 - base["top1_chance"])
-                                                                      / SIZES["eval_n"])
-    meas = {}
-    for key, sgn in readers:
-        d = [shift(r, key) for r in zero.values()]
-        cis = [r.get("persona_gap_ci") for r in zero.values()] if key == "persona_gap" else []
-        side = {math.copysign(1, x) for x in d if x} | {1 if ci[0] > 0 else -1 if ci[1] < 0 else 0 for ci in cis if ci}
-        ok = len(d) >= (1 if cis else 2) and len(side) == 1 and 0 not in side and not (key == "auth_nats" and at_chance)
-        meas[key] = (("the persona's way" if side == {sgn} else "AGAINST the persona") if ok else
-                     "not measurable (tinymfv at chance)" if key == "auth_nats" and at_chance else "not measurable")
-    summary, table = {}, []
-    for name, seeds in by.items():
-        kept, rem, pref, diff = {k: [] for k, _ in readers}, [], {k: [] for k, _ in readers}, []
-        for s, r in seeds.items():
-            z = zero.get(s)
-            if not z:
-                continue
-            ex0 = z["ppl_base"] - base["ppl_base"]
-            removed = 1 - (r["ppl_base"] - base["ppl_base"]) / ex0 if ex0 > 0 else None
-            rem.append(removed)
-            for key, _ in readers:
-                d, d0 = shift(r, key), shift(z, key)
-                frac = d / d0 if not meas[key].startswith("not") and d is not None and d0 else None
-                kept[key].append(frac)
-                ok = meas[key] == "the persona's way" and None not in (removed, frac)
-                pref[key].append(removed / (1 - frac) if ok and frac != 1 else None)  # no trait removed: no ratio
-                if key == "trait_fixed" and ok:  # the ratio explodes when almost no trait is removed:
-                    diff.append(removed - (1 - frac))  # the difference is the stable form of the same question
-        summary[name] = dict(kept={k: _m(v) for k, v in kept.items()}, removed=_m(rem),
-                             pref={k: _m(v) for k, v in pref.items()}, diff=_m(diff), n=len(diff),
-                             verdict=("—" if name in ("lam0", "control_unsteered") or len(diff) < 3 else
-                                      "preferential" if min(diff) > 0 else "not preferential" if max(diff) < 0
-                                      else "mixed across seeds"))
-        col = lambda key, nd=3: _f(_m([r.get(key) if "." not in key else r["heal"].get(key.split(".")[1])
-                                       for r in seeds.values()]), nd)
-        table.append(f"| {name} | {len(seeds)} | " + " | ".join(_f(_m([shift(r, k) for r in seeds.values()]), 3)
-                                                             for k, _ in readers)
-                     + f" | {col('ppl_base')} | {col('rep')} | {col('heal.kl_agg')} | {col('heal.barrier_active', 2)}"
-                     + f" | {_f(summary[name]['kept']['trait_fixed'], 2)} | {_f(summary[name]['kept']['persona_gap'], 2)}"
-                     + f" | {_f(summary[name]['removed'], 2)} | {_f(summary[name]['pref']['trait_fixed'], 2)}"
-                     + f" | {_f(summary[name]['diff'], 2)} | {summary[name]['verdict']} |")
+    pairs = {name: [pair(base, r, zero[s], f"seed{s}") for s, r in sorted(seeds.items()) if s in zero]
+             for name, seeds in by.items()}
+    zp = pairs.get("lam0", [])
+    readers = report.readers_of(zp or [pair(base, None, None, "")])
+    gates = {k: gate(readable(zp, k, s), zp, k, s) if zp else (False, "no λ=0 rows") for k, s in readers}
+    passed = [(k, s) for k, s in readers if gates[k][0]]
+    summary, table, context = {}, [], []
+    for name, ps in pairs.items():
+        ref = name in ("lam0", "control_unsteered")  # the reference, and the readers' null (other survivors)
+        v = (dict(word="—", why="the reference" if name == "lam0" else "the readers' null: healed on other data", by={})
+             if ref else decide_bet(ps, gates, readers))
+        # the incoherence columns are the same whichever reader decides; shown even when none passes
+        b0 = None if ref or not zp else next(iter(v["by"].values()), None) or bet(ps, *(passed or readers)[0])
+        summary[name] = dict(verdict=v["word"], why=v["why"], seeds=len(ps),
+                             removed=b0 and b0["removed"], d_ppl=b0 and b0["d_ppl"],
+                             readers={k: dict(word=x["word"], d=x["d_trait"], kept=x["kept"]) for k, x in v["by"].items()})
+        seeds = by[name]
+        col = lambda key: spread([r.get(key) if "." not in key else (r.get("heal") or {}).get(key.split(".")[1])
+                                  for r in seeds.values()])
+        cells = [name, str(len(seeds)), col("ppl_base"), ivs(b0 and b0["d_ppl"]), pm(b0 and b0["removed"])]
+        for k, _ in passed:
+            x = v["by"].get(k)
+            cells += [ivs(x and x["d_trait"]), pm(x and x["kept"])]
+        table.append("| " + " | ".join(cells + [col("heal.barrier_active"), v["word"]]) + " |")
+        context.append("| " + " | ".join([name, str(len(seeds))] + [spread([report.shift(r, base, k) for r in seeds.values()])
+                                                                     for k, _ in readers]
+                                         + [col("rep"), col("heal.kl_agg")]) + " |")
+    at = report.chance([pair(base, None, None, "")])
     lines = ["# The crux: does the KL barrier remove incoherence before it removes the trait?", "",
              f"Base model: persona_gap {base.get('persona_gap'):.4f}, trait_fixed {base['trait_fixed']:.3f}, "
-             f"ppl_base {base['ppl_base']:.3f}, rep {base['rep']:.3f}, auth_nats {base['auth_nats']:.3f} "
-             f"(tinymfv top1 {base['top1']:.3f} vs chance {base['top1_chance']:.3f}: "
-             f"{'AT CHANCE' if at_chance else 'above chance'}). Survivors: {base['survivors']} of "
-             f"{base['generated']} steered completions (their trait_fixed {base['survivors_trait_fixed']:.3f}); "
-             f"unsteered control: {base['control']} (trait_fixed {base['control_trait_fixed']:.3f}).", "",
-             "The λ=0 shift of each reader (measurable = persona_gap's paired 95% CI excludes 0 in every seed, "
-             "on one side; trait_fixed and auth_nats: every seed on one side, ≥ 2 seeds): "
-             + "; ".join(f"{k}: {v}" for k, v in meas.items()), "",
-             "Per setting: mean [min, max] over seeds. Δ = healed − base. trait kept = Δ / Δ at λ=0 (same seed; "
-             "only for a measurable λ=0 shift); incoherence removed = 1 − (ppl − ppl_base) / (ppl at λ=0 − "
-             "ppl_base); preference = incoherence removed / trait removed (> 1 = removes incoherence "
-             "preferentially; only where λ=0 moved the reader the persona's way; it explodes when little trait is "
-             "removed, so the verdict uses the difference incoherence removed − trait removed: preferential when "
-             "it is > 0 in every seed). — = not computed.", "",
-             "| setting | seeds | Δpersona_gap | Δtrait_fixed | Δauth_nats | ppl_base | rep | kl_agg | barrier | "
-             "trait kept (fixed) | trait kept (gap) | incoh. removed | preference ratio (fixed) | "
-             "incoh. − trait removed (fixed) | verdict (3 seeds) |",
-             "|" + "---|" * 15] + table
+             f"ppl_base {base['ppl_base']:.3f}, rep {base['rep']:.3f}, auth_nats {base['auth_nats']:.3f} ({at[1]}). "
+             f"Survivors: {base['survivors']} of {base['generated']} steered completions (their trait_fixed "
+             f"{base['survivors_trait_fixed']:.3f}); unsteered control: {base['control']} (trait_fixed "
+             f"{base['control_trait_fixed']:.3f}).", "",
+             "Which readers may decide (report.py's rule: not at chance, direction check where the lines carry one; "
+             "then λ=0 must move the reader beyond noise the persona's way, or there is no trait to keep):", ""]
+    lines += [f"- {k} ({'+' if s > 0 else '−'}): {'PASSES' if gates[k][0] else 'does not decide'}: {gates[k][1]}"
+              for k, s in readers]
+    lines += ["", "These rows carry no direction check (the sweep reads no steered line), so a reader that passes here "
+              "reads a shift along its own ruler (trait_fixed: the round-0 vector v0), not evidence that it tells the "
+              "persona from its opposite: on this model the seed persona's readers fail that check (results/readers/, "
+              "the README)."] * any(gates[k][1].startswith("direction not checked") for k, _ in passed)
+    lines += ["", CLAIMS, ""]
+    hdr = ["setting", "seeds", "ppl_base", "Δppl_base vs λ=0", "incoh. removed"]
+    for k, _ in passed:
+        hdr += [f"Δ{k} vs λ=0", f"trait kept ({k})"]
+    hdr += ["barrier", "verdict"]
+    lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)] + table
+    if not passed:
+        lines += ["", "(no reader passes, so no trait column is shown)"]
+    lines += ["", "What every reader read (Δ vs base, mean [min, max] over seeds; context only: a reader decides "
+                  "nothing unless it passes above):", "",
+              "| " + " | ".join(["setting", "seeds"] + [f"Δ{k}" for k, _ in readers] + ["rep", "kl_agg"]) + " |",
+              "|" + "---|" * (len(readers) + 4)] + context
+    lines += ["", "Verdicts, with the numbers that decide them:", ""]
+    lines += [f"- {name}: **{x['verdict']}**: {x['why']}" for name, x in summary.items()]
     lines += ["", "λ=0 and the control per seed (persona_gap: paired 95% CI of the change vs base):", ""]
     for label, group in (("λ=0 on the steered survivors", zero), ("λ=0 on unsteered survivors (control)", ctl)):
-        lines += [f"- {label}, seed {s}: Δpersona_gap {shift(r, 'persona_gap'):+.4f} CI "
+        lines += [f"- {label}, seed {s}: Δpersona_gap {report.shift(r, base, 'persona_gap'):+.4f} CI "
                   f"[{r['persona_gap_ci'][0]:+.4f}, {r['persona_gap_ci'][1]:+.4f}], Δtrait_fixed "
-                  f"{shift(r, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}, Δauth_nats {shift(r, 'auth_nats'):+.3f}"
-                  for s, r in sorted(group.items())]
+                  f"{report.shift(r, base, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}, Δauth_nats "
+                  f"{report.shift(r, base, 'auth_nats'):+.3f}" for s, r in sorted(group.items())]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(dict(measurable=meas, at_chance=at_chance, settings=summary), indent=1))
-    frontier(out, base, by)
+    (out / "summary.json").write_text(json.dumps(sh.finite(dict(
+        readers={k: dict(sign=s, passes=gates[k][0], why=gates[k][1]) for k, s in readers},
+        at_chance=at[0], settings=summary)), indent=1))
+    frontier(out, base, by, {k: gates[k][0] for k, _ in readers})
     print("\n".join(lines))
+    return summary
 
 
-def frontier(out, base, by):
-    """Trait kept (Δpersona_gap) against incoherence (ppl_base of greedy answers), one point per setting."""
+def frontier(out, base, by, passes):
+    """Each reader's shift against incoherence (ppl_base of greedy answers), one point per setting."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, key, label in ((axes[0], "persona_gap", "Δ persona_gap vs base (higher = less deferent)"),
-                           (axes[1], "trait_fixed", "Δ trait_fixed vs base (fixed reader)")):
+    keys = [k for k in ("trait_fixed", "persona_gap") if k in passes]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         for name, seeds in by.items():
             xs = [r["ppl_base"] for r in seeds.values()]
             ys = [r[key] - base[key] for r in seeds.values() if r.get(key) is not None]
@@ -274,10 +411,333 @@ def frontier(out, base, by):
         ax.axvline(base["ppl_base"], color="k", ls=":", lw=1)
         ax.axhline(0, color="k", ls=":", lw=1)
         ax.set_xlabel("ppl of greedy held-out answers under the base model (incoherence →)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(f"Δ {key} vs base" + ("" if passes[key] else " (does NOT pass: decides nothing)"))
     fig.suptitle("Crux sweep: each point a heal setting (mean over seeds, bars = min–max); dotted = base model")
     fig.tight_layout()
     fig.savefig(out / "frontier.png", dpi=120)
+    plt.close(fig)
+
+
+# ---- the crux over rounds: whole steer_heal runs, one at a time ------------------------------------------------
+# name -> steer_heal flags. λ=0 (NLL only) is the reference; the barrier and the rivals at the issue's strengths.
+ROUND_SETTINGS = {
+    "lam0": ["--lam", "0"],
+    "rmse": ["--kl-agg", "rmse", "--lam", "1"],  # the default barrier, spelled out so the record says so
+    "mean": ["--kl-agg", "mean", "--lam", "1"],  # the mean aggregate at the same λ
+    "spectral3": ["--spectral-lam", "3", "--lam", "0"],  # the single-round sweep's best
+    "anchor1": ["--anchor-nll", "1", "--lam", "0"],
+}
+# every run: the warmth persona (readers outside the model can see it); no prompting line (the steered line's ± dose
+# direction check stays, and the summary does not need prompting)
+ROUND_FLAGS = ["--persona", "love", "--no-baselines"]
+STEER_HEAL = Path(__file__).resolve().parent / "steer_heal.py"
+SAME = {"seed", "seeds", "name", "out", "resume", "overwrite", "rounds", "lam", "kl_agg", "spectral_lam",
+        "anchor_nll", "device", "compile"}  # config keys runs of one grid may differ in
+
+
+def run_state(d, rounds):
+    """'new' (no run there), 'done' (stopped, or `rounds` rounds completed) or 'resume'."""
+    if not (d / "config.json").exists():
+        return "new"
+    lines = report.read_jsonl(str(d / "rounds.jsonl"))
+    if any(x.get("kind") == "stop" for x in lines):
+        return "done"
+    ok = {x.get("round") for x in lines if x.get("kind") == "round" and x.get("status") == "ok"}
+    return "done" if len(ok) >= rounds else "resume"
+
+
+def run_rounds(a, out, extra):
+    """Every (setting, seed) run not yet done, one at a time (two processes on two cores run 5-15x slower), in a
+    subprocess each (a crash or a kill leaves the others intact); then the summary. A run killed midway resumes
+    with steer_heal --resume; `extra` flags go to new runs only (--resume refuses flags that change a run)."""
+    env = dict(os.environ, **({k: str(a.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if a.threads else {}))
+    for seed in a.seeds:  # seed-major: a grid stopped early still has every setting at its first seeds
+        for name in a.settings:
+            d = out / name / f"seed{seed}"
+            state = run_state(d, a.rounds)
+            if state == "done":
+                print(f"[sweep] {d}: done, skipped")
+                continue
+            cmd = ([sys.executable, os.path.relpath(STEER_HEAL)]
+                   + (["--resume", str(d), "--rounds", str(a.rounds)] if state == "resume" else
+                      [*ROUND_FLAGS, *ROUND_SETTINGS[name], "--seed", str(seed), "--rounds", str(a.rounds),
+                       "--out", str(out / name), "--name", f"seed{seed}", *extra]
+                      + ["--overwrite"] * (d.exists() and any(d.iterdir()))))  # no config.json: nothing to keep
+            print(f"[sweep] {state} {d}: {' '.join(cmd[1:])}", flush=True)
+            if a.dry_run:
+                continue
+            t = time.time()
+            rc = subprocess.call(cmd, env=env)
+            print(f"[sweep] {d}: exit {rc} after {time.time() - t:.0f}s", flush=True)
+            if rc == 3:  # starved: a result, not a crash; on the record, so the grid goes on and does not retry it
+                lines = report.read_jsonl(str(d / "rounds.jsonl"))
+                k = 1 + max([x["round"] for x in lines if x.get("kind") == "round"], default=-1)
+                sh.append_line(d, dict(kind="stop", round=k, run=d.name, seed=seed, method="steer-heal",
+                                       reason="starved: too few survivors to heal (steer_heal exit 3, see log.txt); "
+                                              "delete this line and --resume with looser filters to retry"))
+            elif rc:
+                raise SystemExit(f"sweep: {d} exited {rc}; the grid stops here (rerun the same command to resume)")
+    if not a.dry_run:
+        return summarize_rounds(out, a.rounds)
+
+
+def seed_of(run):
+    return (run["cfg"] or {}).get("seed", (run["base"] or {}).get("seed"))
+
+
+def under_ceiling(run):
+    """Rounds completed before the first past the ppl ceiling (report.ceiling: ppl_ceil x base ppl_base)."""
+    ceil, n = report.ceiling(run)[1], 0
+    for r in run["rounds"]:
+        if ceil is None or report.get(r, "ppl_base") is None or report.get(r, "ppl_base") > ceil:
+            break
+        n += 1
+    return n
+
+
+def finished(run, want):
+    """Why the run ended: its stop line, all `want` rounds, or 'in progress'."""
+    if run["stop"]:
+        return f"stopped at round {run['stop'].get('round')}: {run['stop'].get('reason')}"
+    return f"ran all {len(run['rounds'])} rounds" if len(run["rounds"]) >= want else "in progress"
+
+
+def path_of(run, key):
+    """The run's path through (ppl_base, Δreader vs base), from the base model through each round."""
+    b = run["base"]
+    pts = [(report.get(b, "ppl_base"), 0.0)] + [(report.get(r, "ppl_base"), report.shift(r, b, key)) for r in run["rounds"]]
+    return [p for p in pts if None not in p]
+
+
+def best_at(path, p):
+    """The most trait a path reached while its ppl was at most p (points, and segments crossing p interpolated):
+    the frontier at that ppl. None if no point is that coherent."""
+    got = [y for x, y in path if x <= p]
+    for (x0, y0), (x1, y1) in zip(path, path[1:]):
+        if min(x0, x1) < p < max(x0, x1):
+            got.append(y0 + (y1 - y0) * (p - x0) / (x1 - x0))
+    return max(got) if got else None
+
+
+def further(runs_s, runs_z, key, sgn, ok_why, want):
+    """Does the setting let the loop go further than λ=0? (a) rounds under the ppl ceiling, (b) the trait at equal
+    ppl: per seed, the frontier of each at the highest ppl both reached, the difference beyond its noise (the seeds'
+    spread, or the lines' paired CIs). Returns a dict: rounds word, trait word, numbers."""
+    zs = {seed_of(r): r for r in runs_z}
+    both = [(r, zs[seed_of(r)]) for r in runs_s if seed_of(r) in zs]
+    if not both:
+        return dict(rounds="not measured", trait="not measured", why="no seed run in both")
+    ns, nz = [under_ceiling(s) for s, _ in both], [under_ceiling(z) for _, z in both]
+    ended = [finished(r, want) for pr in both for r in pr]
+    if any(e == "in progress" for e in ended):
+        rw = "not yet decided (runs in progress)"
+    elif all(not r["stop"] for pr in both for r in pr):
+        rw = "not decided by the ceiling (every run stayed under it for all its rounds: run more rounds)"
+    elif ns == nz:
+        rw = "as far"
+    elif min(ns) >= max(nz):
+        rw = "further"
+    elif max(ns) <= min(nz):
+        rw = "not as far"
+    else:
+        rw = "mixed across seeds"
+    ds, hs, level = [], [], []
+    for s, z in both:
+        ps, pz = path_of(s, key), path_of(z, key)
+        if len(ps) < 2 or len(pz) < 2:
+            continue
+        p = min(max(x for x, _ in ps), max(x for x, _ in pz))
+        ds.append(sgn * (best_at(ps, p) - best_at(pz, p)))
+        level.append(p)
+        h = [report.half(r, key) for r in (s["rounds"][-1], z["rounds"][-1])]
+        hs.append(None if None in h else math.hypot(*h))
+    band = None if not ds else max(report.rng(ds), statistics.fmean(hs) if hs and None not in hs else 0.0)
+    if not ok_why[0]:
+        tw = "not measurable"
+    elif not ds:
+        tw = "not measured"
+    elif not band:
+        tw = "not measurable"  # one seed and no paired interval
+    else:
+        m = statistics.fmean(ds)
+        tw = ("more trait at equal ppl" if m > band else "less trait at equal ppl" if m < -band else
+              "the same trait at equal ppl within noise")
+    return dict(rounds=rw, trait=tw, under_ceiling=[ns, nz], ended=ended, d_trait=ds and statistics.fmean(ds),
+                band=band, level=level and statistics.fmean(level), key=key)
+
+
+def over_rounds(word_by_round):
+    """One word for the bet over rounds: the same in every round compared, else mixed (each round's listed)."""
+    words = [w for w in word_by_round.values()]
+    if not words:
+        return "not measured"
+    return words[0] if len(set(words)) == 1 else "mixed across rounds"
+
+
+def summarize_rounds(out, want=4):
+    """results/crux_rounds/summary.md, summary.json, frontier.png from every run's rounds.jsonl (no model). A run
+    with fewer than `want` round lines and no stop line is in progress."""
+    names = [n for n in ROUND_SETTINGS if report.seed_dirs(str(out / n))]
+    names += sorted(n.name for n in out.iterdir() if n.is_dir() and n.name not in names and report.seed_dirs(str(n)))
+    groups = {n: [report.read_run(d) for d in report.seed_dirs(str(out / n))] for n in names}
+    groups = {n: [r for r in rs if r["base"]] for n, rs in groups.items()}
+    groups = {n: rs for n, rs in groups.items() if rs}
+    allruns = [r for rs in groups.values() for r in rs]
+    if not allruns:
+        print(f"no runs with a base line under {out}")
+        return None
+    readers = report.readers_of(allruns)
+    checks = {k: readable(allruns, k, s) for k, s in readers}  # report's rule: chance and the ± dose direction check
+    zero = groups.get("lam0", [])
+    cfgs = {k: {json.dumps((r["cfg"] or {}).get(k)) for r in allruns} for k in (allruns[0]["cfg"] or {}) if k not in SAME}
+    differ = sorted(k for k, v in cfgs.items() if len(v) > 1)
+    res, lines = {}, []
+    rounds = sorted({r["round"] for run in allruns for r in run["rounds"]})
+    for name, runs in groups.items():
+        rows, words = [], {}
+        for k in rounds:
+            pick = report.round_at(k)
+            rk = [r for r in runs if pick(r)]
+            if not rk:
+                continue
+            cells = [str(k), str(len(rk))] + [ivs(report.delta(rk, pick, report.base_of, key)) for key, _ in readers]
+            cells += [spread([report.get(pick(r), x) for r in rk]) for x in ("ppl_base", "rep")]
+            cells += [spread([report.get(pick(r), "kept") / report.get(pick(r), "generated")
+                              if report.get(pick(r), "generated") else None for r in rk], 2),
+                      spread([report.get(pick(r), "heal", "barrier_active") for r in rk], 2)]
+            v = None
+            if name != "lam0" and zero:
+                zs = {seed_of(z): z for z in zero if pick(z)}
+                ps = [pair(r["base"], pick(r), pick(zs[seed_of(r)]), r["name"], r) for r in rk if seed_of(r) in zs]
+                zp = [dict(p, s=p["z"]) for p in ps]
+                gates = {key: gate(checks[key], zp, key, s) for key, s in readers}
+                v = decide_bet(ps, gates, readers) if ps else dict(word="not measured", why="λ=0 has no round "
+                                                                    f"{k} in these seeds", by={})
+                words[k] = v["word"]
+                b0 = next(iter(v["by"].values()), None)
+                cells += [pm(b0 and b0["removed"]), pm(b0 and b0["kept"]), v["word"]]
+            rows.append((cells, v))
+        dec = next(((k, s) for k, s in readers if checks[k][0]), readers[0])
+        fur = further(runs, zero, *dec, checks[dec[0]], want) if name != "lam0" and zero else None
+        res[name] = dict(runs=[r["name"] for r in runs], by_round={k: v for k, v in zip(
+            [int(c[0]) for c, _ in rows], [v for _, v in rows]) if v}, bet=over_rounds(words), words=words,
+            further=fur, ended=[finished(r, want) for r in runs], under_ceiling=[under_ceiling(r) for r in runs],
+            rows=[c for c, _ in rows], minutes_per_round=minutes(runs))
+    base = allruns[0]["base"]
+    lines += ["# The crux over rounds: does the barrier remove incoherence before the trait, and go further?", "",
+              f"Runs: {sum(len(v) for v in groups.values())} under `{out}` ({', '.join(f'{n}: {len(rs)}' for n, rs in groups.items())} seeds). "
+              f"Settings (steer_heal flags, beside `{' '.join(ROUND_FLAGS)}`): "
+              + "; ".join(f"{n} `{' '.join(ROUND_SETTINGS.get(n, ['?']))}`" for n in groups) + ". "
+              f"Command: `python sweep.py --over-rounds` (resumes; `--summarize` rewrites this from the rows). "
+              f"First run's command: `python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "",
+              f"Base model: ppl_base {report.fmt(report.get(base, 'ppl_base'))}, ceiling ×{report.fmt(report.ceiling(allruns[0])[0])}; "
+              + ", ".join(f"{k} {report.fmt(report.get(base, k))}" for k, _ in readers) + ".", ""]
+    if differ:
+        lines += [f"**WARNING: the runs differ in {', '.join(differ)}** beyond their settings: they are not one grid.", ""]
+    lines += ["Readers of this persona (report.py's rule over every run: not at chance, and the steered line's "
+              "vector at ± dose moves it in opposite directions beyond noise in every run):", ""]
+    lines += [f"- {k} ({'+' if s > 0 else '−'}): {'readable' if checks[k][0] else 'NOT readable: decides nothing'}: "
+              + short(checks[k][1], len(allruns)) for k, s in readers]
+    lines += ["", "Per round, against λ=0 of the same seed at the same round, the same two claims as the "
+              "single-round summary (`results/crux/summary.md`): incoherence removed = ppl_base lower than λ=0's "
+              "beyond noise; trait kept = the reader not lower beyond noise; noise = report.delta over the seeds "
+              "(the larger of the seeds' spread and the per-prompt paired bootstrap). Δ columns: vs the run's base "
+              "line (one seed: its paired 95% CI by prompt; several: mean [mean ± noise]). Cells of levels: mean "
+              "[min, max] over seeds.", ""]
+    for name, x in res.items():
+        hdr = ["round", "seeds"] + [f"Δ{k}" for k, _ in readers] + ["ppl_base", "rep", "kept frac", "barrier"]
+        hdr += ["incoh. removed", "trait kept", "vs λ=0"] * (name != "lam0" and bool(zero))
+        lines += [f"## {name} (`{' '.join(ROUND_SETTINGS.get(name, ['?']))}`)", "",
+                  "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+        lines += ["| " + " | ".join(c) + " |" for c in x["rows"]]
+        lines += ["", "Runs: " + "; ".join(f"{r}: {e}, {n} rounds under the ceiling" for r, e, n in
+                                           zip(x["runs"], x["ended"], x["under_ceiling"]))
+                  + (f". About {x['minutes_per_round']:.1f} min a round (the lines' own stage times)."
+                     if x["minutes_per_round"] else ""), ""]
+    lines += ["## Verdict on the bet over rounds", ""]
+    if not zero:
+        lines += ["Not measured: no λ=0 runs (the reference) yet."]
+    for name, x in res.items():
+        if name == "lam0" or not x["further"]:
+            continue
+        f = x["further"]
+        lines += [f"- **{name} vs λ=0**: removes incoherence before the trait? **{x['bet']}**"
+                  + (f" ({', '.join(f'r{k}: {w}' for k, w in x['words'].items())})" if x["words"] else "")
+                  + f". Goes further? rounds under the ceiling: **{f['rounds']}** ({name} {f['under_ceiling'][0]} vs "
+                  f"λ=0 {f['under_ceiling'][1]} per seed); trait at equal ppl ({f['key']}): **{f['trait']}**"
+                  + (f" (Δ {f['d_trait']:+.3f} ± {f['band']:.3f} at ppl_base {f['level']:.2f})" if f["band"] else "")
+                  + "."]
+        lines += [f"  - r{k}: {v['why']}" for k, v in x["by_round"].items()]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(sh.finite(dict(
+        readers={k: dict(sign=s, readable=checks[k][0], why=checks[k][1]) for k, s in readers}, differ=differ,
+        settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
+    frontier_rounds(out, groups, readers, checks)
+    for name in groups:  # each setting's group report (report.py), beside its seeds' own
+        report.write_report(str(out / name))
+    print("\n".join(lines))
+    return res
+
+
+def short(why, n):
+    """report.direction's text lists every check of every run: the first, the ones that did not pass (up to three),
+    and how many runs, are enough here (summary.json keeps the whole text)."""
+    parts = why.split("; ")
+    if len(why) < 300:
+        return why
+    bad = [p for p in parts[1:] if " pass (" not in p][:3]
+    return "; ".join([parts[0], *bad, f"… (over {n} runs; summary.json has every check)"])
+
+
+def minutes(runs):
+    """Mean minutes a round from the lines' own `seconds` (every stage of the round's lines)."""
+    per = []
+    for r in runs:
+        lines = [ln for ln in r["rounds"] + list(r["steered"].values()) if isinstance(ln.get("seconds"), dict)]
+        n = len(r["rounds"])
+        if n:
+            per.append(sum(sum(v for v in ln["seconds"].values() if isinstance(v, (int, float))) for ln in lines) / n / 60)
+    return statistics.fmean(per) if per else None
+
+
+def frontier_rounds(out, groups, readers, checks):
+    """Per persona reader, Δreader vs base against ppl_base: one line per setting through base → r0 → r1 ..., mean
+    over seeds, seeds as bands (shaded: the reader's min–max; bars: ppl's); the ppl ceiling dotted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(readers), figsize=(7 * len(readers), 5.5), squeeze=False)
+    colors = dict(lam0="k", rmse="tab:blue", mean="tab:orange", spectral3="tab:green", anchor1="tab:red")
+    for ax, (key, _) in zip(axes[0], readers):
+        for i, (name, runs) in enumerate(groups.items()):
+            c = colors.get(name, f"C{i + 4}")
+            pts = {}
+            for r in runs:
+                for j, xy in enumerate(path_of(r, key)):
+                    pts.setdefault(j, []).append(xy)
+            js = sorted(pts)
+            if not js:
+                continue
+            mx = [statistics.fmean(x for x, _ in pts[j]) for j in js]
+            my = [statistics.fmean(y for _, y in pts[j]) for j in js]
+            ax.plot(mx, my, "o-", color=c, label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(mx, [min(y for _, y in pts[j]) for j in js], [max(y for _, y in pts[j]) for j in js],
+                            color=c, alpha=0.15, lw=0)
+            for j, x0, y0 in zip(js, mx, my):
+                ax.plot([min(x for x, _ in pts[j]), max(x for x, _ in pts[j])], [y0, y0], color=c, lw=0.8, alpha=0.6)
+                if j:
+                    ax.annotate(f"r{j - 1}", (x0, y0), fontsize=7, xytext=(3, 3), textcoords="offset points", color=c)
+        ceil = report.ceiling(next(iter(groups.values()))[0])[1]
+        if ceil:
+            ax.axvline(ceil, color="k", ls=":", lw=1, label="ppl ceiling")
+        ax.axhline(0, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("ppl_base: greedy held-out answers under the base model (incoherence →)")
+        ax.set_ylabel(f"Δ {key} vs base (the trait →)" + ("" if checks[key][0] else ": NOT readable here"))
+        ax.legend(fontsize=8)
+    fig.suptitle("Crux over rounds: base → round 0 → round 1 ..., mean over seeds; bands = seeds' min–max")
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

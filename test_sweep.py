@@ -1,30 +1,246 @@
-"""The crux sweep's verdicts on hand-made settings built from the committed λ=0 rows (no model; seconds).
-Run: python -m pytest -q test_sweep.py"""
+"""The crux summaries' verdicts on hand-made rows (no model; seconds), and the over-rounds driver end to end on a
+tiny random model (about a minute). Run: python -m pytest -q test_sweep.py"""
 import json
+import random
+import statistics
+import zlib
 from pathlib import Path
 
+import pytest
+
+import readers
 import sweep
+from conftest import skip_without_eval_data
 
 ROWS = Path(__file__).resolve().parent / "results" / "crux" / "sweep.jsonl"
 
 
-def test_verdicts_follow_incoherence_minus_trait_removed(tmp_path):
+# ---- the single-round summary, on settings made from the committed λ=0 rows ---------------------------------------
+def committed():
     rows = [json.loads(x) for x in ROWS.read_text().splitlines()]
-    base = next(r for r in rows if r["name"] == "base")
-    zero = [r for r in rows if r["name"] == "lam0"]
-    made = []
-    for r in zero:
-        mid_ppl = (r["ppl_base"] + base["ppl_base"]) / 2
-        half_trait = (r["trait_fixed"] + base["trait_fixed"]) / 2
-        made += [dict(r, name="clean", ppl_base=mid_ppl),  # half the incoherence gone, all the trait kept
-                 dict(r, name="costly", trait_fixed=half_trait),  # half the trait gone, no incoherence removed
-                 dict(r, name="both", ppl_base=mid_ppl, trait_fixed=half_trait)]  # the same fraction of each
-    (tmp_path / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [base, *zero, *made]))
+    return next(r for r in rows if r["name"] == "base"), [r for r in rows if r["name"] == "lam0"]
+
+
+def toward_base(r, base, key, f):
+    """r's reading moved a fraction f of the way back from λ=0's to the base model's."""
+    return r[key] - f * (r[key] - base[key])
+
+
+def single_round(tmp_path, zero_rows, made):
+    base, _ = committed()
+    (tmp_path / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [base, *zero_rows, *made]))
     sweep.summarize(tmp_path)
-    s = json.loads((tmp_path / "summary.json").read_text())
-    s = s.get("settings", s)
-    assert s["clean"]["verdict"] == "preferential"  # kept exactly 1: no ratio, but the difference decides
-    assert s["clean"]["removed"][0] == s["clean"]["diff"][0] > 0.45
-    assert s["costly"]["verdict"] == "not preferential"
-    assert abs(s["both"]["diff"][0]) < 1e-9 and s["both"]["verdict"] == "mixed across seeds"
+    return json.loads((tmp_path / "summary.json").read_text()), (tmp_path / "summary.md").read_text()
+
+
+def test_single_round_verdicts_can_say_no(tmp_path):
+    base, zero = committed()
+    made = []
+    for i, r in enumerate(zero):
+        other = zero[(i + 1) % len(zero)]  # another seed's λ=0 row: a null setting, λ=0 plus seed noise
+        made += [dict(r, name="clean", ppl_base=toward_base(r, base, "ppl_base", 0.8)),  # incoherence first
+                 dict(r, name="costly", trait_fixed=toward_base(r, base, "trait_fixed", 0.8)),  # the trait first
+                 dict(r, name="equal", ppl_base=toward_base(r, base, "ppl_base", 0.6),
+                      trait_fixed=toward_base(r, base, "trait_fixed", 0.6)),  # the same fraction of each
+                 dict(r, name="null", ppl_base=other["ppl_base"], trait_fixed=other["trait_fixed"]),
+                 # the issue's case: ppl up in every seed, trait above λ=0's: a gain in trait is not removed incoherence
+                 dict(r, name="gain", ppl_base=r["ppl_base"] + 0.6, trait_fixed=r["trait_fixed"] * 1.2),
+                 # a little incoherence removed and the trait 20% up (wd30, spectral3): the gain does not make it first
+                 dict(r, name="boosted", ppl_base=toward_base(r, base, "ppl_base", 0.3),
+                      trait_fixed=r["trait_fixed"] * 1.2)]
+    s, md = single_round(tmp_path, zero, made)
+    v = {k: x["verdict"] for k, x in s["settings"].items()}
+    assert v["clean"] == "preferential"
+    assert v["costly"] == "not preferential"
+    assert v["equal"] == "not distinguishable"
+    assert v["null"] == "no effect beyond noise"
+    assert v["gain"] == "not preferential"
+    assert v["boosted"] == "not distinguishable"
+    assert v["lam0"] == "—"
+    # λ=0 moved persona_gap against the persona and tinymfv is at chance: neither decides, neither gets a column
+    assert s["readers"]["trait_fixed"]["passes"] and not s["readers"]["persona_gap"]["passes"]
+    assert not s["readers"]["auth_nats"]["passes"] and "at chance" in s["readers"]["auth_nats"]["why"]
+    assert "trait kept (trait_fixed)" in md and "trait kept (persona_gap)" not in md
     assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+def test_single_round_lam0_shift_within_noise_is_not_measurable(tmp_path):
+    base, zero = committed()
+    tiny = [dict(r, trait_fixed=base["trait_fixed"] + d) for r, d in zip(zero, (0.004, -0.02, 0.03))]  # noise
+    made = [dict(r, name="clean", ppl_base=toward_base(r, base, "ppl_base", 0.8)) for r in tiny]
+    s, _ = single_round(tmp_path, tiny, made)
+    assert not s["readers"]["trait_fixed"]["passes"]
+    assert s["settings"]["clean"]["verdict"] == "not measurable"
+
+
+def test_a_null_setting_is_rarely_called_preferential():
+    """The issue's review: λ=0's rows plus per-seed noise were called preferential 12.4% of the time (13% here with the
+    old rule: incoherence removed − trait removed > 0 in every seed, no noise band)."""
+    base, zero = committed()
+    base, zero = dict(base, kind="base", eval_n=48), [dict(r, kind="round") for r in zero]
+    sd = {k: statistics.stdev(r[k] for r in zero) for k in ("ppl_base", "trait_fixed")}
+    rng, calls = random.Random(0), []
+    for _ in range(300):
+        null = [dict(r, **{k: r[k] + rng.gauss(0, s) for k, s in sd.items()}) for r in zero]
+        calls.append(sweep.bet([sweep.pair(base, n, z, f"seed{i}") for i, (n, z) in enumerate(zip(null, zero))],
+                               "trait_fixed", 1)["word"])
+    assert calls.count("preferential") / len(calls) < 0.02
+
+
+# ---- the summary over rounds, on hand-made run folders -------------------------------------------------------------
+N_PROMPTS = 16
+BASE_PPL, BASE_SENT = 2.0, 0.30
+
+
+def per_prompt(level, seed, spread=0.05):
+    """N_PROMPTS readings around `level`, the same prompt offsets for every line (prompts differ, not lines)."""
+    rng = random.Random(1234)
+    offs = [rng.gauss(0, 0.2) for _ in range(N_PROMPTS)]
+    noise = random.Random(seed)
+    return [level + o + noise.gauss(0, spread) for o in offs]
+
+
+def line(kind, k, seed, ppl, sent, base_items=None, trait=None, blind=False, **extra):
+    rs = lambda tag: zlib.crc32(f"{kind} {k} {seed} {tag}".encode())  # a noise stream per line and reader
+    items = dict(sentiment=per_prompt(sent, rs("s"), 0.02), ppl_base=per_prompt(ppl, rs("p"), 0.02),
+                 trait_fixed=per_prompt(trait if trait is not None else sent * 5, rs("t")))
+    ln = dict(kind=kind, round=k, run=f"seed{seed}", seed=seed, method="steer-heal", rep=0.05,
+              items=items, **{key: statistics.fmean(v) for key, v in items.items()}, **extra)
+    if base_items:
+        ln.update({f"{key}_ci": readers.paired_ci(v, base_items[key]) for key, v in items.items()})
+    if kind == "steered":  # the vector at ± dose: the opposite moves every reader the other way (blind: the same way)
+        ln["direction"] = {key: readers.direction([x + 0.3 for x in b], [x + (0.3 if blind else -0.3) for x in b], b)
+                           for key, b in base_items.items() if key != "ppl_base"}
+    return ln
+
+
+def make_run(d, seed, ppls, sents, blind=False, ceil=2.0):
+    """A run folder: base, then per round a steered line (with its direction check) and a round line; a stop line
+    when a round's ppl_base passes the ceiling, as steer_heal writes them."""
+    d.mkdir(parents=True)
+    cfg = dict(seed=seed, rounds=len(ppls), persona="love", readers=["sentiment:+", "trait_fixed:+"], ppl_ceil=ceil,
+               lam=1.0)
+    (d / "config.json").write_text(json.dumps(dict(config=cfg, argv=["steer_heal.py", "--persona", "love"])))
+    base = line("base", -1, seed, BASE_PPL, BASE_SENT)
+    lines = [base]
+    for k, (p, s) in enumerate(zip(ppls, sents)):
+        lines.append(line("steered", k, seed, p + 1.0, s + 0.1, base["items"], blind=blind))
+        lines.append(line("round", k, seed, p, s, base["items"], kept=30, generated=40, status="ok",
+                          heal=dict(barrier_active=0.2, kl_agg=0.4), seconds=dict(heal=60.0, measure=30.0)))
+        if p > ceil * BASE_PPL:
+            lines.append(dict(kind="stop", round=k, run=f"seed{seed}", seed=seed, reason="ppl ceiling"))
+            break
+    (d / "rounds.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+
+
+def trajectory(ppl_step, sent_step, seed, rounds=4):
+    """Round k's (ppl, sentiment): base + step × (k + 1), a small per-seed offset shared by every setting."""
+    e = (seed - 1) * 0.01
+    return ([BASE_PPL + ppl_step * (k + 1) + 3 * e for k in range(rounds)],
+            [BASE_SENT + sent_step * (k + 1) + e for k in range(rounds)])
+
+
+def rounds_grid(out, blind=False):
+    settings = dict(lam0=(0.6, 0.10),  # NLL only: past the ceiling (4.0) at round 3
+                    clean=(0.15, 0.10),  # removes three quarters of the incoherence, keeps the trait
+                    costly=(0.6, 0.02),  # keeps the incoherence, removes 80% of the trait
+                    equal=(0.3, 0.05))  # half of each
+    for name, (dp, ds) in settings.items():
+        for seed in (0, 1, 2):
+            make_run(out / name / f"seed{seed}", seed, *trajectory(dp, ds, seed), blind=blind)
+    for seed in (0, 1, 2):  # null: λ=0's trajectory with another seed's offset (λ=0 plus seed noise)
+        make_run(out / "null" / f"seed{seed}", seed, *trajectory(0.6, 0.10, (seed + 1) % 3), blind=blind)
+    return sweep.summarize_rounds(out, 4)
+
+
+def test_rounds_verdicts_can_say_no(tmp_path):
+    res = rounds_grid(tmp_path)
+    assert res["clean"]["bet"] == "preferential" and set(res["clean"]["words"]) == {0, 1, 2, 3}
+    assert res["costly"]["bet"] == "not preferential"
+    assert res["equal"]["bet"] == "not distinguishable"
+    assert res["null"]["bet"] == "no effect beyond noise"
+    assert res["clean"]["by_round"][0]["why"].startswith("decided by sentiment")  # the reader outside the model
+    # λ=0 passes the ceiling at round 3 in every seed, the clean barrier never does: it goes further, and at the
+    # highest ppl both reached it holds more trait
+    assert res["lam0"]["under_ceiling"] == [3, 3, 3] and res["clean"]["under_ceiling"] == [4, 4, 4]
+    assert res["clean"]["further"]["rounds"] == "further"
+    assert res["clean"]["further"]["trait"] == "more trait at equal ppl"
+    assert res["costly"]["further"]["rounds"] == "as far"
+    assert res["costly"]["further"]["trait"] == "less trait at equal ppl"
+    assert res["null"]["further"]["trait"] == "the same trait at equal ppl within noise"
+    md = (tmp_path / "summary.md").read_text()
+    assert "**clean vs λ=0**: removes incoherence before the trait? **preferential**" in md
+    assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "clean" / "report.md").exists()
+
+
+def test_rounds_blind_reader_is_not_measurable(tmp_path):
+    res = rounds_grid(tmp_path, blind=True)  # the vector at -dose moves every reader the persona's way too
+    for name in ("clean", "costly", "equal", "null"):
+        assert res[name]["bet"] == "not measurable", name
+        assert res[name]["further"]["trait"] == "not measurable"
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert not s["readers"]["sentiment"]["readable"] and "blind" in s["readers"]["sentiment"]["why"]
+
+
+def test_trait_at_equal_ppl_is_the_frontier_of_the_path():
+    path = [(2.0, 0.0), (2.5, 0.3), (2.2, 0.1)]  # a round that went up, then one that came back
+    assert sweep.best_at(path, 2.4) == pytest.approx(0.24)  # on the way up, not the way back (0.233)
+    assert sweep.best_at([(2.0, 0.0), (1.9, 0.2)], 2.0) == pytest.approx(0.2)  # more trait, below base ppl
+    assert sweep.best_at([(2.0, 0.0)], 1.5) is None
+
+
+def test_run_state_skips_done_and_resumes_unfinished(tmp_path):
+    assert sweep.run_state(tmp_path / "none", 4) == "new"
+    make_run(tmp_path / "stopped", 0, *trajectory(0.6, 0.1, 0))  # stopped at the ceiling in round 3
+    make_run(tmp_path / "short", 0, *trajectory(0.1, 0.1, 0, rounds=2))
+    assert sweep.run_state(tmp_path / "stopped", 10) == "done"
+    assert sweep.run_state(tmp_path / "short", 2) == "done" and sweep.run_state(tmp_path / "short", 4) == "resume"
+
+
+def test_a_starved_run_is_recorded_and_a_crash_stops_the_grid(tmp_path, monkeypatch, capsys):
+    """steer_heal exits 3 when too few survivors are left to heal: a result (a stop line, the grid goes on, never
+    retried); any other failure stops the grid, so hours are not spent on a broken setup."""
+    calls = []
+
+    def fake(cmd, env):  # a run that gets through round 0, then starves (or crashes)
+        d = Path(cmd[cmd.index("--out") + 1]) / cmd[cmd.index("--name") + 1]
+        make_run(d, 0, *trajectory(0.1, 0.1, 0, rounds=1))
+        calls.append(d.parent.name)
+        return 3 if d.parent.name == "lam0" else 1
+    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    with pytest.raises(SystemExit, match="rmse/seed0 exited 1"):
+        sweep.main(["--over-rounds", "--out", str(tmp_path), "--settings", "lam0", "rmse", "mean", "--seeds", "0"])
+    assert calls == ["lam0", "rmse"]  # mean never started
+    stop = json.loads((tmp_path / "lam0" / "seed0" / "rounds.jsonl").read_text().splitlines()[-1])
+    assert stop["kind"] == "stop" and stop["round"] == 1 and stop["reason"].startswith("starved")
+    assert sweep.run_state(tmp_path / "lam0" / "seed0", 4) == "done"
+
+
+# ---- the driver end to end on a tiny random model -----------------------------------------------------------------
+def test_over_rounds_driver_runs_resumes_and_skips(tiny_dir, tmp_path, capsys):
+    """Two settings x one seed, one round, then --rounds 2 (each run resumed), then again (nothing to do)."""
+    skip_without_eval_data()
+    from test_smoke import TINY_FLAGS
+    assert TINY_FLAGS[:2] == ["--rounds", "1"]
+    flags = ["--preset", "quick", *TINY_FLAGS[2:]]  # the driver sets --rounds
+    grid = ["--over-rounds", "--out", str(tmp_path), "--settings", "lam0", "rmse", "--seeds", "0"]
+    sweep.main(grid + ["--rounds", "1", "--", "--model", tiny_dir, "--statements", "none", *flags])
+    sweep.main(grid + ["--rounds", "2"])
+    for name, lam in (("lam0", 0.0), ("rmse", 1.0)):
+        d = tmp_path / name / "seed0"
+        cfg = json.loads((d / "config.json").read_text())["config"]
+        assert cfg["lam"] == lam and cfg["persona"] == "love" and cfg["baselines"] is False
+        kinds = [json.loads(x)["kind"] for x in (d / "rounds.jsonl").read_text().splitlines()]
+        assert kinds.count("round") == 2 and kinds.count("steered") == 2 and "base" in kinds
+    capsys.readouterr()
+    sweep.main(grid + ["--rounds", "2"])
+    assert capsys.readouterr().out.count("done, skipped") == 2
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert set(s["settings"]) == {"lam0", "rmse"} and s["settings"]["rmse"]["bet"] in sweep.BET
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from conftest import build_tiny
+    return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
