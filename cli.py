@@ -18,7 +18,7 @@ CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "fl
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
                method=["steer-heal", "prompt-bake", "online"])
-RESUME_OK = {"rounds", "device", "compile", "resume", "redo_from"}  # flags that may differ on --resume without changing the experiment
+RESUME_OK = {"rounds", "device", "compile", "resume"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
                  "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
@@ -158,7 +158,7 @@ def prepare_run_dir(cfg, explicit):
             saved = sh.load_config(run_dir)
         except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
             raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
-        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)]
+        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE - {"redo_from"} if getattr(cfg, k) != getattr(saved, k)]
         if changed:
             raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
                        f". Allowed with --resume: --rounds, --device, and the dose-controller and filter flags "

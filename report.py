@@ -20,10 +20,9 @@ import json
 import math
 import os
 import re
+import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
 import statistics
 import sys
-
-import runio  # stdlib only: how a run's files are read, each unreadable line named
 
 MIN_KEPT = 8        # fewer survivors than this in a round is too little to heal on
 PPL_TOL = 1.25      # healed round-0 ppl_base may be 25% above the base line's (same prompts, both greedy)

@@ -1203,9 +1203,9 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
         log(f"  direction check, opposite persona as system prompt: persona_gap {opp.get('persona_gap', math.nan):.4f} "
             f"(Δ vs base CI {opp.get('persona_gap_ci')}), trait_fixed {om['trait_fixed']:.3f}")
     extra.setdefault("seconds", {})["measure"] = time.time() - t
-    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     if kind == "round" and met["ppl_base"] > ctx.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
-        line["status"] = "over_ceiling"
+        extra["status"] = "over_ceiling"
+    line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     ci = per.get("persona_gap_ci")
     log(f"[{kind} r{k}] auth_nats {ev['auth_nats']:.3f} care_nats {ev['care_nats']:.3f} answer_mass "
         f"{ev['answer_mass']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
