@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import eval_mfv
+import runio
 import steer_heal as sh
 from steer_heal import CONTEXTS, PERSONAS, PRESETS, Config, Stop
 
@@ -136,7 +137,9 @@ def check_config(cfg):
                              ("--online-batch", cfg.online_batch, cfg.online_batch >= 1, ">= 1"),
                              ("--online-group", cfg.online_group, cfg.online_group >= 2, ">= 2 (advantages compare a group)"),
                              ("--online-samples", cfg.online_samples, cfg.online_samples >= 1, ">= 1"),
-                             ("--online-refresh", cfg.online_refresh, cfg.online_refresh >= 0, ">= 0")):
+                             ("--online-refresh", cfg.online_refresh, cfg.online_refresh >= 0, ">= 0"),
+                             ("--redo-from", cfg.redo_from, cfg.redo_from >= -1 and (cfg.redo_from < 0 or cfg.resume),
+                              ">= 0 with --resume (-1 = keep every completed round)")):
         if not ok:
             raise Stop(f"{flag} {v}: must be {rng}.")
     if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
@@ -159,7 +162,7 @@ def prepare_run_dir(cfg, explicit):
             saved = sh.load_config(run_dir)
         except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
             raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
-        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)]
+        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE - {"redo_from"} if getattr(cfg, k) != getattr(saved, k)]
         if changed:
             raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
                        f". Allowed with --resume: --rounds, --device, and the dose-controller and filter flags "
@@ -167,8 +170,11 @@ def prepare_run_dir(cfg, explicit):
         rescue = {k: getattr(cfg, k) for k in explicit & RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)}
         for k in explicit & (RESUME_OK | RESUME_RESCUE) - {"resume"}:
             setattr(saved, k, getattr(cfg, k))
-        if rescue:  # on the record: later rounds ran with these
-            sh.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue))
+        sh.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+        check_resume(run_dir, cfg.redo_from)
+        if rescue or cfg.redo_from >= 0:  # on the record: later rounds ran with these, or again
+            sh.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
+                                         **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {}))
         saved.resume = str(run_dir)
         return run_dir, saved
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
@@ -177,6 +183,71 @@ def prepare_run_dir(cfg, explicit):
         raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
                    "--overwrite, or pick another --name.")
     return run_dir, cfg
+
+
+def check_resume(run_dir, redo_from=-1):
+    """What a resume trusts, checked before the model loads: a torn last line of rounds.jsonl moved aside, each
+    unreadable line named, the adapters it will bake back in against their sha256, vector_r0.pt loads."""
+    runio.mend_tail(run_dir / "rounds.jsonl", sh.log)
+    sh.read_lines(run_dir, bad := [])
+    for b in bad:
+        sh.log(f"  rounds.jsonl {b}: unreadable, left out (a stage it recorded runs again if the resume needs it)")
+    done = sh.completed_rounds(run_dir)
+    if redo_from >= 0 and redo_from not in done:
+        raise Stop(f"--redo-from {redo_from}: not a completed round of {run_dir} (completed: {done or 'none'}).")
+    check_adapters(run_dir, done[:redo_from] if redo_from >= 0 else done)
+    v0 = run_dir / "vector_r0.pt"
+    try:
+        v0.exists() and torch.load(v0, map_location="cpu")
+    except Exception as e:
+        raise Stop(f"{v0} does not load ({type(e).__name__}: {str(e)[:120]}). Way out: delete it; --resume then "
+                   "extracts it again from the base model (the same vector on the same machine).")
+
+
+def check_adapters(run_dir, rounds):
+    """Each round's adapter files against the sha256 its round line recorded when they were saved (older runs:
+    that they exist). The first bad one is bad input: which file, what is wrong, and the way out."""
+    lines = sh.round_lines(sh.read_lines(run_dir))
+    for k in rounds:
+        folder, want = Path(run_dir) / f"round_{k}" / "adapter", lines[k].get("adapter_sha256") or {}
+        for f in [folder / n for n in want or ("adapter_config.json", "adapter_model.safetensors")]:
+            why = ("is missing" if not f.exists() else "does not match the sha256 recorded when it was saved (changed "
+                   "or cut short since)" if f.name in want and runio.sha256(f) != want[f.name] else None)
+            if why:
+                raise Stop(f"{f} {why}, so round {k} cannot be baked back in. Way out: python steer_heal.py --resume "
+                           f"{run_dir} --redo-from {k} runs round {k} and later again"
+                           + (f" on rounds 0-{k - 1}, which verify; or use only those: export.py --round {k - 1}, "
+                              f"load_run(run, upto_round={k - 1})" if k else " from the base model") + ".")
+
+
+def rounds_to_load(run_dir, upto_round=None):
+    """(rounds, note) for load_run / export.py: the completed rounds <= upto_round, stopping before a round whose
+    greedy answers are over the ppl ceiling unless upto_round names it; note says so ("" when nothing is over)."""
+    cfg, lines = sh.load_config(run_dir), sh.read_lines(run_dir)
+    done, rl = sh.completed_rounds(run_dir), sh.round_lines(lines)
+    base = next((x["ppl_base"] for x in lines if x.get("kind") == "base" and x.get("ppl_base")), None)
+    over = lambda x: x.get("status") == "over_ceiling" or base and (x.get("ppl_base") or 0) > cfg.ppl_ceil * base
+    ks = done + [len(done)] * (rl.get(len(done), {}).get("status") == "over_ceiling")
+    ks = [k for k in ks if upto_round is None or k <= upto_round]
+    bad = next((k for k in ks if over(rl[k])), None)  # older runs marked such a round "ok"
+    if bad is None:
+        return ks, ""
+    why = (f"round {bad} is over the ppl ceiling (its greedy answers' ppl_base {rl[bad].get('ppl_base'):.4g} > "
+           f"ppl_ceil {cfg.ppl_ceil} x base {base:.4g})")
+    if upto_round is not None:
+        return ks, f"{why}: merged all the same, as rounds <= {upto_round} were asked for"
+    return ks[:bad], (f"{why}: merging rounds {ks[:bad] or 'none (the base model)'} only; ask for round {bad} "
+                      "(--round / upto_round) to merge it anyway")
+
+
+def write_failed(e, run_dir):
+    """steer_heal's exit-4 message for a write that failed (re-raises an OSError that is not about writing)."""
+    if not isinstance(e, runio.WriteFailed) and e.errno not in runio.WRITE_ERRNOS:
+        raise e
+    e = e if isinstance(e, runio.WriteFailed) else runio.WriteFailed(e.filename or run_dir or ".", e)
+    return (f"steer_heal: {e}. Nothing half-written is kept. Free some space, then "
+            + (f"continue with: python steer_heal.py --resume {run_dir}"
+               if run_dir and (run_dir / "config.json").exists() else "run the same command again."))
 
 
 def start_run_dir(run_dir, cfg):
@@ -190,4 +261,4 @@ def start_run_dir(run_dir, cfg):
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 inputs=dict(vignettes=cfg.vignettes_path or "tinymfv package", statements=cfg.statements_path,
                             statements_n=len(cfg.statement_rows or [])))  # decided at run time: on the record
-    (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
+    runio.write_text(run_dir / "config.json", json.dumps(meta, indent=2))  # whole or not at all: resume reads it

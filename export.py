@@ -2,13 +2,14 @@
 
     python export.py results/<run> OUT [--round k] [--overwrite]
 
-OUT/           base + rounds <= k merged (default: every completed round): safetensors weights, tokenizer,
+OUT/           base + rounds <= k merged (default: every completed round under the ppl ceiling; a round past it
+               is merged only when --round names it): safetensors weights, tokenizer,
                generation config, and README.md (a model card: command, persona, rounds, last metrics).
                AutoModelForCausalLM.from_pretrained(OUT) gives the logits of steer_heal.load_run(run, k).
 OUT/vectors/   every round's vector: vector_r<j>.safetensors (tensors direction.<l>), vector_r<j>.json (its
                metadata) and vector_r<j>.gguf (a llama.cpp control vector). Seed another run with one:
                python steer_heal.py --vector OUT/vectors/vector_r0.safetensors
-Exit codes: 0 done, 2 bad input (nothing half-made left behind).
+Exit codes: 0 done, 2 bad input (nothing half-made left behind; an adapter that fails its sha256 is bad input).
 """
 import argparse, json, os, shlex, shutil, sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 import steer_heal as sh
+from cli import rounds_to_load
 
 HOOK_POINT = ("output of the decoder blocks in `layers` (0-based; transformers hidden_states[l + 1]; "
               "llama.cpp direction.<l>)")
@@ -96,7 +98,7 @@ def fmt(x):
     return "—" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def model_card(run_dir, cfg, meta, lines, merged, vectors):
+def model_card(run_dir, cfg, meta, lines, merged, vectors, note=""):
     base = next((x for x in lines if x["kind"] == "base"), {})
     last = next((x for x in reversed(lines) if x["kind"] == "round" and x["round"] in merged), base)
     stop = next((x for x in lines if x["kind"] == "stop"), None)
@@ -119,7 +121,7 @@ plain weights, no adapter, no hook.
 - **base model**: `{cfg.model or sh.EMBEDDED + " (steer-heal's embedded model)"}`, dtype {cfg.dtype}
 - **persona** (steered toward): {cfg.pos}
 - **baseline prompt** (steered away from): {cfg.neg or "(none: the model's default prompt)"}
-- **rounds merged**: {merged or 'none'} of the completed {sh.completed_rounds(run_dir) or 'none'}{f"; the run stopped at round {stop['round']}: {stop.get('reason')}" if stop else ""}
+- **rounds merged**: {merged or 'none'} of the completed {sh.completed_rounds(run_dir) or 'none'}{f"; the run stopped at round {stop['round']}: {stop.get('reason')}" if stop else ""}{f"; {note}" if note else ""}
 
 ## Last metrics: {what}, against the base model
 
@@ -160,9 +162,9 @@ def export(run_dir, out, upto_round=None, overwrite=False, device="auto"):
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.json").exists() or not (run_dir / "rounds.jsonl").exists():
         raise sh.Stop(f"{run_dir} is not a steer_heal run folder (no config.json and rounds.jsonl); pass results/<run>.")
-    done = sh.completed_rounds(run_dir)
-    if upto_round is not None and upto_round not in done:
-        raise sh.Stop(f"--round {upto_round}: not a completed round of {run_dir} (completed: {done or 'none'}).")
+    merged, note = rounds_to_load(run_dir, upto_round)
+    if upto_round is not None and upto_round not in merged:
+        raise sh.Stop(f"--round {upto_round}: not a completed round of {run_dir} (completed: {merged or 'none'}).")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise sh.Stop(f"{out} already exists and is not empty; pass --overwrite to replace it, or pick another OUT.")
     if out.exists() and not out.is_dir():
@@ -172,8 +174,7 @@ def export(run_dir, out, upto_round=None, overwrite=False, device="auto"):
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise sh.Stop(f"OUT {out} is inside the run folder {run_dir}; write the export somewhere else.")
     meta, lines = json.loads((run_dir / "config.json").read_text()), sh.read_lines(run_dir)
-    merged = [k for k in done if upto_round is None or k <= upto_round]
-    model, _, cfg = sh.load_run(run_dir, upto_round, device)
+    model, _, cfg = sh.load_run(run_dir, upto_round, device)  # says which rounds, if one is over the ceiling
     tok = AutoTokenizer.from_pretrained(cfg.model or sh.embedded_model_path())  # as shipped: no padding changes
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")  # a crash never leaves a half-written OUT
     shutil.rmtree(tmp, ignore_errors=True)
@@ -184,7 +185,7 @@ def export(run_dir, out, upto_round=None, overwrite=False, device="auto"):
             model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         vectors = write_vectors(run_dir, cfg, lines, model, tmp)
-        (tmp / "README.md").write_text(model_card(run_dir, cfg, meta, lines, merged, vectors))
+        (tmp / "README.md").write_text(model_card(run_dir, cfg, meta, lines, merged, vectors, note))
         if out.is_dir():  # --overwrite (or an empty folder)
             shutil.rmtree(out)
         os.replace(tmp, out)

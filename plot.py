@@ -2,7 +2,8 @@
 
     python plot.py results/<run> [results/<run2> ...] [--out DIR]
 
-Reads only rounds.jsonl and config.json (through report.read_run), so it plots a run in progress.
+Reads only rounds.jsonl and config.json (through report.read_run), so it plots a run in progress; each
+unreadable or malformed line of rounds.jsonl is named on stderr and left out.
 Several runs overlay; a group folder (seed<k>/ children) is drawn as the mean over its seeds with a
 min-max band. Writes plot.png and plot.svg into the first folder (or --out) and prints their paths.
 Runs of different --method overlay by method: one colour per method, its seeds pooled (a group folder's, and
@@ -39,7 +40,11 @@ def load(d):
     dirs = seed_dirs(d) or ([d] if os.path.exists(os.path.join(d, "rounds.jsonl")) else [])
     if not dirs:
         raise ValueError(f"{d}: not a run folder (no rounds.jsonl) and no seed<k>/ run folders in it")
-    runs = [r for r in map(read_run, dirs) if has_eval(r["base"]) or any(map(has_eval, r["rounds"]))]
+    runs = list(map(read_run, dirs))
+    for r in runs:  # each unreadable or malformed line named, never skipped in silence
+        for p in r["problems"]:
+            print(f"plot.py: {r['dir']}: {p}", file=sys.stderr)
+    runs = [r for r in runs if has_eval(r["base"]) or any(map(has_eval, r["rounds"]))]
     if not runs:
         raise ValueError(f"{d}: no eval lines yet (no base or round line with auth_nats/care_nats); nothing to plot")
     return runs
@@ -100,7 +105,7 @@ def panel_map(ax, label, runs, color):
 def panel_coherence(ax, ax2, runs, color):
     """ppl_base ÷ the base line's (the coherence reader) against the ppl_ceil line; kept fraction and
     answer_mass share the axis (both 0-1); answer_mass is not coherence (steering raises it), drawn thin."""
-    frac = lambda r, ln: get(ln, "kept") / get(ln, "generated") if get(ln, "generated") and "kept" in ln else None
+    frac = lambda r, ln: get(ln, "kept") / get(ln, "generated") if get(ln, "generated") and get(ln, "kept") is not None else None
     ratio = lambda r, ln: (get(ln, "ppl_base") / get(r["base"], "ppl_base")
                            if None not in (get(ln, "ppl_base"), get(r["base"], "ppl_base")) else None)
     for fn, evals_only, style in [(ratio, True, dict(marker="o", lw=1.8)),

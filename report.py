@@ -6,9 +6,10 @@ run folders of one method, pool as that method's seeds), then steer-heal against
 "iterative vs online") at the last round all of them evaluated, with the generation each spent to get there.
 
 Reads only what a run wrote (config.json, rounds.jsonl, completions_r0.jsonl; docs/CONTRACT.md), so it works
-on a run in progress and needs no model; stdlib only, as steer_heal.py imports it after every run. Each section
-is one verdict line (yes / no / unclear / not measurable / not measured in this run, with the numbers that
-decide it), then its tables. Older runs are read through their old field names (OLD below).
+on a run in progress and needs no model; stdlib only (and runio.py), as steer_heal.py imports it after every run.
+A line it cannot read is named at the top of report.md, never skipped in silence. Each section is one verdict
+line (yes / no / unclear / not measurable / not measured in this run, with the numbers that decide it), then its
+tables. Older runs are read through their old field names (OLD below).
 
 Noise: a change counts only when it is outside its interval. One seed: the line's own bootstrap (vignettes
 for auth_nats, statements for persona_gap; trait_fixed has none). A group of seeds: the larger of the seeds'
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import re
+import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
 import statistics
 import sys
 
@@ -54,16 +56,67 @@ SECTIONS = ["Q0 can we filter?", "Q1 can we heal?", "Q2 coherent over the loop?"
 MEASURED = ("yes", "no", "unclear")  # the words a reader gives when it can be read
 
 
-def read_jsonl(path):
-    """The JSON objects of a JSONL file; a half-written last line (run in progress) is skipped."""
-    out = []
-    with open(path if os.path.exists(path) else os.devnull) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return [x for x in out if isinstance(x, dict)]
+def read_jsonl(path, problems=None):
+    """The JSON objects of a JSONL file. Each line that is not one (torn by a crash, glued onto the next) is left
+    out and, if a list is given, named in `problems` ("<file> line <n>: why"), never skipped in silence."""
+    rows, bad = runio.read_jsonl(path)
+    if problems is not None:
+        problems += [f"{os.path.basename(path)} {b}" for b in bad]
+    return rows
+
+
+KINDS = {"base", "prompting", "steering_only", "steered", "round", "lam0", "stop", "resume"}  # docs/CONTRACT.md
+SHAPES = {dict: ("eval_ci", "nats", "p", "heal", "dropped_by", "vector_norms", "seconds", "changed", "adapter_sha256"),
+          list: ("dose_table", "doses", "persona_gap_ci", "opposite_persona_gap_ci", "fingerprint", "probes"),
+          str: ("status", "reason", "method", "run", "time", "eval_backend", "eval_frames")}
+RANGES = {**dict.fromkeys(("top1", "top1_chance", "answer_mass", "coherence", "persona_yes_frac",
+                           "persona_yesno_match", "kept_frac"), (0, 1)),  # fractions
+          **dict.fromkeys(("ppl_base", "raw_ppl_base", "train_ppl_base", "healed_ppl_base", "opposite_ppl_base",
+                           "ppl_gate", "ppl_tail"), (1e-300, math.inf)),  # perplexities (a ratio's denominator)
+          **dict.fromkeys(("eval_n", "persona_n", "generated", "kept", "generated_tokens", "n"), (0, math.inf))}
+SCALARS = ("nats", "p", "heal", "dropped_by", "vector_norms", "seconds")  # objects of numbers (or words)
+
+
+def wrong(key, v):
+    """Why v cannot be the value of field `key` (a sentence), or None. null is fine: it is how NaN is written."""
+    num = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if v is None:
+        return None
+    if num and not math.isfinite(v):
+        return f"is {v} (a run writes null)"
+    shape = next((t for t, keys in SHAPES.items() if key in keys), None)
+    if shape and not isinstance(v, shape):
+        return f"is a {type(v).__name__}, not a {shape.__name__}"
+    if key in RANGES and not (num and RANGES[key][0] <= v <= RANGES[key][1]):
+        return f"is {v!r}, not a number in [{RANGES[key][0]:g}, {RANGES[key][1]:g}]"
+    if key in SCALARS and any(isinstance(x, (list, dict)) or isinstance(x, float) and not math.isfinite(x)
+                              for x in v.values()):
+        return "holds a list, an object or a non-finite number where numbers belong"
+    return None
+
+
+def clean_line(ln):
+    """(the line as the report can read it, or None to leave it out; problems). A line without a kind or an
+    integer round, or of an unknown kind, is left out; a field of the wrong shape or range is read as missing."""
+    kind, rnd = ln.get("kind"), ln.get("round", -1 if ln.get("kind") in ("base", "prompting", "steering_only",
+                                                                          "resume") else None)
+    where = f"a {kind!r} line" if isinstance(kind, str) else "a line"
+    if not isinstance(kind, str) or kind not in KINDS:
+        return None, [f"{where} of no known kind (kinds: {', '.join(sorted(KINDS))}): left out"]
+    if not isinstance(rnd, int) or isinstance(rnd, bool):
+        return None, [f"{where} whose round is {rnd!r}, not an integer: left out"]
+    out, bad = dict(ln, round=rnd), []
+    for k, v in ln.items():
+        if (why := wrong(k, v)):
+            bad.append(f"{where} (round {rnd}): {k} {why}: read as missing")
+            out.pop(k)
+    rows = out.get("dose_table") or []
+    keep = [r for r in rows if isinstance(r, dict) and not any(wrong(k, v) for k, v in r.items())
+            and (get(r, "kept") or 0) <= (get(r, "n") or 0)]
+    if len(keep) < len(rows):
+        out["dose_table"] = keep
+        bad.append(f"{where} (round {rnd}): {len(rows) - len(keep)} dose_table row(s) malformed: left out")
+    return out, bad
 
 
 def seed_dirs(d):
@@ -76,9 +129,20 @@ def seed_dirs(d):
 def read_run(run_dir):
     """Everything a run wrote, by kind. Lines with the same (kind, round) merge, the later one winning.
     steer_ref is the steering reference: round 0's `steered` line, or `steering_only` in older runs."""
-    merged = {}
-    for ln in read_jsonl(os.path.join(run_dir, "rounds.jsonl")):
-        merged.setdefault((ln.get("kind"), ln.get("round", -1)), {}).update(ln)
+    merged, problems = {}, []
+    rows, bad = runio.read_jsonl(os.path.join(run_dir, "rounds.jsonl"), numbered=True)
+    problems += [f"rounds.jsonl {b}: left out" for b in bad]
+    for i, ln in rows:
+        ln, bad = clean_line(ln)
+        problems += [f"rounds.jsonl line {i}: {b}" for b in bad]
+        if not ln:
+            continue
+        if ln["kind"] == "resume" and isinstance(ln.get("redo_from"), int):  # --redo-from j: rounds >= j run again
+            merged = {key: v for key, v in merged.items() if key[1] < ln["redo_from"]}
+        merged.setdefault((ln["kind"], ln["round"]), {}).update(ln)
+    torn = runio.count_lines(os.path.join(run_dir, "rounds.torn.jsonl"))
+    problems += [f"rounds.torn.jsonl: {torn} torn line(s) a resume moved out of rounds.jsonl (a write cut short), "
+                 "kept there, read by nothing"] * bool(torn)
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
             conf = json.load(f)
@@ -91,7 +155,7 @@ def read_run(run_dir):
     cfg = conf["config"] if isinstance(conf.get("config"), dict) else conf
     method = cfg.get("method") or next((v["method"] for v in merged.values() if v.get("method")), DEFAULT_METHOD)
     return {"dir": run_dir, "name": os.path.basename(os.path.normpath(run_dir)), "argv": conf.get("argv"),
-            "cfg": cfg, "method": str(method),
+            "cfg": cfg, "method": str(method), "problems": problems,
             "rounds": by_round("round"), "steered": steered,
             "steer_ref": steered.get(0) or last("steering_only"),
             **{k: last(k) for k in ("base", "prompting", "steering_only", "lam0", "stop")}}
@@ -768,9 +832,16 @@ def write_report(run_dir):
     for s in seeds:  # each seed's own report too
         write_report(s)
     name = os.path.basename(os.path.normpath(run_dir))
-    text = render([read_run(d) for d in seeds or [run_dir]], name, bool(seeds))
-    with open(os.path.join(run_dir, "report.md"), "w") as f:
-        f.write(text)
+    runs = [read_run(d) for d in seeds or [run_dir]]
+    for r in runs:  # the report reads completions_r0.jsonl too (Q0)
+        read_jsonl(os.path.join(r["dir"], "completions_r0.jsonl"), r["problems"])
+    text = render(runs, name, bool(seeds))
+    bad = [f"- {r['name'] + ': ' if seeds else ''}{p}" for r in runs for p in r["problems"]]
+    if bad:  # first thing under the title: the numbers below are without these lines
+        title, rest = text.split("\n", 1)
+        text = "\n".join([title, "", f"**{len(bad)} problem(s) in this run's files; every number below is without "
+                           "them:**", *bad, rest])
+    runio.write_text(os.path.join(run_dir, "report.md"), text)
     return text
 
 
@@ -1008,6 +1079,9 @@ def main(argv=None):
         except ValueError as e:
             print(f"report.py: {e}", file=sys.stderr)
             code = 2
+        except runio.WriteFailed as e:  # a full disk: no half-written report.md
+            print(f"report.py: {e}", file=sys.stderr)
+            code = 4
     path = write_methods_report(good, args.out) if good else None
     if path:
         print(path)

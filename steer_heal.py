@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 import eval_mfv
 import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
 import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
+import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -54,6 +55,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | bfloat16 | float16; bf16 is faster but baking rounds small LoRA updates away
     resume: str = ""  # results/<run> to continue after its last completed round
+    redo_from: int = -1  # with --resume: run round k and later again (e.g. their files fail to verify); -1 = keep all
     overwrite: bool = False  # replace an existing, different run in the output folder
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (GRPO-style per batch)
@@ -1003,17 +1005,20 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
 #     Loading a run = base weights, then each round's adapter merged in order.
 
 def save_adapter(pm, run_dir, k):
+    """Round k's adapter, written whole or not at all; returns {file: sha256} for its round line, which a
+    resume checks before baking the adapter back in."""
     final = Path(run_dir) / f"round_{k}" / "adapter"
-    tmp = final.with_name("adapter.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pm.save_pretrained(tmp)
-    os.replace(tmp, final)  # atomic: a crash never leaves a half-written adapter under the final name
-    return final
+    with runio.atomic(final) as tmp:
+        pm.save_pretrained(tmp)
+    return {f.name: runio.sha256(f) for f in sorted(final.iterdir()) if f.suffix in (".json", ".safetensors")}
 
 
 def merge_adapter(model, path):
     from peft import PeftModel
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    try:
+        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except Exception as e:  # a run from before the hashes, or a file changed after the check
+        raise Stop(f"{path} does not load as an adapter ({type(e).__name__}: {str(e)[:200]}).")
 
 
 @torch.no_grad()
@@ -1023,19 +1028,32 @@ def fingerprint(model, tok):
     return [round(x, 4) for x in model(**enc, logits_to_keep=1).logits[0, -1, :8].float().tolist()]
 
 
-def read_lines(run_dir):
-    p = Path(run_dir) / "rounds.jsonl"
-    out = []
-    for line in (p.read_text().splitlines() if p.exists() else []):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a crash mid-write: that stage did not complete
-            pass
+def read_lines(run_dir, problems=None):
+    """rounds.jsonl's lines; each unreadable one (a line torn by a crash: that stage did not complete) is left out
+    and, if a list is given, named in `problems`."""
+    rows, bad = runio.read_jsonl(Path(run_dir) / "rounds.jsonl")
+    if problems is not None:
+        problems += bad
+    return rows
+
+
+def round_lines(lines):
+    """{k: round k's latest line}; a `resume` line with redo_from j discards the rounds >= j written before it."""
+    out = {}
+    for x in lines:
+        if x.get("kind") == "resume" and isinstance(x.get("redo_from"), int):
+            out = {k: v for k, v in out.items() if k < x["redo_from"]}
+        elif x.get("kind") == "round" and isinstance(x.get("round"), int):
+            out[x["round"]] = x
     return out
 
 
 def completed_rounds(run_dir):
-    return sorted(x["round"] for x in read_lines(run_dir) if x["kind"] == "round" and x.get("status") == "ok")
+    """Rounds 0, 1, ... up to the first whose line is not "ok" (over the ppl ceiling, or never finished)."""
+    lines, done = round_lines(read_lines(run_dir)), []
+    while lines.get(len(done), {}).get("status") == "ok":
+        done.append(len(done))
+    return done
 
 
 def load_config(run_dir):
@@ -1045,12 +1063,17 @@ def load_config(run_dir):
 
 
 def load_run(run_dir, upto_round=None, device="auto"):
-    """(model, tok, cfg) of a run: base + rounds <= upto_round (default: all completed) merged."""
+    """(model, tok, cfg) of a run: base + rounds <= upto_round merged (default: every completed round under the
+    ppl ceiling). Each adapter is checked against its recorded sha256 first."""
+    from cli import check_adapters, rounds_to_load  # run-folder plumbing
     cfg = load_config(run_dir)
+    ks, note = rounds_to_load(run_dir, upto_round)
+    if note:
+        log(f"load_run {run_dir}: {note}")
+    check_adapters(run_dir, ks)
     model, tok = load_model(cfg.model, device, cfg.dtype)
-    for k in completed_rounds(run_dir):
-        if upto_round is None or k <= upto_round:
-            model = merge_adapter(model, Path(run_dir) / f"round_{k}" / "adapter")
+    for k in ks:
+        model = merge_adapter(model, Path(run_dir) / f"round_{k}" / "adapter")
     return model.eval(), tok, cfg
 
 
@@ -1064,8 +1087,12 @@ LOG = {"file": None, "run_dir": None, "argv": []}
 def log(msg=""):
     print(msg, flush=True)
     if LOG["file"]:
-        LOG["file"].write(msg + "\n")
-        LOG["file"].flush()
+        try:
+            LOG["file"].write(msg + "\n")
+            LOG["file"].flush()
+        except OSError as e:  # a full disk: stop writing log.txt (the terminal still has it), then exit 4
+            f, LOG["file"] = LOG["file"], None
+            raise runio.WriteFailed(f.name, e) from e
 
 
 def finite(x):  # strict JSON: NaN / inf become null
@@ -1077,11 +1104,14 @@ def finite(x):  # strict JSON: NaN / inf become null
 
 
 def append_line(run_dir, obj):
+    """One line, fsynced; a torn last line is moved aside first, a failed write cut back (runio)."""
     obj.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    with open(Path(run_dir) / "rounds.jsonl", "a") as f:
-        f.write(json.dumps(finite(obj)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    runio.append_jsonl(Path(run_dir) / "rounds.jsonl", [finite(obj)], log)
+
+
+def save_vector(vec, path):
+    with runio.atomic(path) as tmp:
+        torch.save({l: v.cpu() for l, v in vec.items()}, tmp)
 
 
 def find_vignettes(cfg):
@@ -1176,11 +1206,9 @@ def persona_reading(model, tok, cfg, ctx, system=None, vectors=None, coeff=0.0, 
 
 
 def write_samples(run_dir, title, answers, users):
-    with open(Path(run_dir) / "samples.md", "a") as f:
-        f.write(f"\n## {title}\n\n")
-        for u, a in zip(users, answers):
-            text = (a["text"] or "(empty)").replace("\n", "\n> ")
-            f.write(f"**{u}**\n\n> {text}\n\n")
+    text = "".join(f"**{u}**\n\n> {(a['text'] or '(empty)').replace(chr(10), chr(10) + '> ')}\n\n"
+                   for u, a in zip(users, answers))
+    runio.append(Path(run_dir) / "samples.md", f"\n## {title}\n\n{text}".encode())
 
 
 def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):
@@ -1215,6 +1243,8 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
                         f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key != "ppl_base"))
     per.pop("_ll", None)
     extra.setdefault("seconds", {})["measure"] = time.time() - t
+    if kind == "round" and met["ppl_base"] > ctx.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
+        extra["status"] = "over_ceiling"
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     line["items"] = {key: [round(x, 4) for x in v] for key, v in items.items()}
     ci = lambda key: (f" [Δ {line[key + '_ci'][0]:+.3f}, {line[key + '_ci'][1]:+.3f}]" if line.get(key + "_ci") else "")
@@ -1260,7 +1290,7 @@ def vector_stage(model, tok, cfg, k, R):
     """The round's steering vector, re-extracted from the current (baked) model; round 0's is v0."""
     vec = R["v0"] if k == 0 else extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], R["steered"])
     if k:
-        torch.save({l: v.cpu() for l, v in vec.items()}, cfg.run_dir / f"vector_r{k}.pt")
+        save_vector(vec, cfg.run_dir / f"vector_r{k}.pt")
     norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
     cos0 = sum(F.cosine_similarity(vec[l], R["v0"][l], dim=0).item() for l in vec) / len(vec)
     log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
@@ -1280,11 +1310,9 @@ def unsteered_reference(model, tok, cfg, k):
     path.unlink(missing_ok=True)
 
     def sink(items):
-        with open(path, "a") as f:
-            for x in items:
-                f.write(json.dumps(dict(round=k, **{key: x[key] for key in (
-                    "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp",
-                    "narr", "refuse", "kept", "why_dropped", "rewinds")})) + "\n")
+        runio.append_jsonl(path, [dict(round=k, **{key: x[key] for key in (
+            "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp", "narr",
+            "refuse", "kept", "why_dropped", "rewinds")}) for x in items], log)
         return items
     ref, gate = calibrate_gate(model, tok, cfg, cfg.seed + 1000 * k + 3, cfg.probe_n)
     return dict(ref=sink(ref), gate=gate, sink=sink, anchor=[x for x in ref if x["kept"]], items=[], kept=[],
@@ -1416,7 +1444,7 @@ def one_round(model, tok, cfg, k, R, ctx, lam):
     log(f"  healed in {sec['heal']:.0f}s: val nll {hs.get('val_nll_before', math.nan):.3f} -> "
         f"{hs.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {hs['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
         f"{hs['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {hs['nonfinite']}")
-    save_adapter(pm, cfg.run_dir, k)  # bake
+    info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
     model = pm.merge_and_unload().eval()
     line = measure_round(model, tok, cfg, ctx, k, data, hs, info, sec)
     log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
@@ -1427,7 +1455,7 @@ def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
     from cli import check_config, prepare_run_dir, start_run_dir  # flags and run folders: plumbing, in cli.py
     check_config(cfg)
-    run_dir, cfg = prepare_run_dir(cfg, explicit)
+    run_dir, cfg = prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
     cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
     path = cfg.statements_path = find_statements(cfg)
 
@@ -1452,7 +1480,7 @@ def run(cfg, explicit=frozenset()):
         check_vector(cfg.seed_vector[0], model, cfg.vector)
     if not cfg.resume:
         start_run_dir(run_dir, cfg)
-    LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+        LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
@@ -1471,14 +1499,14 @@ def run(cfg, explicit=frozenset()):
         v0 = {l: v.to(model.device) for l, v in torch.load(run_dir / "vector_r0.pt", map_location="cpu").items()}
     elif cfg.vector:  # a saved vector seeds this run: round 0 steers with it, later rounds re-extract on its layers
         v0 = {l: v.to(model.device) for l, v in cfg.seed_vector[0].items()}
-        torch.save({l: v.cpu() for l, v in v0.items()}, run_dir / "vector_r0.pt")
+        save_vector(v0, run_dir / "vector_r0.pt")
         made = cfg.seed_vector[1].get("model")
         log(f"round-0 vector read from {cfg.vector}" + (f" (made on {made})" if made else "") + ": layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
         t = time.time()
         v0 = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
-        torch.save({l: v.cpu() for l, v in v0.items()}, run_dir / "vector_r0.pt")
+        save_vector(v0, run_dir / "vector_r0.pt")
         log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     ctx = dict(stash=stash, v0=v0, stmts=cfg.statement_rows)
@@ -1503,6 +1531,7 @@ def run(cfg, explicit=frozenset()):
             probe_defer_acc=probe.accuracy, probe_defer_chance=probe.chance, probe_defer_n=probe.n) if probe else {}))
         lines = read_lines(run_dir)
     base_ppl = next(x["ppl_base"] for x in lines if x["kind"] == "base")
+    ctx["ppl_max"] = cfg.ppl_ceil * base_ppl  # a round past this is recorded "over_ceiling" and ends the loop
     if cfg.baselines and "prompting" not in kinds:
         measure("prompting", -1, model, tok, cfg, ctx, "prompting baseline (persona as system prompt)", system=cfg.pos)
 
@@ -1514,7 +1543,7 @@ def run(cfg, explicit=frozenset()):
         model, line = one_round(model, tok, cfg, k, R, ctx, lam=cfg.lam * (1 + k) ** cfg.lam_round_pow)
         if line is None:
             break
-        if line["ppl_base"] > cfg.ppl_ceil * base_ppl:
+        if line["status"] == "over_ceiling":
             reason = (f"greedy answers' ppl under the base model {line['ppl_base']:.2f} > ceiling {cfg.ppl_ceil} x "
                       f"base {base_ppl:.2f}")
             append_line(run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, reason=reason))
@@ -1532,7 +1561,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
     LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
     grad = torch.is_grad_enabled()
-    from cli import check_config, parse_args
+    from cli import check_config, parse_args, write_failed
+    LOG.update(run_dir=None, file=None)  # a previous call's run (tests call main repeatedly)
+    code = msg = None
     try:
         cfg, explicit = parse_args(argv)
         check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
@@ -1547,15 +1578,19 @@ def main(argv=None):
         else:
             run(cfg, explicit)
     except Stop as e:
-        log(f"\nsteer_heal: {e}")
-        sys.exit(e.code)
+        code, msg = e.code, f"steer_heal: {e}"
     except KeyboardInterrupt:
         where = LOG["run_dir"]
-        log(f"\ninterrupted. Everything completed so far is on disk"
-            + (f"; continue with: python steer_heal.py --resume {where}" if where else "."))
-        sys.exit(130)
+        code, msg = 130, ("interrupted. Everything completed so far is on disk"
+                          + (f"; continue with: python steer_heal.py --resume {where}" if where else "."))
+    except (runio.WriteFailed, OSError) as e:  # a full disk, anywhere: exit 4, the path and the free space
+        code, msg = 4, write_failed(e, LOG["run_dir"])
     finally:
         torch.set_grad_enabled(grad)
+    if msg:
+        with contextlib.suppress(runio.WriteFailed):  # log.txt may be on the full disk too: printed all the same
+            log("\n" + msg)
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # run as the module `steer_heal`, the one cli.py imports: one copy of its state

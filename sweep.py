@@ -30,6 +30,7 @@ import torch
 
 import eval_mfv
 import report  # the one rule for noise, chance and direction (issue 22: it lives once)
+import runio
 import steer_heal as sh
 
 # name -> heal overrides. Every regulariser the seed names, each alone, at two or more strengths.
@@ -51,15 +52,17 @@ def log(msg):
     sh.log(msg)
 
 
-def save_items(path, items):
-    with open(path, "w") as f:
-        for x in items:
-            f.write(json.dumps({k: x[k] for k in ("user", "prompt", "ids", "text", "dose", "ppl_tail", "rep", "kept",
-                                                  "why_dropped")}) + "\n")
+def save_items(path, items):  # whole or not at all: its presence is trusted
+    runio.write_text(path, "".join(json.dumps({k: x[k] for k in ("user", "prompt", "ids", "text", "dose", "ppl_tail",
+                                                                 "rep", "kept", "why_dropped")}) + "\n" for x in items))
 
 
 def load_items(path):
-    return [json.loads(line) for line in open(path)]
+    """The rows of a JSONL file; each unreadable line is logged (named), not skipped in silence."""
+    rows, bad = runio.read_jsonl(path)
+    for b in bad:
+        log(f"{path} {b}: left out")
+    return rows
 
 
 def data(model, tok, cfg, out):
@@ -79,7 +82,7 @@ def data(model, tok, cfg, out):
     ctl = sh.judge(ctl, cfg, gate)
     ctl = [x for x in ctl if x["kept"]][:len(kept)]
     log(f"unsteered control: {len(ctl)} survivors")
-    torch.save({l: v.cpu() for l, v in v0.items()}, out / "vector_r0.pt")
+    sh.save_vector(v0, out / "vector_r0.pt")
     save_items(out / "unsteered.jsonl", ctl)
     save_items(out / "survivors.jsonl", items)  # last: its presence means the data stage completed
     return items, ctl, v0
@@ -140,11 +143,10 @@ def main(argv=None):
     ctx = dict(stash=stash, v0=v0, stmts=cfg.statement_rows)
     ctx["base_ll"] = eval_mfv.statement_loglik(model, tok, ctx["stmts"])
     rows_path = out / "sweep.jsonl"
-    done = {(r["name"], r["seed"]) for r in map(json.loads, open(rows_path))} if rows_path.exists() else set()
+    done = {(r.get("name"), r.get("seed")) for r in load_items(rows_path)}
 
-    def append(row):
-        with open(rows_path, "a") as f:
-            f.write(json.dumps(sh.finite(row)) + "\n")
+    def append(row):  # a torn last line (a killed sweep) is moved to sweep.torn.jsonl first
+        runio.append_jsonl(rows_path, [sh.finite(row)], log)
 
     if ("base", -1) not in done:  # the base model, and the survivors the heal trains on, read the same way
         with sh.fixed_reader(model, stash):
@@ -306,7 +308,9 @@ def spread(vals, nd=3):
 
 # ---- the single-round summary (results/crux/sweep.jsonl) -------------------------------------------------------
 def summarize(out):
-    rows = [json.loads(line) for line in open(out / "sweep.jsonl")] if (out / "sweep.jsonl").exists() else []
+    rows, bad = runio.read_jsonl(out / "sweep.jsonl")
+    for b in bad:
+        print(f"sweep.jsonl {b}: left out of the summary", file=sys.stderr)
     base = next((r for r in rows if r["name"] == "base"), None)
     if not base:
         print("no base row yet")
@@ -379,8 +383,9 @@ def summarize(out):
                   f"[{r['persona_gap_ci'][0]:+.4f}, {r['persona_gap_ci'][1]:+.4f}], Δtrait_fixed "
                   f"{report.shift(r, base, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}, Δauth_nats "
                   f"{report.shift(r, base, 'auth_nats'):+.3f}" for s, r in sorted(group.items())]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(sh.finite(dict(
+    lines += ["", f"{len(bad)} unreadable line(s) of sweep.jsonl left out: " + "; ".join(bad)] * bool(bad)
+    runio.write_text(out / "summary.md", "\n".join(lines) + "\n")
+    runio.write_text(out / "summary.json", json.dumps(sh.finite(dict(
         readers={k: dict(sign=s, passes=gates[k][0], why=gates[k][1]) for k, s in readers},
         at_chance=at[0], settings=summary)), indent=1))
     frontier(out, base, by, {k: gates[k][0] for k, _ in readers})
