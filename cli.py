@@ -10,11 +10,10 @@ import torch
 
 import eval_mfv
 import runio
-import steer_heal as sh
-from steer_heal import CONTEXTS, PERSONAS, PRESETS, Config, Stop
+from prompts import CONTEXTS
+from runio import Stop
 
-CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"],
-               persona=list(PERSONAS), preset=["", *PRESETS], kl_dir=["rev", "fwd"],
+CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
                method=["steer-heal", "prompt-bake", "online"], eval_prompts=["everyday", "authority"])
@@ -24,20 +23,22 @@ RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches
                  "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
 
 
-def _help_comments():
+def _help_comments(Config):
     # The trailing comment of each field is its --help text: one place to document a knob.
     src = inspect.getsource(Config)
     return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
 
 
-def parse_args(argv=None):
-    """Config defaults <- --preset <- --persona <- explicit flags. Returns (cfg, explicit flag names)."""
-    p = argparse.ArgumentParser(description=sh.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(Config, PRESETS, PERSONAS, doc="", argv=None):
+    """Config defaults <- --preset <- --persona <- explicit flags, for the Config of the script that runs (a copy of
+    steer_heal.py passes its own, so its new fields are flags). Returns (cfg, explicit flag names)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    choices = dict(CHOICES, persona=list(PERSONAS), preset=["", *PRESETS])
 
     def error(msg):  # one line naming the flag (exit 2 in main), not argparse's page of usage
         raise Stop(f"{msg} (python steer_heal.py --help lists every flag).")
     p.error = error
-    helps = _help_comments()
+    helps = _help_comments(Config)
     for f in dataclasses.fields(Config):
         flag, kw = "--" + f.name.replace("_", "-"), dict(default=argparse.SUPPRESS, help=helps.get(f.name))
         if f.type is bool:
@@ -46,8 +47,8 @@ def parse_args(argv=None):
             kw.update(nargs="+", type=int if f.name == "seeds" else str if f.name == "lora_targets" else float)
         else:
             kw["type"] = f.type
-        if f.name in CHOICES:
-            kw["choices"] = CHOICES[f.name]
+        if f.name in choices:
+            kw["choices"] = choices[f.name]
         p.add_argument(flag, **kw)
     explicit = vars(p.parse_args(argv))
     cfg = Config()
@@ -144,7 +145,8 @@ def check_config(cfg):
             raise Stop(f"{flag} {v}: must be {rng}.")
     if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
         raise Stop(f"--eval-frames {cfg.eval_frames}: choose one of {', '.join(sorted(eval_mfv.FRAME_SETS))}.")
-    if cfg.compile and sh.pick_device(cfg.device).type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+    cpu = cfg.device == "cpu" or cfg.device == "auto" and not torch.cuda.is_available()
+    if cfg.compile and cpu and not shutil.which(os.environ.get("CXX", "g++")):
         raise Stop("--compile on the CPU needs a C++ compiler for torch.compile's inductor backend, and none was found "
                    "($CXX or g++). Install one, or drop --compile (eager generation, the default).")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -159,7 +161,7 @@ def prepare_run_dir(cfg, explicit):
         if not (run_dir / "config.json").exists():
             raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
         try:
-            saved = sh.load_config(run_dir)
+            saved = runio.load_config(run_dir, type(cfg))
         except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
             raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
         changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE - {"redo_from"} if getattr(cfg, k) != getattr(saved, k)]
@@ -170,10 +172,10 @@ def prepare_run_dir(cfg, explicit):
         rescue = {k: getattr(cfg, k) for k in explicit & RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)}
         for k in explicit & (RESUME_OK | RESUME_RESCUE) - {"resume"}:
             setattr(saved, k, getattr(cfg, k))
-        sh.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+        runio.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
         check_resume(run_dir, cfg.redo_from)
         if rescue or cfg.redo_from >= 0:  # on the record: later rounds ran with these, or again
-            sh.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
+            runio.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
                                          **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {}))
         saved.resume = str(run_dir)
         return run_dir, saved
@@ -188,56 +190,20 @@ def prepare_run_dir(cfg, explicit):
 def check_resume(run_dir, redo_from=-1):
     """What a resume trusts, checked before the model loads: a torn last line of rounds.jsonl moved aside, each
     unreadable line named, the adapters it will bake back in against their sha256, vector_r0.pt loads."""
-    runio.mend_tail(run_dir / "rounds.jsonl", sh.log)
-    sh.read_lines(run_dir, bad := [])
+    runio.mend_tail(run_dir / "rounds.jsonl", runio.log)
+    runio.read_lines(run_dir, bad := [])
     for b in bad:
-        sh.log(f"  rounds.jsonl {b}: unreadable, left out (a stage it recorded runs again if the resume needs it)")
-    done = sh.completed_rounds(run_dir)
+        runio.log(f"  rounds.jsonl {b}: unreadable, left out (a stage it recorded runs again if the resume needs it)")
+    done = runio.completed_rounds(run_dir)
     if redo_from >= 0 and redo_from not in done:
         raise Stop(f"--redo-from {redo_from}: not a completed round of {run_dir} (completed: {done or 'none'}).")
-    check_adapters(run_dir, done[:redo_from] if redo_from >= 0 else done)
+    runio.check_adapters(run_dir, done[:redo_from] if redo_from >= 0 else done)
     v0 = run_dir / "vector_r0.pt"
     try:
         v0.exists() and torch.load(v0, map_location="cpu")
     except Exception as e:
         raise Stop(f"{v0} does not load ({type(e).__name__}: {str(e)[:120]}). Way out: delete it; --resume then "
                    "extracts it again from the base model (the same vector on the same machine).")
-
-
-def check_adapters(run_dir, rounds):
-    """Each round's adapter files against the sha256 its round line recorded when they were saved (older runs:
-    that they exist). The first bad one is bad input: which file, what is wrong, and the way out."""
-    lines = sh.round_lines(sh.read_lines(run_dir))
-    for k in rounds:
-        folder, want = Path(run_dir) / f"round_{k}" / "adapter", lines[k].get("adapter_sha256") or {}
-        for f in [folder / n for n in want or ("adapter_config.json", "adapter_model.safetensors")]:
-            why = ("is missing" if not f.exists() else "does not match the sha256 recorded when it was saved (changed "
-                   "or cut short since)" if f.name in want and runio.sha256(f) != want[f.name] else None)
-            if why:
-                raise Stop(f"{f} {why}, so round {k} cannot be baked back in. Way out: python steer_heal.py --resume "
-                           f"{run_dir} --redo-from {k} runs round {k} and later again"
-                           + (f" on rounds 0-{k - 1}, which verify; or use only those: export.py --round {k - 1}, "
-                              f"load_run(run, upto_round={k - 1})" if k else " from the base model") + ".")
-
-
-def rounds_to_load(run_dir, upto_round=None):
-    """(rounds, note) for load_run / export.py: the completed rounds <= upto_round, stopping before a round whose
-    greedy answers are over the ppl ceiling unless upto_round names it; note says so ("" when nothing is over)."""
-    cfg, lines = sh.load_config(run_dir), sh.read_lines(run_dir)
-    done, rl = sh.completed_rounds(run_dir), sh.round_lines(lines)
-    base = next((x["ppl_base"] for x in lines if x.get("kind") == "base" and x.get("ppl_base")), None)
-    over = lambda x: x.get("status") == "over_ceiling" or base and (x.get("ppl_base") or 0) > cfg.ppl_ceil * base
-    ks = done + [len(done)] * (rl.get(len(done), {}).get("status") == "over_ceiling")
-    ks = [k for k in ks if upto_round is None or k <= upto_round]
-    bad = next((k for k in ks if over(rl[k])), None)  # older runs marked such a round "ok"
-    if bad is None:
-        return ks, ""
-    why = (f"round {bad} is over the ppl ceiling (its greedy answers' ppl_base {rl[bad].get('ppl_base'):.4g} > "
-           f"ppl_ceil {cfg.ppl_ceil} x base {base:.4g})")
-    if upto_round is not None:
-        return ks, f"{why}: merged all the same, as rounds <= {upto_round} were asked for"
-    return ks[:bad], (f"{why}: merging rounds {ks[:bad] or 'none (the base model)'} only; ask for round {bad} "
-                      "(--round / upto_round) to merge it anyway")
 
 
 def write_failed(e, run_dir):
@@ -250,12 +216,12 @@ def write_failed(e, run_dir):
                if run_dir and (run_dir / "config.json").exists() else "run the same command again."))
 
 
-def start_run_dir(run_dir, cfg):
+def start_run_dir(run_dir, cfg, script="steer_heal.py"):
     """Called once the model has loaded, so a typo in --model leaves no half-made run folder."""
     shutil.rmtree(run_dir, ignore_errors=True)  # only reached for a new run (empty, or --overwrite)
     run_dir.mkdir(parents=True)
     import peft, transformers
-    meta = dict(config=dataclasses.asdict(cfg), argv=["steer_heal.py", *sh.LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    meta = dict(config=dataclasses.asdict(cfg), argv=[script, *runio.LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                               python=sys.version.split()[0]),
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import models  # the CLI's loading (the embedded model, a run's baked model); models imports only runio
+
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
 TINYMFV_PIP = "pip install git+https://github.com/wassname/tinymfv@ca76c0e05e460d56d30e5292ba1f33cbbb3fa45f"
 # Clifford's seven options, in his order; one line each, in our words.
@@ -494,7 +496,6 @@ def main(argv=None):
                     "persona_gap + yes/no. Alone: statements only; with --vignettes too: both")
     ap.add_argument("--json", help="write the result dict here")
     a = ap.parse_args(argv)
-    import steer_heal  # here, not at the top: steer_heal imports eval_mfv
     try:
         if a.statements:
             stmts = load_statements(a.statements)  # fail on bad input before loading a model
@@ -503,7 +504,7 @@ def main(argv=None):
         rows = load_vignettes(a.vignettes) if a.vignettes else None
         if a.run and not (Path(a.run) / "config.json").is_file():
             raise ValueError(f"--run {a.run} is not a run folder (no config.json); pass results/<run>")
-        model, tok, cfg = steer_heal.load_run(a.run, upto_round=a.round) if a.run else (*steer_heal.load_model(a.model), None)
+        model, tok, cfg = models.load_run(a.run, upto_round=a.round) if a.run else (*models.load_model(a.model), None)
         res = {}
         if not a.statements or a.vignettes:
             res = evaluate(model, tok, rows, backend=a.backend, frames=a.frames, n=a.n, seed=a.seed,
@@ -511,13 +512,13 @@ def main(argv=None):
             print(format_table(res))
         if a.statements:
             # the reference for the paired CI: the same model without --system, or a run's base model
-            ref = (model, tok) if a.system else steer_heal.load_model(cfg.model, dtype=cfg.dtype) if a.run else None
+            ref = (model, tok) if a.system else models.load_model(cfg.model, dtype=cfg.dtype) if a.run else None
             ref_ll = statement_loglik(*ref, stmts, batch_size=a.batch_size) if ref else None
             per = persona_eval(model, tok, stmts, a.system, ref_ll, a.seed, a.batch_size)
             per.pop("_ll")
             res.update(per, persona_reference="no system prompt" if a.system else "the run's base model" if a.run else None)
             print(format_persona(per))
-    except (ValueError, FileNotFoundError, getattr(steer_heal, "Stop", ValueError)) as e:
+    except (ValueError, FileNotFoundError, models.Stop) as e:
         print(f"eval_mfv: {e}", file=sys.stderr)
         raise SystemExit(2)
     if a.json:

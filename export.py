@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import steer_heal as sh
-from cli import rounds_to_load
+from runio import rounds_to_load
 
 HOOK_POINT = ("output of the decoder blocks in `layers` (0-based; transformers hidden_states[l + 1]; "
               "llama.cpp direction.<l>)")

