@@ -82,8 +82,9 @@ def mean(xs):
 
 def direction(p, o, b, seed=0) -> dict:
     """One reader's direction check from per-prompt readings of the persona (p), its opposite (o: the opposite
-    persona, or the vector at -dose) and the base (b): each side's change vs base, and paired 95% CIs of p - o and
-    of o - b. report.check_word() decides: a reader passes only when the two move it in opposite directions and
+    persona, or the vector at -dose) and the model they are applied to, unsteered (b: the base model for the
+    prompting line, round k-1's healed model for round k's steered line): each side's change vs b, and paired 95%
+    CIs of p - o and of o - b. report.check_word() decides: a reader passes only when the two move it in opposite directions and
     p - o lies outside its paired noise, so a reader that nothing moves, or that both move alike, cannot pass."""
     return dict(persona=mean(p) - mean(b), opposite=mean(o) - mean(b), diff_ci=paired_ci(p, o, seed),
                 opposite_ci=paired_ci(o, b, seed))

@@ -133,7 +133,7 @@ class Config:
     eval_backend: str = "auto"  # auto | fast | tinymfv
     eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
     eval_n: int = 48  # vignettes per eval (seeded subsample); 0 = all 132 (~75 s a line on 2 CPU cores)
-    vignettes: str = ""  # vignette JSONL when tinymfv is not installed; "" = ../shared/tinymfv if present
+    vignettes: str = ""  # vignette JSONL when tinymfv is not installed; "" = ../shared/tinymfv if present; "none" = skip tinymfv
     statements: str = ""  # persona statements JSONL (persona_gap); "" = ../shared/persona if present; "none" = skip
     persona_n: int = 256  # statements per reading, a seeded subsample balanced across both kinds; 0 = all
     ppl_ceil: float = 2.0  # stop when the greedy answers' base-model ppl > ppl_ceil x the base model's own
@@ -973,6 +973,8 @@ def save_vector(vec, path):
 
 
 def find_vignettes(cfg):
+    if cfg.vignettes == "none":  # skip tinymfv (it reads another trait than warmth, and costs a third of a line)
+        return "none"
     if cfg.vignettes or cfg.eval_backend == "tinymfv":
         return cfg.vignettes or None
     if cfg.eval_backend == "auto" and importlib.util.find_spec("tinymfv"):
@@ -996,6 +998,8 @@ def find_statements(cfg):
 
 def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
     """tinymfv eval (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
+    if cfg.vignettes_path == "none":
+        return {}
     ctx = steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext()
     with ctx:
         r = eval_mfv.evaluate(model, tok, cfg.vignettes_path, backend=cfg.eval_backend, n=cfg.eval_n or None,
@@ -1087,7 +1091,8 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
                 if vectors is not None and coeff else None) if kind in ("prompting", "steered") else None
     if opposite:
         _, om = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], users, probe=ctx.get("probe"), **opposite)
-        dirs = {key: readers.direction(v, om["items"][key], base[key]) for key, v in items.items() if key in base}
+        here = ctx.get("model_items") or base  # both sides against the model they are applied to (round k's start)
+        dirs = {key: readers.direction(v, om["items"][key], here[key]) for key, v in items.items() if key in here}
         if "system" in opposite and per:  # persona statements: persona vs opposite prompt, paired by statement
             o = persona_reading(model, tok, cfg, ctx, cfg.opp)
             sign = eval_mfv.statement_signs(ctx["stmts"])
@@ -1100,6 +1105,8 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
             + "; ".join(f"{key} {d['persona']:+.3f} vs opposite {d['opposite']:+.3f} (persona - opposite CI "
                         f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key != "ppl_base"))
     per.pop("_ll", None)
+    if kind in ("base", "round"):
+        ctx["model_items"] = items  # the current model, unsteered: the next steered line's direction check is against it
     extra.setdefault("seconds", {})["measure"] = time.time() - t
     if kind == "round" and met["ppl_base"] > ctx.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
         extra["status"] = "over_ceiling"
@@ -1110,7 +1117,7 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
         + (f" probe_defer {met['probe_defer']:.3f}{ci('probe_defer')}" if "probe_defer" in met else "")
         + f" trait_fixed {met.get('trait_fixed') or 0:.3f}{ci('trait_fixed')} ppl_base {met['ppl_base']:.2f} "
         f"rep {met['rep']:.3f} | persona_gap {per.get('persona_gap', math.nan):.4f}{ci('persona_gap')} | auth_nats "
-        f"{ev['auth_nats']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
+        f"{ev.get('auth_nats', math.nan):.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
         f"{time.time() - t:.0f}s")
     append_line(cfg.run_dir, line)
     write_samples(cfg.run_dir, title, ans[:6], users[:6])
@@ -1324,7 +1331,7 @@ def run(cfg, explicit=frozenset()):
     cfg.statement_all = cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
     if cfg.statement_rows and cfg.persona_n:
         cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
-    if cfg.vignettes_path:
+    if cfg.vignettes_path and cfg.vignettes_path != "none":
         parse("--vignettes", eval_mfv.load_vignettes, cfg.vignettes_path)
     if cfg.vector:  # (vectors, metadata); on resume the copy the run saved, in case the original moved
         saved = run_dir / "vector_r0.pt"
@@ -1380,6 +1387,8 @@ def run(cfg, explicit=frozenset()):
     base_line = next((x for x in lines if x["kind"] == "base"), None)
     if base_line:  # resume: later lines pair with the base line's per-prompt readings
         ctx["base_items"] = base_line.get("items") or {}
+        last = [x for x in lines if x["kind"] == "round" and x.get("round") in completed_rounds(run_dir)]
+        ctx["model_items"] = (last[-1] if last else base_line).get("items") or {}
 
 
     if "base" not in kinds:
