@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 import eval_mfv
 import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
+import track  # --track: mirrors what the run writes to TensorBoard / W&B; imports its tracker only when asked
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -46,6 +47,7 @@ class Config:
     dtype: str = "float32"  # float32 | bfloat16 | float16; bf16 is faster but baking rounds small LoRA updates away
     resume: str = ""  # results/<run> to continue after its last completed round
     overwrite: bool = False  # replace an existing, different run in the output folder
+    track: str = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (GRPO-style per batch)
     # persona
@@ -868,6 +870,7 @@ def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
         opt.step()
         sched.step()
         hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
+        track.heal(k, hist[-1], sched.get_last_lr()[0])
         if s % every == 0 or s == steps - 1:
             log(f"  {desc} step {s + 1}/{steps} " + " ".join(f"{key} {v:.4g}" for key, v in hist[-1].items())
                 + f" lr {sched.get_last_lr()[0]:.2e}")
@@ -1069,6 +1072,7 @@ def append_line(run_dir, obj):
         f.write(json.dumps(finite(obj)) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    track.line(obj)
 
 
 def find_vignettes(cfg):
@@ -1152,11 +1156,11 @@ def persona_reading(model, tok, cfg, ctx, system=None, vectors=None, coeff=0.0, 
 
 
 def write_samples(run_dir, title, answers, users):
+    md = f"\n## {title}\n\n" + "".join(f"**{u}**\n\n> " + (a["text"] or "(empty)").replace("\n", "\n> ") + "\n\n"
+                                      for u, a in zip(users, answers))
     with open(Path(run_dir) / "samples.md", "a") as f:
-        f.write(f"\n## {title}\n\n")
-        for u, a in zip(users, answers):
-            text = (a["text"] or "(empty)").replace("\n", "\n> ")
-            f.write(f"**{u}**\n\n> {text}\n\n")
+        f.write(md)
+    track.text("samples", md)
 
 
 def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):
@@ -1411,6 +1415,7 @@ def run(cfg, explicit=frozenset()):
     if not cfg.resume:
         start_run_dir(run_dir, cfg)
     LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+    track.start(cfg.track, run_dir, dataclasses.asdict(cfg))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
@@ -1503,6 +1508,7 @@ def main(argv=None):
         sys.exit(130)
     finally:
         torch.set_grad_enabled(grad)
+        track.close()
 
 
 if __name__ == "__main__":  # run as the module `steer_heal`, the one cli.py imports: one copy of its state

@@ -272,6 +272,7 @@ BAD = {  # field -> flags with a value out of its range (or unusable), one per C
     "ablate_lam0": ["--ablate-lam0=x"], "sample_tokens": ["--sample-tokens", "0"],
     "method": ["--method", "rlhf"], "online_batch": ["--online-batch", "0"], "online_group": ["--online-group", "1"],
     "online_samples": ["--online-samples", "0"], "online_refresh": ["--online-refresh", "-1"],
+    "track": ["--track", "neptune"],
 }
 # ...and a wrong-typed value for every numeric field
 WRONG_TYPE = [(f.name, ["--" + f.name.replace("_", "-"), "1.5" if f.type is int or f.name == "seeds" else "abc"])
