@@ -1156,11 +1156,12 @@ def persona_reading(model, tok, cfg, ctx, system=None, vectors=None, coeff=0.0, 
 
 
 def write_samples(run_dir, title, answers, users):
-    md = f"\n## {title}\n\n" + "".join(f"**{u}**\n\n> " + (a["text"] or "(empty)").replace("\n", "\n> ") + "\n\n"
-                                      for u, a in zip(users, answers))
     with open(Path(run_dir) / "samples.md", "a") as f:
-        f.write(md)
-    track.text("samples", md)
+        f.write(f"\n## {title}\n\n")
+        for u, a in zip(users, answers):
+            text = (a["text"] or "(empty)").replace("\n", "\n> ")
+            f.write(f"**{u}**\n\n> {text}\n\n")
+    track.text("samples", f"## {title}\n\n" + "\n\n".join(f"**{u}**\n\n> {a['text']}" for u, a in zip(users, answers)))
 
 
 def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):

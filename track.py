@@ -24,6 +24,7 @@ def start(kind, run_dir, config):
         os.environ["WANDB_MODE"] = "offline"  # no account, no network
         import wandb
         w = wandb.init(dir=str(run_dir), name=run_dir.name, config=config, mode="offline")
+        w.define_metric("*", step_metric="step")  # plot against our step (heal step / round), not W&B's call count
     T.update(kind=kind, w=w, step=steps_done(run_dir), last=("run", 0))
     text("config", "```json\n" + json.dumps(config, indent=2, default=str) + "\n```")
 
