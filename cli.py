@@ -3,7 +3,7 @@
 sentence naming the flag), and run folders (new, or --resume with the saved config). steer_heal.main() calls
 these; nothing here changes what a run computes.
 """
-import argparse, dataclasses, inspect, json, math, os, re, shutil, sys, time
+import argparse, dataclasses, importlib.util, inspect, json, math, os, re, shutil, sys, time
 from pathlib import Path
 
 import torch
@@ -16,8 +16,9 @@ from runio import Stop
 CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
-               method=["steer-heal", "prompt-bake", "online"], eval_prompts=["everyday", "authority"])
-RESUME_OK = {"rounds", "device", "compile", "resume"}  # flags that may differ on --resume without changing the experiment
+               method=["steer-heal", "prompt-bake", "online"], eval_prompts=["everyday", "authority"],
+               track=["", "tensorboard", "wandb"])
+RESUME_OK = {"rounds", "device", "compile", "resume", "track"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
                  "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
@@ -149,6 +150,8 @@ def check_config(cfg):
     if cfg.compile and cpu and not shutil.which(os.environ.get("CXX", "g++")):
         raise Stop("--compile on the CPU needs a C++ compiler for torch.compile's inductor backend, and none was found "
                    "($CXX or g++). Install one, or drop --compile (eager generation, the default).")
+    if cfg.track and importlib.util.find_spec(cfg.track) is None:  # the tracker is imported only with --track
+        raise Stop(f"--track {cfg.track}: the {cfg.track} package is not installed (pip install {cfg.track}).")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise Stop("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False). "
                    "Use --device cpu or install a CUDA build of torch.")

@@ -149,8 +149,9 @@ tok = AutoTokenizer.from_pretrained("path/to/this/folder")
 Each is added to the output of those decoder blocks (0-based), `mode = add`; `vector_r<j>.json` has the rest.
 `vector_r<j>.safetensors` seeds a steer-heal run (`--vector`); `vector_r<j>.gguf` is a llama.cpp control
 vector (`direction.<block>`): convert this folder with llama.cpp's `convert_hf_to_gguf.py`, then e.g.
-`llama-cli -m model.gguf --control-vector-scaled vectors/vector_r0.gguf 0.6`. llama.cpp adds a constant
-strength at every position; the loop decayed its doses over generated tokens, so start below them.
+`llama-cli -m model.gguf --control-vector-scaled vectors/vector_r0.gguf:0.6` (the strength is the dose, as
+here; older llama.cpp builds take `FILE 0.6`). llama.cpp adds a constant strength at every position; the loop
+decayed its doses over generated tokens, so start below them.
 """
 
 

@@ -25,7 +25,8 @@ import fast  # --compile's generation and the sliced KL: speed and memory, same 
 import report  # report.md from the run's files (it reads files only)
 import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
 from models import EMBEDDED, embedded_model_path, load_model, merge_adapter, pick_device
-from runio import LOG, Stop, append_line, completed_rounds, finite, log, read_lines, round_lines
+from runio import LOG, Stop, completed_rounds, finite, log, read_lines, round_lines
+import track  # --track: mirrors what the run writes to TensorBoard / W&B; imports its tracker only when asked
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -62,6 +63,7 @@ class Config:
     resume: str = ""  # results/<run> to continue after its last completed round
     redo_from: int = -1  # with --resume: run round k and later again (e.g. their files fail to verify); -1 = keep all
     overwrite: bool = False  # replace an existing, different run in the output folder
+    track: str = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (GRPO-style per batch)
     # persona
@@ -822,6 +824,7 @@ def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
         opt.step()
         sched.step()
         hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
+        track.heal(k, hist[-1], sched.get_last_lr()[0])
         if s % every == 0 or s == steps - 1:
             log(f"  {desc} step {s + 1}/{steps} " + " ".join(f"{key} {v:.4g}" for key, v in hist[-1].items())
                 + f" lr {sched.get_last_lr()[0]:.2e}")
@@ -967,6 +970,12 @@ def load_run(run_dir, upto_round=None, device="auto"):
 # 11. Per-round measurements and the loop. Every stage logs its numbers; every completed stage
 #     appends one line to rounds.jsonl, so a crash loses at most the round in flight.
 
+def append_line(run_dir, obj):
+    """One rounds.jsonl line (runio: fsynced, a torn tail moved aside first), mirrored to --track."""
+    runio.append_line(run_dir, obj)
+    track.line(obj)
+
+
 def save_vector(vec, path):
     with runio.atomic(path) as tmp:
         torch.save({l: v.cpu() for l, v in vec.items()}, tmp)
@@ -1071,6 +1080,7 @@ def write_samples(run_dir, title, answers, users):
     text = "".join(f"**{u}**\n\n> {(a['text'] or '(empty)').replace(chr(10), chr(10) + '> ')}\n\n"
                    for u, a in zip(users, answers))
     runio.append(Path(run_dir) / "samples.md", f"\n## {title}\n\n{text}".encode())
+    track.text("samples", f"## {title}\n\n" + "\n\n".join(f"**{u}**\n\n> {a['text']}" for u, a in zip(users, answers)))
 
 
 def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):
@@ -1345,6 +1355,7 @@ def run(cfg, explicit=frozenset()):
     if not cfg.resume:
         cli.start_run_dir(run_dir, cfg, Path(__file__).name)
         LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+    track.start(cfg.track, run_dir, dataclasses.asdict(cfg))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
@@ -1389,8 +1400,6 @@ def run(cfg, explicit=frozenset()):
         ctx["base_items"] = base_line.get("items") or {}
         last = [x for x in lines if x["kind"] == "round" and x.get("round") in completed_rounds(run_dir)]
         ctx["model_items"] = (last[-1] if last else base_line).get("items") or {}
-
-
     if "base" not in kinds:
         probe = ctx.get("probe")
         measure("base", -1, model, tok, cfg, ctx, "base model", **(dict(
@@ -1450,6 +1459,7 @@ def main(argv=None):
         code, msg = 4, cli.write_failed(e, LOG["run_dir"])
     finally:
         torch.set_grad_enabled(grad)
+        track.close()
     if msg:
         with contextlib.suppress(runio.WriteFailed):  # log.txt may be on the full disk too: printed all the same
             log("\n" + msg)
