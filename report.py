@@ -66,8 +66,10 @@ def read_jsonl(path, problems=None):
 
 
 KINDS = {"base", "prompting", "steering_only", "steered", "round", "lam0", "stop", "resume"}  # docs/CONTRACT.md
-SHAPES = {dict: ("eval_ci", "nats", "p", "heal", "dropped_by", "vector_norms", "seconds", "changed", "adapter_sha256"),
-          list: ("dose_table", "doses", "persona_gap_ci", "opposite_persona_gap_ci", "fingerprint", "probes"),
+SHAPES = {dict: ("eval_ci", "nats", "p", "heal", "dropped_by", "vector_norms", "seconds", "changed", "adapter_sha256",
+                 "direction", "items", "opposite"),
+          list: ("dose_table", "doses", "persona_gap_ci", "opposite_persona_gap_ci", "fingerprint", "probes",
+                 *(f"{k}_ci" for k in ("sentiment", "probe_defer", "trait_fixed", "ppl_base"))),
           str: ("status", "reason", "method", "run", "time", "eval_backend", "eval_frames")}
 RANGES = {**dict.fromkeys(("top1", "top1_chance", "answer_mass", "coherence", "persona_yes_frac",
                            "persona_yesno_match", "kept_frac"), (0, 1)),  # fractions
@@ -264,7 +266,7 @@ def interval(a, b, key):
     ci = pair(a.get(f"{key}_ci")) if key in PAIRED and is_base(b) and not is_base(a) else None
     if ci:
         return d, ci[0], ci[1]
-    ia, ib = (((x or {}).get("items") or {}).get(key) for x in (a, b))
+    ia, ib = (items_of(x, key) for x in (a, b))
     if ia and ib and len(ia) == len(ib) and not is_base(a) and not is_base(b):  # same prompts: pair them
         ci = paired_ci(ia, ib)
         return d, ci[0], ci[1]
@@ -288,6 +290,14 @@ def delta(runs, a_of, b_of, key):
     m, boot = mean(ds), [(p[0][2] - p[0][1]) / 2 for p in per if p[0][1] is not None]
     h = max(rng(ds), rng([p[1] for p in per]), rng([p[2] for p in per]), mean(boot) or 0.0)
     return (m, m - h, m + h) if h > 0 else (m, None, None)
+
+
+def items_of(line, key):
+    """The line's per-prompt readings of key (a list of numbers), or None."""
+    xs = ((line or {}).get("items") or {}).get(key)
+    ok = isinstance(xs, list) and xs and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                            for x in xs)
+    return xs if ok else None
 
 
 def side(iv, sgn):
