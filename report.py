@@ -350,6 +350,11 @@ def readers_of(runs):
     return [(r.split(":")[0], -1 if r.endswith("-") else 1) for r in rs] if rs else OLD_READERS
 
 
+# readers that ARE the vector's own ruler (the projection on v0): the vector at ± dose moves them by construction,
+# so only an intervention that does not use the vector (the persona prompt vs its opposite) can validate them
+ON_THE_VECTOR = ("trait_fixed", "trait_self")
+
+
 def check_word(d, sgn):
     """One direction check (a prompting or steered line's direction[key]: the persona and its opposite, as prompts
     or as the vector at ± dose): 'pass' when they move the reader in opposite directions and the paired CI of
@@ -368,8 +373,8 @@ def direction(runs, key, sgn):
     none is blind; (False, why) otherwise, including a run that has no check (--no-baselines, no steered line)."""
     out, seen = [], False
     for r in runs:
-        lines = [(f"{name} r{ln.get('round')}", ln) for name, ln in
-                 [("prompting", r.get("prompting"))] + [("steered", v) for _, v in sorted(r["steered"].items())] if ln]
+        steered = [] if key in ON_THE_VECTOR else [("steered", v) for _, v in sorted(r["steered"].items())]
+        lines = [(f"{name} r{ln.get('round')}", ln) for name, ln in [("prompting", r.get("prompting"))] + steered if ln]
         checks = [(n, (ln.get("direction") or {}).get(key)) for n, ln in lines]
         checks = [(n, d, check_word(d, sgn)) for n, d in checks if isinstance(d, dict)]
         seen |= bool(checks)

@@ -118,3 +118,14 @@ def test_reader_of_another_trait_never_decides(tmp_path):
     assert [k for k, _ in report.readers_of(runs)] == ["sentiment"]
     assert not report.at_chance(runs, "persona_gap")[0]  # it passes its own checks...
     assert report.at_chance(runs, "sentiment")[0]  # ...but the persona's own reader does not, so nothing decides
+
+
+def test_the_vectors_own_ruler_needs_a_check_without_the_vector(tmp_path):
+    """trait_fixed is the projection on v0: the vector at ± dose moves it by construction (the seed run: +2.0 vs
+    −7.4), so that check cannot validate it; only the persona prompt vs its opposite can."""
+    ok = dict(persona=2.0, opposite=-7.4, diff_ci=[7.0, 12.1], opposite_ci=[-9.0, -6.0])
+    runs = run_with(tmp_path, "f", dict(trait_fixed=ok), readers_=("trait_fixed:+",))
+    bad, why = report.at_chance(runs, "trait_fixed")
+    assert bad and "no direction check" in why
+    runs = run_with(tmp_path, "g", {}, prompting_dirs=dict(trait_fixed=ok), readers_=("trait_fixed:+",))
+    assert not report.at_chance(runs, "trait_fixed")[0]
