@@ -106,7 +106,7 @@ def test_vectors_are_written_with_metadata_and_as_llama_cpp_gguf(run2, exported)
         rnd = next(x for x in lines if x["kind"] == "round" and x["round"] == j)
         assert meta["layers"] == layers and meta["mode"] == "add" and "output" in meta["hook_point"]
         assert meta["model_type"] == "llama" and meta["hidden_size"] == 64 and meta["n_contexts"] == 4
-        assert meta["persona"] == {"pos": sh.SEED_POS, "neg": ""}
+        assert meta["persona"] == {"pos": sh.WARM, "neg": sh.COLD}  # the default persona, love
         assert meta["doses"] == rnd["doses"] and meta["kappa"] == rnd["kappa"]
         assert meta["norms"] == {str(l): pytest.approx(vec[l].norm().item(), abs=1e-4) for l in layers}
         r = GGUFReader(str(exported / "vectors" / f"vector_r{j}.gguf"))
@@ -246,7 +246,8 @@ BAD = {  # field -> flags with a value out of its range (or unusable), one per C
     "seed": ["--seed", "-1"], "seeds": ["--seeds", "41", "41"], "rounds": ["--rounds", "0"],
     "device": ["--device", "tpu"], "dtype": ["--dtype", "float8"], "resume": ["--resume", "/no/such/run"],
     "overwrite": ["--overwrite=yes"], "preset": ["--preset", "huge"], "persona": ["--persona", "pirate"],
-    "pos": ["--pos", "  "], "neg": ["--pos", "Be bold.", "--neg", "Be bold."], "opp": ["--opp", sh.SEED_POS],
+    "pos": ["--pos", "  "], "neg": ["--pos", "Be bold.", "--neg", "Be bold."], "opp": ["--opp", sh.WARM],
+    "eval_prompts": ["--eval-prompts", "poems"], "readers": ["--readers", "sentiment"],
     "layers": ["--layers", "0.6", "0.4"], "n_contexts": ["--n-contexts", "1000"], "vector": ["--vector", "/no/v.pt"],
     "alphas": ["--alphas", "0.5", "nan"], "max_new_tokens": ["--max-new-tokens", "0"],
     "temperature": ["--temperature", "0"], "top_p": ["--top-p", "1.5"], "gen_batch": ["--gen-batch", "0"],
