@@ -782,8 +782,9 @@ def header(runs, title):
                                       else str(r["argv"] or "—")) + "`",
             ("- noise: " + (f"{len(runs)} seeds: a change counts only beyond the larger of the seeds' min–max "
                             "spread and the bootstrap" if len(runs) > 1 else
-                            "single seed: noise is the vignette bootstrap only (persona_gap: its statement "
-                            "bootstrap; trait_fixed: none)")),
+                            "single seed: each reader's own paired bootstrap (the per-prompt readers by "
+                            "prompt, persona_gap by statement, tinymfv by vignette; lines from before per-prompt "
+                            "readings: trait_fixed has none)")),
             f"- tinymfv reader (auth_nats): {chance(runs)[1]}"
             + "; verdicts resting on it alone are not measurable" * bool(chance(runs)[0]),
             *validity(runs),

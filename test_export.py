@@ -74,7 +74,7 @@ def test_export_is_a_plain_folder_with_the_runs_logits_and_a_card(run2, exported
     # the card: the run's command, its persona, the rounds merged, and the last round's numbers
     card = (exported / "README.md").read_text()
     line = [x for x in sh.read_lines(run2) if x["kind"] == "round"][-1]
-    assert "--rounds 2 --no-baselines" in card and sh.SEED_POS in card
+    assert "--rounds 2 --no-baselines" in card and sh.WARM in card
     assert "rounds merged**: [0, 1]" in card and "round 1 (healed, unsteered)" in card
     assert f"| `ppl_base` | {line['ppl_base']:.4g} |" in card
     assert "rounds merged**: [0]" in (r0 / "README.md").read_text()

@@ -176,7 +176,7 @@ def test_report_has_sections_numbers_and_verdicts(tmp_path):
     # Q2: max ppl_base 10 ≤ ceiling 2 (default: no ppl_ceil in an old config) × base 7.5 = 15
     q2 = secs["## " + report.SECTIONS[2]]
     assert verdict(text, report.SECTIONS[2]) == "yes" and "ceiling 15" in q2 and "| answer_mass |" in q2
-    assert "single seed: noise is the vignette bootstrap only" in text
+    assert "single seed: each reader's own paired bootstrap" in text
     # prompting moved auth by -0.02, the loop by -0.3 → loop beats prompting
     assert verdict(text, report.SECTIONS[4]) == "yes"
 
@@ -387,7 +387,7 @@ def test_group_noise_is_the_seed_spread(tmp_path):
     q3 = upto_seeds(sections(text)["## " + report.SECTIONS[3]])
     assert "still moving" not in q3 and "saturates after round 1" in q3 and verdict(text, report.SECTIONS[3]) == "yes"
     assert "still moving at the last round" in open(g / "seed41" / "report.md").read()  # one seed alone
-    assert "single seed: noise is the vignette bootstrap only" in open(g / "seed41" / "report.md").read()
+    assert "single seed: each reader's own paired bootstrap" in open(g / "seed41" / "report.md").read()
 
 
 def test_at_chance_readers_say_not_measurable(tmp_path):
