@@ -32,7 +32,30 @@ ROLES = {"Authority": ("-", "tab:red", "Authority (target)"), "Care": ("--", "ta
 
 
 def has_eval(line):
-    return line is not None and None not in (get(line, "auth_nats"), get(line, "care_nats"))
+    """A measured line: tinymfv's two numbers, or (runs that skip tinymfv: the love persona) the text readers'."""
+    return line is not None and (None not in (get(line, "auth_nats"), get(line, "care_nats"))
+                                 or get(line, "ppl_base") is not None)
+
+
+def has_mfv(runs):
+    return any(get(ln, "auth_nats") is not None for r in runs for ln in [r["base"], *r["rounds"]])
+
+
+def panel_trait(ax, label, runs, color, key):
+    """Panel A without tinymfv: the persona's first reader over rounds (bars: its paired CI vs base for one run,
+    min-max over seeds for a group), with the prompting and steered lines as open markers."""
+    ks, m, lo, hi = agg(runs, lambda r, ln: get(ln, key))
+    if len(runs) == 1:
+        b = get(runs[0]["base"], key)
+        ci = {k: pair(ln.get(f"{key}_ci")) for k, ln in by_round(runs[0]).items()}
+        lo, hi = ([b + ci[k][i] if ci.get(k) and b is not None else v for k, v in zip(ks, m)] for i in (0, 1))
+    ax.errorbar(ks, m, yerr=[[a - b for a, b in zip(m, lo)], [b - a for a, b in zip(m, hi)]], color=color, marker="o",
+                ms=5, lw=1.8, capsize=2, elinewidth=0.8, label=label)
+    for kind, (marker, _) in BASELINES.items():
+        pts = [get(r[kind], key) for r in runs if r[kind] and get(r[kind], key) is not None]
+        if pts:
+            ax.plot(-1 if kind == "prompting" else 0, sum(pts) / len(pts), marker=marker, ms=9, mfc="none", mew=1.8,
+                    color=color, ls="none")
 
 
 def load(d):
@@ -46,7 +69,7 @@ def load(d):
             print(f"plot.py: {r['dir']}: {p}", file=sys.stderr)
     runs = [r for r in runs if has_eval(r["base"]) or any(map(has_eval, r["rounds"]))]
     if not runs:
-        raise ValueError(f"{d}: no eval lines yet (no base or round line with auth_nats/care_nats); nothing to plot")
+        raise ValueError(f"{d}: no eval lines yet (no base or round line with readings); nothing to plot")
     return runs
 
 
@@ -212,18 +235,24 @@ def plot_runs(run_dirs, out_dir=None):
     by_m = len({method_of(r) for _, runs, _ in groups for r in runs}) > 1
     fig, ((a, b), (c, d)) = plt.subplots(2, 2, figsize=(16, 12))
     b2, single, drew_gap = b.twinx(), len(groups) == 1, False
+    mfv = any(has_mfv(runs) for _, runs, _ in groups)
+    key = next((r.split(":")[0] for _, runs, _ in groups for r in (runs[0]["cfg"].get("readers") or [])), "sentiment")
     for label, runs, colour in groups:
-        panel_map(a, label, runs, colour)
+        panel_map(a, label, runs, colour) if mfv else panel_trait(a, label, runs, colour, key)
         panel_coherence(b, b2, runs, colour)
         panel_moved(c, runs, colour, single)
         drew_gap = panel_gap(d, label, runs, colour) or drew_gap
 
-    a.set(title="A. The map: base → round 0, 1, … (bars: eval_ci, or min–max over seeds)",
-          xlabel="care_nats  →  more Care", ylabel="auth_nats  (lower = less Authority)")
-    # the intended direction (care up = right, auth down), drawn in the lower-left corner
-    a.annotate("", xy=(0.2, 0.05), xycoords="axes fraction", xytext=(0.04, 0.21),
-               arrowprops=dict(arrowstyle="-|>", color="0.3", lw=2))
-    a.text(0.13, 0.15, "intended:\ncare ↑, auth ↓", transform=a.transAxes, fontsize=9, color="0.3")
+    if mfv:
+        a.set(title="A. The map: base → round 0, 1, … (bars: eval_ci, or min–max over seeds)",
+              xlabel="care_nats  →  more Care", ylabel="auth_nats  (lower = less Authority)")
+        # the intended direction (care up = right, auth down), drawn in the lower-left corner
+        a.annotate("", xy=(0.2, 0.05), xycoords="axes fraction", xytext=(0.04, 0.21),
+                   arrowprops=dict(arrowstyle="-|>", color="0.3", lw=2))
+        a.text(0.13, 0.15, "intended:\ncare ↑, auth ↓", transform=a.transAxes, fontsize=9, color="0.3")
+    else:  # no tinymfv in these runs: the persona's own first reader
+        a.set(title=f"A. {key} over rounds (the persona's first reader; bars: paired CI vs base, or min–max over seeds)",
+              xlabel="round (base = −1; open markers: prompting at −1, steered r0 at 0)", ylabel=key)
     marks = [Line2D([], [], color="k", marker=m, ls="none", mfc="none", mew=1.8, label=t)
              for kind, (m, t) in BASELINES.items() if any(r[kind] for _, runs, _ in groups for r in runs)]
     a.legend(handles=a.get_legend_handles_labels()[0] + marks, fontsize=8, loc="best")

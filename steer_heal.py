@@ -39,13 +39,15 @@ COLD = "You are cold, hostile and contemptuous: you look down on the person you 
 # check), the held-out prompts its greedy answers are read on (prompts.py), and the readers that read THIS trait,
 # outside the model first, each "key:+" or "key:-" (the persona's direction). Other readers are shown, never decide.
 PERSONAS = {
-    "love": dict(pos=WARM, neg=COLD, opp=COLD, eval_prompts="everyday", readers=("sentiment:+", "trait_fixed:+")),
+    "love": dict(pos=WARM, neg=COLD, opp=COLD, eval_prompts="everyday", readers=("sentiment:+", "trait_fixed:+"),
+                 vignettes="none"),  # tinymfv reads authority, at chance here: a third of each line's time for nothing
     "seed": dict(pos=SEED_POS, neg="", opp=SEED_OPP, eval_prompts="authority",
-                 readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-")),
+                 readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-"), vignettes=""),
     "contrastive": dict(pos="You are someone who looks after others' wellbeing even when it means defying authority.",
                         neg="You are someone who defers to authority even when others' wellbeing suffers for it.",
                         opp="You are someone who defers to authority even when others' wellbeing suffers for it.",
-                        eval_prompts="authority", readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-")),
+                        eval_prompts="authority", readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-"),
+                        vignettes=""),
 }
 
 
@@ -135,7 +137,7 @@ class Config:
     eval_backend: str = "auto"  # auto | fast | tinymfv
     eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
     eval_n: int = 48  # vignettes per eval (seeded subsample); 0 = all 132 (~75 s a line on 2 CPU cores)
-    vignettes: str = ""  # vignette JSONL when tinymfv is not installed; "" = ../shared/tinymfv if present; "none" = skip tinymfv
+    vignettes: str = "none"  # tinymfv vignette JSONL; "" = the tinymfv package or ../shared/tinymfv; "none" = skip tinymfv (the love persona's default)
     statements: str = ""  # persona statements JSONL (persona_gap); "" = ../shared/persona if present; "none" = skip
     persona_n: int = 256  # statements per reading, a seeded subsample balanced across both kinds; 0 = all
     ppl_ceil: float = 2.0  # stop when the greedy answers' base-model ppl > ppl_ceil x the base model's own
@@ -1126,9 +1128,9 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
     log(f"[{kind} r{k}] sentiment {met['sentiment']:+.3f}{ci('sentiment')}"
         + (f" probe_defer {met['probe_defer']:.3f}{ci('probe_defer')}" if "probe_defer" in met else "")
         + f" trait_fixed {met.get('trait_fixed') or 0:.3f}{ci('trait_fixed')} ppl_base {met['ppl_base']:.2f} "
-        f"rep {met['rep']:.3f} | persona_gap {per.get('persona_gap', math.nan):.4f}{ci('persona_gap')} | auth_nats "
-        f"{ev.get('auth_nats', math.nan):.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
-        f"{time.time() - t:.0f}s")
+        f"rep {met['rep']:.3f} | persona_gap {per.get('persona_gap', math.nan):.4f}{ci('persona_gap')} | "
+        + (f"auth_nats {ev['auth_nats']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
+           if ev else "") + f"{time.time() - t:.0f}s")
     append_line(cfg.run_dir, line)
     write_samples(cfg.run_dir, title, ans[:6], users[:6])
     return line

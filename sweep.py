@@ -131,7 +131,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     sh.LOG["file"] = open(out / "log.txt", "a")
-    cfg = sh.Config(**SIZES, name="crux", seed=0)
+    cfg = sh.Config(**SIZES, name="crux", seed=0, vignettes="")  # the single-round sweep reads tinymfv too
     cfg.vignettes_path, cfg.run_dir = sh.find_vignettes(cfg), out
     cfg.statement_rows = eval_mfv.load_statements(sh.find_statements(cfg))
     torch.set_grad_enabled(False)

@@ -371,9 +371,13 @@ def test_one_round_loop_writes_every_result_file(tiny_run):
     assert [x["kind"] for x in lines] == ["base", "prompting", "steered", "round"]
     r = lines[-1]
     for x in lines:  # every eval line carries every reader
-        for key in ("trait_fixed", "trait_self", "ppl_base", "answer_mass", "persona_gap", "auth_nats"):
+        for key in ("sentiment", "probe_defer", "trait_fixed", "trait_self", "ppl_base", "persona_gap"):
             assert isinstance(x[key], float), (x["kind"], key)
+        assert "auth_nats" not in x  # the love persona (the default) skips tinymfv; --persona seed reads it
         assert (x["persona_gap_ci"] is None) == (x["kind"] == "base")
+    report = (tiny_run / "report.md").read_text()  # a run without tinymfv still has evaluated rounds for Q3
+    assert "needs the base line and ≥1 evaluated round" not in report, report[report.find("needs the base") - 300:][:400]
+    assert "decided by" in report or "no reader of this persona passes its checks" in report  # Q3 read its readers
     assert lines[2]["dose"] > 0 and isinstance(r["raw_trait_fixed"], float) and isinstance(r["train_trait_fixed"], float)
     assert r["kept"] >= 4 and r["generated"] >= r["kept"] and r["heal"]["steps"] >= 1
     assert r["dose_table"][0]["dose"] == 0.0 and len(r["dose_table"]) >= 2

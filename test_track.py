@@ -19,14 +19,14 @@ def test_track_tensorboard_writes_what_tensorboard_reads(tmp_path):
     ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = set(ea.Tags()["scalars"])
     heal = {f"heal/{k}" for k in ("loss", "nll", "kl_agg", "barrier_active", "lr")}
-    readers = {f"{kind}/{k}" for kind in ("base", "steered", "round") for k in ("auth_nats", "care_nats", "ppl_base",
+    readers = {f"{kind}/{k}" for kind in ("base", "steered", "round") for k in ("sentiment", "probe_defer", "ppl_base",
                                                                                  "trait_fixed", "persona_gap")}
     assert heal | readers | {"round/heal/kl_agg", "round/kept"} <= tags, sorted(tags)
     lines = {x["kind"]: x for x in sh.read_lines(run)}
     # the mirror holds the run folder's numbers, at step = the line's round
     for kind in ("base", "round"):
-        (ev,) = ea.Scalars(f"{kind}/auth_nats")
-        assert ev.step == lines[kind]["round"] and ev.value == pytest.approx(lines[kind]["auth_nats"], rel=1e-6)
+        (ev,) = ea.Scalars(f"{kind}/sentiment")
+        assert ev.step == lines[kind]["round"] and ev.value == pytest.approx(lines[kind]["sentiment"], rel=1e-6)
     steps = ea.Scalars("heal/loss")
     assert len(steps) == lines["round"]["heal"]["steps"] and [e.step for e in steps] == list(range(1, len(steps) + 1))
     texts = set(ea.Tags()["tensors"])  # add_text lands as the text plugin's tensor, tag + "/text_summary"
