@@ -531,6 +531,7 @@ def test_embedded_model_quick_run_steers_and_heals(tmp_path):
     lines = sh.read_lines(tmp_path / "q")
     r = next(x for x in lines if x["kind"] == "round")
     base = next(x for x in lines if x["kind"] == "base")
-    assert r["kept"] >= 4 and 0 < r["answer_mass"] <= 1 and r["heal"]["status"] == "ok"
+    assert r["kept"] >= 4 and r["ppl_base"] > 1 and -1 <= r["sentiment"] <= 1 and r["heal"]["status"] == "ok"
+    assert "answer_mass" not in r  # the default persona, love, skips tinymfv
     assert r["trait_self"] != base["trait_self"] and r["persona_gap"] != base["persona_gap"]
     assert "Q3" in (tmp_path / "q" / "report.md").read_text()
