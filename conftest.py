@@ -46,3 +46,9 @@ def build_tiny(arch, folder):
     m.save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    """The tiny random Llama as a model folder, built once for the whole session (test_faults, test_export)."""
+    return build_tiny("llama", tmp_path_factory.mktemp("llama"))

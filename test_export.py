@@ -21,11 +21,6 @@ from conftest import build_tiny, needs_eval_data, skip_without_eval_data  # noqa
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return build_tiny("llama", tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
 def run2(llama_dir, tmp_path_factory):
     """A finished 2-round run on the tiny Llama."""
     skip_without_eval_data()

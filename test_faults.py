@@ -13,7 +13,7 @@ import plot
 import report
 import runio
 import steer_heal as sh
-from conftest import build_tiny, skip_without_eval_data
+from conftest import skip_without_eval_data
 from test_report_plot import make_new_run
 from test_smoke import TINY_FLAGS
 
@@ -24,11 +24,6 @@ def exits(argv):
     with pytest.raises(SystemExit) as e:
         sh.main(argv)
     return e.value.code
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return build_tiny("llama", tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
