@@ -121,6 +121,7 @@ def check_config(cfg):
                              ("--ppl-ceil", cfg.ppl_ceil, cfg.ppl_ceil > 1, "> 1"),
                              ("--eval-n", cfg.eval_n, cfg.eval_n >= 0, ">= 0 (0 = all)"),
                              ("--sample-tokens", cfg.sample_tokens, cfg.sample_tokens >= 1, ">= 1"),
+                             ("--eval-batch", cfg.eval_batch, cfg.eval_batch >= 1, ">= 1"),
                              ("--persona-n", cfg.persona_n, cfg.persona_n >= 0 and cfg.persona_n != 1, ">= 2 (0 = all)"),
                              ("--steer-decay", cfg.steer_decay, cfg.steer_decay >= 0, ">= 0 (0 = constant dose)"),
                              ("--steer-decay-t", cfg.steer_decay_t, cfg.steer_decay_t > 0, "> 0"),
@@ -138,8 +139,8 @@ def check_config(cfg):
                              ("--max-nonfinite", cfg.max_nonfinite, 0 <= cfg.max_nonfinite <= 1, "in [0, 1]"),
                              ("--online-batch", cfg.online_batch, cfg.online_batch >= 1, ">= 1"),
                              ("--online-group", cfg.online_group, cfg.online_group >= 2, ">= 2 (advantages compare a group)"),
-                             ("--online-samples", cfg.online_samples, cfg.online_samples >= 1, ">= 1"),
-                             ("--online-refresh", cfg.online_refresh, cfg.online_refresh >= 0, ">= 0"),
+                             ("--online-steps", cfg.online_steps, cfg.online_steps >= 1, ">= 1"),
+                             ("--online-floor", cfg.online_floor, cfg.online_floor >= 0, ">= 0"),
                              ("--redo-from", cfg.redo_from, cfg.redo_from >= -1 and (cfg.redo_from < 0 or cfg.resume),
                               ">= 0 with --resume (-1 = keep every completed round)")):
         if not ok:

@@ -45,8 +45,9 @@ OLD = {"answer_mass": "coherence", "trait_self": "trait_proj", "train_ppl_base":
 METHODS = {"steer-heal": "the iterative loop: steer, filter, heal, bake, once per round",
            "prompt-bake": "prompt baking (Bhargava et al. 2024): the persona-prompted model is the teacher, distilled "
                           "by KL into a LoRA once per round; its `steered` lines are the teacher, not a vector",
-           "online": "the loop per batch (GRPO-style) under the steering hook; a round is a round-equivalent of "
-                     "generated tokens"}
+           "online": "on-policy policy gradient per batch (GRPO-style): the unsteered student samples, reward = "
+                     "its trait on the round's vector (read by the round's frozen starting model) minus incoherence; "
+                     "a round is --online-steps optimizer steps"}
 DEFAULT_METHOD = "steer-heal"
 # the method comparisons, each the reference first: steer-heal against each rival
 PAIR_TITLES = {("steer-heal", "prompt-bake"): "vs prompt baking", ("steer-heal", "online"): "iterative vs online"}

@@ -67,7 +67,7 @@ class Config:
     overwrite: bool = False  # replace an existing, different run in the output folder
     track: str = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
-    method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (GRPO-style per batch)
+    method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (on-policy policy gradient, reward = trait on the vector - incoherence)
     # persona
     persona: str = "love"  # named persona (PERSONAS): love (warm vs cold) | seed (the seed's: no deference vs no persona) | contrastive (care vs authority)
     pos: str = WARM  # system prompt whose direction we steer toward
@@ -131,8 +131,8 @@ class Config:
     # online method (--method online): the loop per batch instead of per round
     online_batch: int = 4  # prompts per online step
     online_group: int = 4  # samples per prompt; advantages are relative within a prompt's group (GRPO)
-    online_samples: int = 32  # samples generated per online round (32 = what a default steer-heal round generates)
-    online_refresh: int = 4  # re-extract the vector from the student every this many steps; 0 = once per round
+    online_steps: int = 9  # optimizer steps per online round (9 = a default steer-heal heal: 3 epochs x 24 survivors / 8)
+    online_floor: float = 0.1  # a group whose rewards spread less than this (std, reward units) gets no advantage
     # eval and metrics
     eval_backend: str = "auto"  # auto | fast | tinymfv
     eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
@@ -144,6 +144,7 @@ class Config:
     baselines: bool = True  # also evaluate the prompting and steering-only baselines
     ablate_lam0: bool = False  # also heal round 0 with lam=0 and evaluate it (Q1 ablation)
     sample_tokens: int = 48  # greedy tokens per held-out prompt (samples.md, trait_fixed, ppl_base)
+    eval_batch: int = 64  # held-out prompts per greedy generate() call when measuring (greedy: only float rounding moves)
 
 
 PRESETS = {
@@ -388,12 +389,12 @@ def backtrack_sample(model, tok, prompts, rows, cfg, n_new, vectors, coeffs, gat
 
 
 def generate(model, tok, prompts, cfg, vectors=None, coeffs=None, greedy=False, max_new_tokens=None,
-             desc="generate", gate=None):
-    """Batched generation; steered when vectors and one coeff per prompt are given. With --backtrack and
-    a ppl gate, steered rows rewind and retry segments that go incoherent."""
-    out, n_new = [], max_new_tokens or cfg.max_new_tokens
-    for i in tqdm(range(0, len(prompts), cfg.gen_batch), desc=desc, leave=False):
-        batch = prompts[i:i + cfg.gen_batch]
+             desc="generate", gate=None, batch_size=None):
+    """Batched generation (batch_size or --gen-batch prompts per call); steered when vectors and one coeff per
+    prompt are given. With --backtrack and a ppl gate, steered rows rewind and retry segments that go incoherent."""
+    out, n_new, bs = [], max_new_tokens or cfg.max_new_tokens, batch_size or cfg.gen_batch
+    for i in tqdm(range(0, len(prompts), bs), desc=desc, leave=False):
+        batch = prompts[i:i + bs]
         rows = [tok(p, add_special_tokens=False).input_ids for p in batch]
         c = list(coeffs[i:i + len(batch)]) if vectors is not None else None
         if cfg.backtrack and vectors is not None and gate:
@@ -444,9 +445,10 @@ def completion_logits(model, b):
     return lm_head(model, h[b["pred"]])
 
 
-def completion_nll(model, b):
+def completion_nll(model, b, logits=None):
     """Per-token NLL of the completion tokens [N] (the one place the gathered NLL is written)."""
-    return -completion_logits(model, b).float().log_softmax(-1).gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
+    logits = completion_logits(model, b) if logits is None else logits
+    return -logits.float().log_softmax(-1).gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
 
 
 @torch.no_grad()
@@ -757,12 +759,12 @@ def distill_task(pm, tok, mb, dev):
     return "distill_kl", lambda logp: kl_per_position(logp, teacher, "fwd").mean()
 
 
-def group_advantages(rewards, group):
+def group_advantages(rewards, group, floor=1e-6):
     """GRPO: (r - mean) / std within each consecutive group of `group` samples (one prompt's); 0 where a
-    group's rewards are all equal (nothing to prefer: no push, only the barrier)."""
+    group's rewards spread less than `floor` (differences that small are noise: no push, only the barrier)."""
     r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group)
     sd = r.std(1, keepdim=True)
-    return torch.where(sd > 1e-6, (r - r.mean(1, keepdim=True)) / sd.clamp_min(1e-6), torch.zeros_like(r)).view(-1)
+    return torch.where(sd > floor, (r - r.mean(1, keepdim=True)) / sd.clamp_min(1e-6), torch.zeros_like(r)).view(-1)
 
 
 def pg_task(b, adv):
@@ -891,43 +893,61 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
                        nonfinite=nonfinite, status="ok")
 
 
+def online_reward(pm, tok, items, vec, cfg, gate, ref_proj):
+    """online's reward per sample, read by this round's STARTING model (adapter off: it stays put while the
+    student moves, so the student cannot raise its reward by moving its own reader): the trait = the sample's
+    states projected on the round's vector, in standard deviations of the unsteered reference samples' projections
+    (0 = an average unsteered answer), minus the incoherence the filters measure: the tail NLL beyond the ppl
+    gate, in nats, plus 1 for a loop (repetition > --rep-max). Narrating the persona is not penalised (it is
+    on-trait text; the filters' narration rule is for steer-heal's training data). Sets x["reward"]."""
+    with adapter_off(pm):
+        score(pm, tok, items, cfg, gate)
+        proj = projection(pm, tok, [x["prompt"] for x in items], [x["ids"] for x in items], vec)
+    mu = sum(ref_proj) / len(ref_proj)
+    sd = max(1e-6, (sum((p - mu) ** 2 for p in ref_proj) / max(1, len(ref_proj) - 1)) ** 0.5)
+    for x, p in zip(items, proj):
+        x["trait"] = (p - mu) / sd
+        x["incoherence"] = max(0.0, math.log(x["ppl_tail"] / gate)) + float(x["rep"] > cfg.rep_max)
+        x["reward"] = x["trait"] - x["incoherence"] if x["ids"] else -math.inf
+    return items
+
+
 @torch.enable_grad()
 def heal_online(model, tok, vec, data, cfg, k, stash, lam):
-    """online (the seed's "GRPO-style per batch"): each step samples online_batch prompts x online_group
-    completions from the CURRENT student (adapter on) under the hook, one dose per prompt's group at the
-    controller's kappa; scores them with the same filters under this round's starting model; reward =
-    -log tail ppl for survivors, a floor below the gate for the dropped; loss = -mean(A * log p) over
-    completion tokens (no hook on the student) + the same barrier. A round = online_samples generated
-    (default: what a default steer-heal round generates), then bake as steer-heal does."""
-    B, G = cfg.online_batch, cfg.online_group
-    steps = max(1, math.ceil(cfg.online_samples / (B * G)))
+    """online (the seed's "GRPO-style per batch", as an on-policy policy gradient): each of --online-steps steps
+    samples --online-batch prompts x --online-group completions from the CURRENT student, unsteered (adapter on,
+    no hook: the policy being trained is the one sampled, so one step per batch needs no importance ratio; top-p
+    truncation aside); reward = online_reward() (trait by the round's vector under the frozen starting model,
+    minus incoherence); A = group-relative advantages, 0 for a group whose rewards spread less than --online-floor;
+    loss = -mean over completion tokens of A * log p + the same KL barrier as steer-heal. The vector is never
+    added to the student: it only defines the reward. Then bake as steer-heal does."""
+    B, G, steps = cfg.online_batch, cfg.online_group, cfg.online_steps
     pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
     g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 5)
     order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
-    st, spec, floor = dict(kappa=1.0, vec=vec), {}, -math.log(data["gate"]) - 1.0  # below any survivor's reward
+    ref = [x for x in data["ref"] if x["ids"]]
+    with pm.disable_adapter():  # the reward's zero and unit: the starting model's own unsteered samples
+        ref_proj = projection(pm, tok, [x["prompt"] for x in ref], [x["ids"] for x in ref], vec)
+    spec = {}
 
     def step_losses(s, measure):
-        if s and cfg.online_refresh and s % cfg.online_refresh == 0:  # the vector of the student as it is now
-            st["vec"] = extract_vector(pm, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], sorted(vec))
         users = [order[(s * B + i) % len(order)] for i in range(B) for _ in range(G)]
-        doses = [st["kappa"] * cfg.alphas[(s * B + i // G) % len(cfg.alphas)] for i in range(B * G)]
         pm.eval()
-        items = generate(pm, tok, [chat(tok, u) for u in users], cfg, st["vec"], doses, desc=f"online r{k} step {s + 1}",
-                         gate=data["gate"])
-        for x, u, d in zip(items, users, doses):
-            x.update(user=u, dose=d, kappa=st["kappa"])
-        with pm.disable_adapter():  # the filters read with this round's starting model, as steer-heal's do
-            data["sink"](score(pm, tok, items, cfg, data["gate"]))
+        items = generate(pm, tok, [chat(tok, u) for u in users], cfg, desc=f"online r{k} step {s + 1}")
+        for x, u in zip(items, users):
+            x.update(user=u, dose=0.0, kappa=1.0)
+        data["sink"](online_reward(pm, tok, items, vec, cfg, data["gate"], ref_proj))
         pm.train()
         data["items"] += items
-        kept = sum(x["kept"] for x in items) / len(items)
-        rewards = [-math.log(x["ppl_tail"]) if x["kept"] else floor for x in items]
-        adv = group_advantages(rewards, G)
-        log(f"  online r{k} step {s + 1}/{steps}: kappa {st['kappa']:.3f} kept {kept:.0%} reward "
-            f"{sum(rewards) / len(rewards):.3f}, {int((adv != 0).sum())}/{len(adv)} non-zero advantages")
-        if kept < cfg.gen_pass_target:  # the dose controller, per batch: cool when too few survive
-            st["kappa"] = max(st["kappa"] * cfg.kappa_decay, cfg.kappa_min)
         live = [i for i, x in enumerate(items) if x["ids"]]  # an empty completion has no token to push
+        rewards = [x["reward"] if x["ids"] else min((items[i]["reward"] for i in live), default=0.0) for x in items]
+        adv = group_advantages(rewards, G, cfg.online_floor)
+        for x, a in zip(items, adv.tolist()):
+            x["adv"] = a
+        log(f"  online r{k} step {s + 1}/{steps}: reward {sum(rewards) / len(rewards):+.3f} (trait "
+            f"{sum(x['trait'] for x in items) / len(items):+.3f} sd, incoherence "
+            f"{sum(x['incoherence'] for x in items) / len(items):.3f}), kept by the filters "
+            f"{sum(x['kept'] for x in items) / len(items):.0%}, {int((adv != 0).sum())}/{len(adv)} non-zero advantages")
 
         def thunk(idx):
             mb = [items[i] for i in idx]
@@ -937,10 +957,11 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
         return [lambda idx=live[i:i + cfg.train_batch]: thunk(idx) for i in range(0, len(live), cfg.train_batch)]
 
     hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"online r{k}")
-    data.update(kept=[x for x in data["items"] if x["kept"]], kappa=st["kappa"])
+    data.update(kept=[x for x in data["items"] if x["kept"]], kappa=1.0)
     if status != "ok":
         return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
-    return pm, summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok")
+    return pm, summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok",
+                       reward=sum(x["reward"] for x in data["items"] if x["ids"]) / max(1, len(data["items"])))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1025,20 +1046,42 @@ def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
 def fixed_reader(model, stash):
     """The ORIGINAL base model inside `model`: adapter off, original weights swapped in, no hook (call it
     outside steer()). One ruler for every line: a model reading its own text mostly measures its weights."""
-    off = model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
-    with off, base_weights(stash):
+    with adapter_off(model), base_weights(stash):
         yield model
+
+
+def adapter_off(model):
+    """The weights under the adapter (a PEFT model), or the model itself when it carries none."""
+    return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+
+
+def project(states, b, v0):
+    """[B] per row: mean over its completion positions and the steered layers of h . v0_hat."""
+    m = b["pred"].float()
+    per = sum((states[l + 1].float() @ (v / v.norm()).to(m.device)) for l, v in v0.items()) / len(v0)  # [B, T]
+    return ((per * m).sum(1) / m.sum(1).clamp(min=1)).tolist()
 
 
 @torch.no_grad()
 def projection(reader, tok, prompts, answers, v0):
-    """[N] per answer: mean over its positions and the steered layers of h . v0_hat, where h are the READER's
-    hidden states of prompt + answer. reader = fixed_reader(...) measures the text; the model itself gives trait_self."""
+    """[N] per answer: the READER's hidden states of prompt + answer projected on v0 (project()).
+    reader = fixed_reader(...) measures the text; the model itself gives trait_self."""
     b = make_batch(tok, prompts, answers, reader.device)
-    hs = reader(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=True, logits_to_keep=1).hidden_states
-    m = b["pred"].float()
-    per = sum((hs[l + 1].float() @ (v / v.norm()).to(reader.device)) for l, v in v0.items()) / len(v0)  # [B, T]
-    return ((per * m).sum(1) / m.sum(1).clamp(min=1)).tolist()
+    return project(reader(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=True,
+                          logits_to_keep=1).hidden_states, b, v0)
+
+
+@torch.no_grad()
+def read_text(reader, tok, prompts, answers, v0, batch_size=16):
+    """One forward of the reader per batch -> (projection on v0 per answer, or None without v0; per-token NLL of
+    each answer): trait_fixed and ppl_base share the fixed reader's pass instead of reading the text twice."""
+    proj, nll = [], []
+    for i in range(0, len(prompts), batch_size):
+        b = make_batch(tok, prompts[i:i + batch_size], answers[i:i + batch_size], reader.device)
+        out = reader.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=bool(v0))
+        nll += list(completion_nll(reader, b, lm_head(reader, out.last_hidden_state[b["pred"]])).cpu().split(b["lengths"]))
+        proj += project(out.hidden_states, b, v0) if v0 else []
+    return (proj if v0 else None), nll
 
 
 def mean(xs):
@@ -1052,16 +1095,17 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
     prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
-                   greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers")
+                   greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers",
+                   batch_size=cfg.eval_batch)
     ids, texts, plain = [a["ids"] for a in ans], [a["text"] for a in ans], [chat(tok, u) for u in users]
     # read without the hook: otherwise the steered lines' states contain coeff*v by construction
     items = dict(sentiment=readers.sentiment(texts))  # instruments outside the model first
     if probe:
         items["probe_defer"] = probe(texts)
     with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
-        if v0:
-            items["trait_fixed"] = projection(model, tok, plain, ids, v0)
-        nll = token_nll(model, tok, plain, ids)
+        fixed, nll = read_text(model, tok, plain, ids, v0)
+    if v0:
+        items["trait_fixed"] = fixed
     self_ = mean(projection(model, tok, prompts, ids, v0)) if v0 else None
     items["ppl_base"] = [math.exp(n.mean()) for n in nll]
     return ans, dict({k: mean(v) for k, v in items.items()}, trait_self=self_, items=items,

@@ -265,9 +265,9 @@ BAD = {  # field -> flags with a value out of its range (or unusable), one per C
     "eval_backend": ["--eval-backend", "slow"], "eval_frames": ["--eval-frames", "bogus"], "eval_n": ["--eval-n", "-1"],
     "vignettes": ["--vignettes", "/no/such.jsonl"], "statements": ["--statements", "/no/such.jsonl"],
     "persona_n": ["--persona-n", "1"], "ppl_ceil": ["--ppl-ceil", "1"], "baselines": ["--baselines=2"],
-    "ablate_lam0": ["--ablate-lam0=x"], "sample_tokens": ["--sample-tokens", "0"],
+    "ablate_lam0": ["--ablate-lam0=x"], "sample_tokens": ["--sample-tokens", "0"], "eval_batch": ["--eval-batch", "0"],
     "method": ["--method", "rlhf"], "online_batch": ["--online-batch", "0"], "online_group": ["--online-group", "1"],
-    "online_samples": ["--online-samples", "0"], "online_refresh": ["--online-refresh", "-1"],
+    "online_steps": ["--online-steps", "0"], "online_floor": ["--online-floor", "-1"],
     "redo_from": ["--redo-from", "0"],  # without --resume
     "track": ["--track", "neptune"],
 }

@@ -1,5 +1,7 @@
 """The rivals through the same loop (--method prompt-bake | online): their losses on a tiny random Llama, and
 whole quick runs that write the same files as the default method. Run: python -m pytest -q test_methods.py"""
+import math
+
 import pytest
 import torch
 
@@ -96,9 +98,62 @@ def test_online_advantage_pushes_the_better_sample_up(tiny):
     assert after[0].mean() < before[0].mean() and after[1].mean() > before[1].mean()
 
 
+def test_group_advantages_below_the_noise_floor_are_zero():
+    a = sh.group_advantages([0.0, 1e-3, 2e-3, 1.0, 2.0, 3.0], 3, floor=0.1)
+    assert (a[:3] == 0).all()  # rewards 1e-3 apart are noise: no full-size advantages for them
+    assert a[3:].tolist() == pytest.approx([-1.0, 0.0, 1.0])
+
+
+def _online_setup(tiny, monkeypatch, **kw):
+    model, tok = tiny
+    cfg = sh.Config(max_new_tokens=8, gen_batch=8, online_batch=2, online_group=4, online_steps=1, lr=0.01, warmup=0.0,
+                    train_batch=8, rep_max=0.5, **kw)
+    cfg.run_dir = None
+    vec = {1: torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))}
+    torch.manual_seed(0)
+    ref = sh.generate(model, tok, [sh.chat(tok, u) for u in sh.GEN_PROMPTS[:8]], cfg)
+    data = dict(ref=ref, gate=1e9, sink=lambda xs: xs, anchor=[], items=[])
+    return model, tok, cfg, vec, data
+
+
+def test_online_reward_is_the_trait_in_reference_units_minus_incoherence(tiny, monkeypatch):
+    model, tok, cfg, vec, data = _online_setup(tiny, monkeypatch)
+    ref = [x for x in data["ref"] if x["ids"]]
+    proj = sh.projection(model, tok, [x["prompt"] for x in ref], [x["ids"] for x in ref], vec)
+    items = sh.online_reward(model, tok, [dict(x) for x in ref], vec, cfg, 1e9, proj)
+    t = torch.tensor([x["trait"] for x in items])
+    assert t.mean().item() == pytest.approx(0.0, abs=1e-5) and t.std().item() == pytest.approx(1.0, rel=1e-4)
+    assert all(x["reward"] == pytest.approx(x["trait"] - x["incoherence"]) for x in items)
+    gate = min(x["ppl_tail"] for x in items) * 0.5  # every sample now over the gate: charged its excess nats
+    for x in sh.online_reward(model, tok, [dict(x) for x in ref], vec, cfg, gate, proj):
+        assert x["incoherence"] == pytest.approx(math.log(x["ppl_tail"] / gate) + (x["rep"] > cfg.rep_max), rel=1e-6)
+
+
+def test_one_online_step_moves_the_unsteered_student_toward_higher_reward(tiny, monkeypatch):
+    """On-policy: the samples come from the student without the hook, and one step raises the log-probability
+    of its higher-reward samples: the importance-weighted mean reward of that step's samples under the updated
+    student beats their plain mean (a flipped sign or a reward that ignores the trait fails it)."""
+    model, tok, cfg, vec, data = _online_setup(tiny, monkeypatch)
+    monkeypatch.setattr(sh, "steer", lambda *a, **k: pytest.fail("online must not steer the student"))
+    before = [x for x in data["items"]]
+    torch.manual_seed(1)
+    pm, hs = sh.heal_online(model, tok, vec, data, cfg, 0, sh.stash_base(model, cfg), lam=0.0)
+    items = data["items"]
+    assert hs["status"] == "ok" and hs["steps"] == 1 and not before and len(items) == 8 and all(x["ids"] for x in items)
+    b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
+    new = torch.stack([n.sum() for n in sh.completion_nll(pm, b).split(b["lengths"])])
+    with pm.disable_adapter():
+        old = torch.stack([n.sum() for n in sh.completion_nll(pm, b).split(b["lengths"])])
+    w = torch.exp(old - new).view(-1, cfg.online_group)  # p_new / p_old of each whole sample, by prompt
+    r = torch.tensor([x["reward"] for x in items]).view(-1, cfg.online_group)
+    assert ((w * r).sum(1) / w.sum(1) > r.mean(1) + 1e-3).all()  # each prompt's samples: the better ones gained
+    a = torch.tensor([x["adv"] for x in items])
+    assert (a * (old - new)).sum() > 0  # log p rose where the advantage is positive
+
+
 # --- whole runs -------------------------------------------------------------------------------------------
 
-ONLINE = ["--online-batch", "2", "--online-group", "3", "--online-samples", "12", "--online-refresh", "1"]
+ONLINE = ["--online-batch", "2", "--online-group", "3", "--online-steps", "2"]
 
 
 @needs_eval_data
