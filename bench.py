@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars a
 import torch
 import eval_mfv
 import fast
+import models
 import steer_heal as sh
 
 VIGNETTES = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
@@ -111,9 +112,9 @@ def build_arch(arch, dtype="auto", device="auto", **over):
     """A randomly initialised model of a real shape (config fields in `over` replace the shape's), with the embedded
     model's tokenizer (its ids all fit the larger vocab; sampled ids above the tokenizer's range decode to nothing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-    dev = sh.pick_device(device)
+    dev = models.pick_device(device)
     dt = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32}.get(dtype) or getattr(torch, dtype)
-    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    tok = AutoTokenizer.from_pretrained(models.embedded_model_path())
     tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side = "left"
     cfg = Qwen2Config(**(ARCHS[arch] | over), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -217,7 +218,7 @@ def bench_heal(model, tok, pairs, cfg, repeats, dev):
     losses = dict(kl_barrier=lambda: sh.heal_loss(pm, kept, cfg, cfg.lam, pm.disable_adapter)[0],
                   kl_ref_every_step=lambda: sh.heal_loss(pm, b, cfg, cfg.lam, pm.disable_adapter)[0],
                   kl_unchunked=lambda: kl_unchunked(pm, b, cfg, pm.disable_adapter),
-                  heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, measure=False)[0],
+                  heal_loss_lam0=lambda: sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, want_kl=False)[0],
                   nll=lambda: nll_completion(pm, b), nll_full_logsoftmax=lambda: nll_full(pm, b))
     epochs = sh.Config.epochs
     out = dict(batch=len(rows), seq_len=b["ids"].shape[1], completion_tokens=int(b["pred"].sum()),
@@ -335,7 +336,7 @@ def gpu_check(a):
     """python bench.py --gpu-check: every GPU target once on a random-weight Qwen2.5-1.5B shape, one PASS/FAIL
     line each, in under GPU_BUDGET_S; each target runs even when another fails. --device cpu: the same code on a tiny
     shape (a dry run, tested in test_bench.py, so it is known to start; its verdicts mean nothing)."""
-    dev = sh.pick_device(a.device)
+    dev = models.pick_device(a.device)
     size = GPU_CHECK["cuda" if dev.type == "cuda" else "cpu"]
     t0, checks, res = time.time(), {}, dict(device=dev.type, arch=size["arch"], sizes=size, dry_run=dev.type != "cuda")
     model, tok = build_arch(size["arch"], a.dtype, a.device)

@@ -3,20 +3,23 @@
 sentence naming the flag), and run folders (new, or --resume with the saved config). steer_heal.main() calls
 these; nothing here changes what a run computes.
 """
-import argparse, dataclasses, importlib.util, inspect, json, math, os, re, shutil, sys, time
+import argparse, contextlib, dataclasses, importlib.util, inspect, json, math, os, re, shutil, signal, sys, time
 from pathlib import Path
 
 import torch
 
 import eval_mfv
+from models import decoder_layers
+import report  # the group's report after --seeds (report reads files only)
 import runio
+import track
 from prompts import CONTEXTS
 from runio import Stop
 
 CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"], kl_dir=["rev", "fwd"],
                kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
                eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
-               method=["steer-heal", "prompt-bake", "online"], eval_prompts=["everyday", "authority"],
+               eval_prompts=["everyday", "authority"],
                track=["", "tensorboard", "wandb"])
 RESUME_OK = {"rounds", "device", "compile", "resume", "track"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
@@ -232,3 +235,111 @@ def start_run_dir(run_dir, cfg, script="steer_heal.py"):
                 inputs=dict(vignettes=cfg.vignettes_path or "tinymfv package", statements=cfg.statements_path,
                             statements_n=len(cfg.statement_rows or [])))  # decided at run time: on the record
     runio.write_text(run_dir / "config.json", json.dumps(meta, indent=2))  # whole or not at all: resume reads it
+
+
+# --- input files: found and read before the model loads ------------------------------------------------------
+
+def find_vignettes(cfg):
+    if cfg.vignettes == "none":  # skip tinymfv (it reads another trait than warmth, and costs a third of a line)
+        return "none"
+    if cfg.vignettes or cfg.eval_backend == "tinymfv":
+        return cfg.vignettes or None
+    if cfg.eval_backend == "auto" and eval_mfv.import_tinymfv():
+        return None
+    local = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
+    if local.exists():
+        return str(local)
+    raise Stop("No tinymfv vignettes: install tinymfv (pip install "
+               "git+https://github.com/wassname/tinymfv@ca76c0e05e460d56d30e5292ba1f33cbbb3fa45f) or pass "
+               "--vignettes PATH to a vignette JSONL.")
+
+
+def find_statements(cfg):
+    """The persona-statements file for persona_gap, or None (skipped, with a log line)."""
+    if cfg.statements == "none":
+        return None
+    if cfg.statements:
+        return cfg.statements
+    return str(eval_mfv.STATEMENTS) if eval_mfv.STATEMENTS.exists() else None
+
+
+def balanced_subsample(rows, n, seed):
+    """n statements, half of each kind (the gap compares the two kinds), seeded, in file order."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for kind in ("Yes", "No"):
+        idx = [i for i, r in enumerate(rows) if r["answer_matching_behavior"].strip() == kind]
+        keep += [idx[j] for j in torch.randperm(len(idx), generator=g)[:n // 2].tolist()]
+    return [rows[i] for i in sorted(keep)]
+
+
+def read_inputs(cfg):
+    """Sets cfg.vignettes_path, cfg.statements_path, cfg.statement_all (every statement: the probe trains on them)
+    and cfg.statement_rows (a seeded balanced subsample: persona_gap). A file that does not parse names its flag."""
+    def parse(flag, read, file):
+        try:
+            return read(file)
+        except (ValueError, OSError) as e:
+            raise Stop(f"{flag} {file}: {e}")
+    cfg.vignettes_path = find_vignettes(cfg)
+    path = cfg.statements_path = find_statements(cfg)
+    cfg.statement_all = cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
+    if cfg.statement_rows and cfg.persona_n:
+        cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
+    if cfg.vignettes_path and cfg.vignettes_path != "none":
+        parse("--vignettes", eval_mfv.load_vignettes, cfg.vignettes_path)
+
+
+# --- the script's main(): flags -> run(), every failure an exit code and one sentence -------------------------
+
+def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="steer_heal.py"):
+    """run(cfg, explicit) once, or once per --seeds seed (sibling folders) and then the group's report. Exit codes:
+    2 bad input (Stop), 3 starved, 4 a failed write (full disk), 130 interrupted (SIGTERM too)."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
+    runio.LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
+    grad = torch.is_grad_enabled()
+    runio.LOG.update(run_dir=None, file=None)  # a previous call's run (tests call main repeatedly)
+    code = msg = None
+    try:
+        cfg, explicit = parse_args(Config, PRESETS, PERSONAS, doc, argv)  # the running script's Config: a copy's own
+        check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
+        if METHODS is not None:
+            check_method(cfg, METHODS)
+        if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
+            group = Path(cfg.out) / (cfg.name or cfg.persona)
+            for s in cfg.seeds:
+                run(dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}"), explicit)
+                runio.LOG["file"] = None
+            report.write_report(group)
+        else:
+            run(cfg, explicit)
+    except Stop as e:
+        code, msg = e.code, f"{Path(script).stem}: {e}"
+    except KeyboardInterrupt:
+        where = runio.LOG["run_dir"]
+        code, msg = 130, ("interrupted. Everything completed so far is on disk"
+                          + (f"; continue with: python {script} --resume {where}" if where else "."))
+    except (runio.WriteFailed, OSError) as e:  # a full disk, anywhere: exit 4, the path and the free space
+        code, msg = 4, write_failed(e, runio.LOG["run_dir"])
+    finally:
+        torch.set_grad_enabled(grad)
+        track.close()
+    if msg:
+        with contextlib.suppress(runio.WriteFailed):  # log.txt may be on the full disk too: printed all the same
+            runio.log("\n" + msg)
+        sys.exit(code)
+
+
+def check_targets(model, cfg):
+    """--lora-targets against the loaded model, before the run folder exists (fail now, not after an hour)."""
+    names = {n.split(".")[-1] for n, m in decoder_layers(model).named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = set(cfg.lora_targets) - names - {"all-linear"}
+    if missing or not names:
+        raise Stop(f"--lora-targets {' '.join(sorted(missing))}: not linear modules of this model's decoder blocks; "
+                   f"they hold {' '.join(sorted(names)) or 'none'} (or give all-linear, the default).")
+
+
+def check_method(cfg, METHODS):
+    if cfg.method not in METHODS:
+        raise Stop(f"--method {cfg.method}: this script runs {', '.join(METHODS)}; prompt-bake and online run through "
+                   f"rivals.py (python rivals.py --method {cfg.method} ..., and --resume there too)")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+import readers
 import steer_heal as sh
 
 # Every option sets every generator knob: Config()'s defaults change over time and must not leak in.
-PLAIN = dict(steer_decay=0.0, steer_decay_t=16.0, backtrack=False, cosine_gate=False, steer_positions="all")
+PLAIN = dict(steer_decay=0.0, steer_decay_t=16.0, backtrack=False, backtrack_window=16, backtrack_scale=0.5,
+             backtrack_retries=2, cosine_gate=False, steer_positions="all")  # every generator knob, pinned
 OPTIONS = {  # name -> Config overrides
     "constant": PLAIN,
     "decay": dict(PLAIN, steer_decay=1.0),
@@ -46,7 +48,7 @@ def compare(model, tok, cfg, doses, n, seed=0):
             dt = time.time() - t
             sh.score(model, tok, items, c, gate)
             kept = [x for x in items if x["kept"]]
-            proj = sh.mean(sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v)) if kept else None
+            proj = readers.mean(sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v)) if kept else None
             rows.append(dict(option=name, dose=d, n=n, kept_frac=len(kept) / n,
                              ppl_tail_kept=sum(x["ppl_tail"] for x in kept) / max(1, len(kept)),
                              ppl_kept=sum(x["ppl"] for x in kept) / max(1, len(kept)),

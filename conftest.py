@@ -3,6 +3,8 @@ skip for whole runs on a clone that has no eval data beside it."""
 import pytest
 import torch
 
+import cli
+import models
 import steer_heal as sh
 
 
@@ -11,10 +13,10 @@ def _eval_data_missing():
     ../shared/tinymfv in this workplace) and persona statements (../shared/persona) before it loads the model,
     so on a bare clone every run-level test would fail on that first check instead of on what it tests."""
     try:
-        sh.find_vignettes(sh.Config(vignettes=""))  # the seed persona's tinymfv; love skips it
+        cli.find_vignettes(sh.Config(vignettes=""))  # the seed persona's tinymfv; love skips it
     except sh.Stop as e:
         return str(e)
-    return "" if sh.find_statements(sh.Config()) else "no persona statements (../shared/persona)"
+    return "" if cli.find_statements(sh.Config()) else "no persona statements (../shared/persona)"
 
 
 EVAL_DATA_MISSING = _eval_data_missing()
@@ -30,7 +32,7 @@ def skip_without_eval_data():
 def build_tiny(arch, folder):
     """A 4-layer random `arch` model saved as a from_pretrained folder (so --model can point at it)."""
     import transformers as T
-    tok = T.AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    tok = T.AutoTokenizer.from_pretrained(models.embedded_model_path())
     conf, model = {"llama": (T.LlamaConfig, T.LlamaForCausalLM), "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
                    "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM), "phi3": (T.Phi3Config, T.Phi3ForCausalLM)}[arch]
     extra = dict(gemma2=dict(head_dim=16), phi3=dict(original_max_position_embeddings=1024)).get(arch, {})
@@ -49,6 +51,13 @@ def build_tiny(arch, folder):
 
 
 @pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory):
-    """The tiny random Llama as a model folder, built once for the whole session (test_faults, test_export)."""
-    return build_tiny("llama", tmp_path_factory.mktemp("llama"))
+def tiny_dir(tmp_path_factory):
+    """THE tiny model of the tests: a 4-layer random Llama as a from_pretrained folder (so --model can point at it),
+    built once for the whole session. Other architectures: build_tiny(arch, folder)."""
+    return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    """(model, tok) of tiny_dir, loaded fresh for each test (tests may change its weights)."""
+    return sh.load_model(tiny_dir)

@@ -29,6 +29,7 @@ python eval_mfv.py --vignettes ../shared/tinymfv/vignettes_classic_other_violate
 """
 import argparse
 import copy
+import importlib
 import json
 import random
 import sys
@@ -255,7 +256,7 @@ def _tinymfv(model, tok, rows, n, system, batch_size, seed):
     "mean_pmass_allowed", "top1_acc", "per_row" [{"p": 7-vector, "pmass_allowed"}]); reads are
     defensive and keyword arguments its signature lacks are dropped."""
     import inspect
-    import tinymfv
+    tinymfv = import_tinymfv()
     if rows is None and n is not None and hasattr(tinymfv, "load_vignettes"):
         rows = _subsample(tinymfv.load_vignettes("classic"), n, seed)  # same seeded subsample as fast
     if rows is not None:  # our JSONL rows carry `text`; tinymfv reads the condition key
@@ -291,12 +292,21 @@ def _tinymfv(model, tok, rows, n, system, batch_size, seed):
     return res
 
 
+TINYMFV_NAMES = ("tinymfv", "moralmaps")  # upstream renamed itself moralmaps after the pinned (tested) commit
+
+
+def import_tinymfv():
+    """The tinymfv library under either of its names, or None when neither imports."""
+    for name in TINYMFV_NAMES:
+        try:
+            return importlib.import_module(name)
+        except Exception:  # absent, or present but broken: the built-in backend still works
+            continue
+    return None
+
+
 def _have_tinymfv():
-    try:
-        import tinymfv  # noqa: F401
-        return True
-    except Exception:  # absent, or present but broken: the built-in backend still works
-        return False
+    return import_tinymfv() is not None
 
 
 def resolve_backend(backend, vignettes) -> str:
@@ -524,5 +534,14 @@ def main(argv=None):
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 
+def line_fields(r):
+    """evaluate()'s result as the flat fields of a rounds.jsonl line."""
+    return dict(auth_nats=r["auth_nats"], care_nats=r["care_nats"], answer_mass=r["coherence"], top1=r.get("top1"),
+                top1_chance=r.get("top1_chance"), nats=r["nats"], p=r["p"], eval_backend=r["backend"],
+                eval_frames=r.get("frames"), eval_n=r["n"], eval_ci=r.get("eval_ci", {}),
+                eval_unscorable=r.get("unscorable", 0))
+
+
 if __name__ == "__main__":
     main()
+

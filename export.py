@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import models
 import steer_heal as sh
 from runio import rounds_to_load
 
@@ -176,7 +177,7 @@ def export(run_dir, out, upto_round=None, overwrite=False, device="auto"):
         raise sh.Stop(f"OUT {out} is inside the run folder {run_dir}; write the export somewhere else.")
     meta, lines = json.loads((run_dir / "config.json").read_text()), sh.read_lines(run_dir)
     model, _, cfg = sh.load_run(run_dir, upto_round, device)  # says which rounds, if one is over the ceiling
-    tok = AutoTokenizer.from_pretrained(cfg.model or sh.embedded_model_path())  # as shipped: no padding changes
+    tok = AutoTokenizer.from_pretrained(cfg.model or models.embedded_model_path())  # as shipped: no padding changes
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")  # a crash never leaves a half-written OUT
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -94,3 +94,75 @@ def load_run(run_dir, upto_round=None, device="auto", Config=None):
     for k in ks:
         model = merge_adapter(model, Path(run_dir) / f"round_{k}" / "adapter")
     return model.eval(), tok, cfg
+
+
+# --- steering vectors on disk -----------------------------------------------------------------------------
+
+def read_vector(path):
+    """--vector: ({block: vector}, metadata), parsed before any model loads. export.py's
+    vector_r<k>.safetensors holds tensors direction.<l> and the vector_r<k>.json beside it decides the
+    layers (l = 0-based decoder block whose output it is added to); a run's vector_r<k>.pt is {l: vector}."""
+    p = Path(path)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            meta = json.loads(p.with_suffix(".json").read_text())
+            tensors = load_file(str(p))
+            vec = {int(l): tensors[f"direction.{l}"] for l in meta["layers"]}
+        elif p.suffix == ".pt":
+            meta, vec = {}, {int(l): v for l, v in torch.load(p, map_location="cpu", weights_only=True).items()}
+        else:
+            raise ValueError("unknown file type")
+        if not vec or min(vec) < 0 or len({v.shape for v in vec.values()}) != 1 or next(iter(vec.values())).ndim != 1 \
+                or not all(torch.isfinite(v).all() and v.norm() > 0 for v in vec.values()):
+            raise ValueError(f"needs one finite, non-zero 1-D vector of one size per block >= 0 (blocks {sorted(vec)})")
+    except Exception as e:  # a missing file or metadata, a foreign or corrupt file: all bad input, exit 2
+        raise Stop(f"--vector {path}: not a steering vector this script reads ({type(e).__name__}: {str(e)[:200]}); "
+                   "give export.py's vector_r<k>.safetensors (its .json beside it) or a run's vector_r<k>.pt.")
+    return {l: vec[l].float() for l in sorted(vec)}, meta
+
+
+def save_vector(vec, path):
+    with runio.atomic(path) as tmp:
+        torch.save({l: v.cpu() for l, v in vec.items()}, tmp)
+
+
+# --- what a model is made of: its blocks, its head; a round's adapter on disk ------------------------------
+
+def decoder_layers(model):
+    """The list of transformer blocks (works through a PEFT wrapper)."""
+    return model.get_decoder().layers
+
+
+def eos_ids(model, tok):
+    e = model.generation_config.eos_token_id
+    return {tok.eos_token_id, *(e if isinstance(e, list) else [e])}
+
+
+def lm_head(model, h):
+    """The model's own head on hidden states: the output embedding, then what its forward applies to the
+    logits (Cohere's logit_scale, Gemma-2/3's final soft-capping). check_head() proves it per model."""
+    logits = model.get_output_embeddings()(h)
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(c, "logit_scale", None):
+        logits = logits * c.logit_scale
+    if getattr(c, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
+    return logits
+
+
+def check_vector(vec, model, path):
+    """A --vector must fit the loaded model: its width, and blocks the hook steers (not the last: see steer_layers)."""
+    n, width, size = len(decoder_layers(model)), model.config.get_text_config().hidden_size, next(iter(vec.values())).numel()
+    if size != width or max(vec) > n - 2:
+        raise Stop(f"--vector {path}: vectors of size {size} on blocks {sorted(vec)} do not fit this model (hidden size "
+                   f"{width}, steerable blocks 0..{n - 2}).")
+
+
+def save_adapter(pm, run_dir, k):
+    """Round k's adapter, written whole or not at all; returns {file: sha256} for its round line, which a
+    resume checks before baking the adapter back in."""
+    final = Path(run_dir) / f"round_{k}" / "adapter"
+    with runio.atomic(final) as tmp:
+        pm.save_pretrained(tmp)
+    return {f.name: runio.sha256(f) for f in sorted(final.iterdir()) if f.suffix in (".json", ".safetensors")}

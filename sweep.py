@@ -28,9 +28,12 @@ from pathlib import Path
 
 import torch
 
+import cli
 import eval_mfv
 import report  # the one rule for noise, chance and direction (issue 22: it lives once)
 import runio
+import readers
+import models
 import steer_heal as sh
 
 # name -> heal overrides. Every regulariser the seed names, each alone, at two or more strengths.
@@ -75,14 +78,14 @@ def data(model, tok, cfg, out):
     v0 = sh.extract_vector(model, tok, cfg.pos, cfg.neg, sh.CONTEXTS[:cfg.n_contexts], steered)
     ref, gate = sh.calibrate_gate(model, tok, cfg, cfg.seed + 3, cfg.probe_n)
     kept, items, kappa, _ = sh.collect(model, tok, v0, cfg, gate, cfg.seed + 5, lambda _: None)
-    log(sh.format_dose_table(sh.dose_table(ref + items)))
+    log(runio.format_dose_table(sh.dose_table(ref + items)))
     log(f"steered: kept {len(kept)}/{len(items)} at kappa {kappa:.3f} in {time.time() - t:.0f}s")
     # the control: as many unsteered survivors of the same prompts, through the same filters
     ctl, _ = sh.calibrate_gate(model, tok, cfg, cfg.seed + 7, round(len(kept) * 1.2))
     ctl = sh.judge(ctl, cfg, gate)
     ctl = [x for x in ctl if x["kept"]][:len(kept)]
     log(f"unsteered control: {len(ctl)} survivors")
-    sh.save_vector(v0, out / "vector_r0.pt")
+    models.save_vector(v0, out / "vector_r0.pt")
     save_items(out / "unsteered.jsonl", ctl)
     save_items(out / "survivors.jsonl", items)  # last: its presence means the data stage completed
     return items, ctl, v0
@@ -132,8 +135,8 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     sh.LOG["file"] = open(out / "log.txt", "a")
     cfg = sh.Config(**SIZES, name="crux", seed=0, vignettes="")  # the single-round sweep reads tinymfv too
-    cfg.vignettes_path, cfg.run_dir = sh.find_vignettes(cfg), out
-    cfg.statement_rows = eval_mfv.load_statements(sh.find_statements(cfg))
+    cfg.vignettes_path, cfg.run_dir = cli.find_vignettes(cfg), out
+    cfg.statement_rows = eval_mfv.load_statements(cli.find_statements(cfg))
     torch.set_grad_enabled(False)
     model, tok = sh.load_model(cfg.model, cfg.device, cfg.dtype)
     stash = sh.stash_base(model, cfg)
@@ -146,12 +149,12 @@ def main(argv=None):
     done = {(r.get("name"), r.get("seed")) for r in load_items(rows_path)}
 
     def append(row):  # a torn last line (a killed sweep) is moved to sweep.torn.jsonl first
-        runio.append_jsonl(rows_path, [sh.finite(row)], log)
+        runio.append_jsonl(rows_path, [runio.finite(row)], log)
 
     if ("base", -1) not in done:  # the base model, and the survivors the heal trains on, read the same way
         with sh.fixed_reader(model, stash):
-            tr = sh.mean(sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v0))
-            cf = sh.mean(sh.projection(model, tok, [x["prompt"] for x in ctl], [x["ids"] for x in ctl], v0))
+            tr = readers.mean(sh.projection(model, tok, [x["prompt"] for x in kept], [x["ids"] for x in kept], v0))
+            cf = readers.mean(sh.projection(model, tok, [x["prompt"] for x in ctl], [x["ids"] for x in ctl], v0))
         append(dict(name="base", seed=-1, setting={}, survivors=len(kept), generated=len(items), control=len(ctl),
                     survivors_trait_fixed=tr, control_trait_fixed=cf, **read_all(model, tok, cfg, ctx, stash, v0)))
     for name in a.settings:
@@ -385,7 +388,7 @@ def summarize(out):
                   f"{report.shift(r, base, 'auth_nats'):+.3f}" for s, r in sorted(group.items())]
     lines += ["", f"{len(bad)} unreadable line(s) of sweep.jsonl left out: " + "; ".join(bad)] * bool(bad)
     runio.write_text(out / "summary.md", "\n".join(lines) + "\n")
-    runio.write_text(out / "summary.json", json.dumps(sh.finite(dict(
+    runio.write_text(out / "summary.json", json.dumps(runio.finite(dict(
         readers={k: dict(sign=s, passes=gates[k][0], why=gates[k][1]) for k, s in readers},
         at_chance=at[0], settings=summary)), indent=1))
     frontier(out, base, by, {k: gates[k][0] for k, _ in readers})
@@ -674,7 +677,7 @@ def summarize_rounds(out, want=4):
                   + "."]
         lines += [f"  - r{k}: {v['why']}" for k, v in x["by_round"].items()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(sh.finite(dict(
+    (out / "summary.json").write_text(json.dumps(runio.finite(dict(
         readers={k: dict(sign=s, readable=checks[k][0], why=checks[k][1]) for k, s in readers}, differ=differ,
         settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
     frontier_rounds(out, groups, readers, checks)

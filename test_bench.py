@@ -8,22 +8,8 @@ import torch
 
 import bench
 import fast
+import models
 import steer_heal as sh
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
 
 
 @pytest.mark.skipif(not bench.VIGNETTES.exists(), reason="needs ../shared/tinymfv vignettes")
@@ -81,3 +67,27 @@ def test_gpu_check_dry_run_on_the_cpu_judges_every_target(tmp_path):
     for k in ("greedy_compiled_equals_eager", "recompiles_timed", "whole_round"):
         assert checks[k]["verdict"] == "PASS", (k, checks[k], r.get("greedy_diff"))
     assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}
+
+
+def test_judge_fails_a_ratio_past_its_target_and_passes_one_inside():
+    """The verdicts themselves, on made-up numbers: a heal barrier at 1.30x plain NLL fails its <= target, one at
+    1.00x passes; a >= target the other way round."""
+    sec, num, den, field, op, target, _ = bench.RATIOS["heal_kl_vs_nll_time"]
+    gsec, gnum, gden, gfield, gop, gtarget, _ = bench.RATIOS["gen_batched_vs_serial"]
+    assert (op, gop) == ("<=", ">=")
+
+    def verdicts(heal_ratio, gen_ratio):
+        r = {s: {} for s in {x[0] for x in bench.RATIOS.values()} | {x[0] for x in bench.LIMITS.values()}}
+        for k, (s, n, d, f, *_) in bench.RATIOS.items():  # every other ratio 1.0
+            r[s].setdefault(n, {})[f] = 1.0
+            r[s].setdefault(d, {})[f] = 1.0
+        for k, (s, e, f, *_) in bench.LIMITS.items():
+            r[s].setdefault(e, {})[f] = 0.0
+        r["settings"] = dict(model="tiny")
+        r[sec][num][field], r[sec][den][field] = heal_ratio, 1.0
+        r[gsec][gnum][gfield], r[gsec][gden][gfield] = gen_ratio, 1.0
+        r["machine"] = dict(device="cpu")
+        bench.judge(r)
+        return r["checks"]["heal_kl_vs_nll_time"], r["checks"]["gen_batched_vs_serial"]
+    assert verdicts(target + 0.15, gtarget - 1) == ("FAIL", "FAIL")
+    assert verdicts(target - 0.15, gtarget + 1) == ("PASS", "PASS")

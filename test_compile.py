@@ -9,13 +9,13 @@ import torch
 from torch._dynamo.utils import counters
 
 import fast
+import runio
 import steer_heal as sh
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import build_tiny
-    return sh.load_model(build_tiny("llama", tmp_path_factory.mktemp("tiny_compile")))
+def tiny(tiny_dir):  # conftest's tiny model, loaded once here: the compiled tests share its compile cache
+    return sh.load_model(tiny_dir)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_backtrack_under_compile_falls_back_to_eager_with_one_line(tiny, compile
     prompts = [sh.chat(tok, u) for u in PROMPTS[:2]]
     vec = {1: torch.randn(model.config.hidden_size)}
     cfg = sh.Config(backtrack=True, backtrack_window=4, rep_max=1.0, max_new_tokens=8)
-    sh.SAID.clear()
+    runio.SAID.clear()
     plain = sh.generate(model, tok, prompts, cfg, vec, [1.0, 1.0], greedy=True, gate=1e6)
     for _ in range(2):
         comp = sh.generate(model, tok, prompts, dataclasses.replace(cfg, compile=True), vec, [1.0, 1.0], greedy=True,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from conftest import needs_eval_data
-from test_smoke import TINY_FLAGS, tiny_dir  # noqa: F401  (shared fixtures)
+from test_smoke import TINY_FLAGS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(HERE), "shared")

@@ -13,18 +13,12 @@ import pytest
 import torch
 
 import eval_mfv as E
+import models
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
 KEYS = {"backend", "frames", "n", "p", "nats", "auth_nats", "care_nats", "coherence", "top1", "top1_chance", "eval_ci",
         "unscorable", "seconds"}
-
-
-def _steer_heal():
-    sh = pytest.importorskip("steer_heal")
-    if not hasattr(sh, "load_model"):
-        pytest.skip("steer_heal.load_model not written yet")
-    return sh
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +41,7 @@ def rows():
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(_steer_heal().embedded_model_path())
+    return AutoTokenizer.from_pretrained(models.embedded_model_path())
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +58,7 @@ def tiny(tok):
 
 @pytest.fixture(scope="module")
 def smol():
-    return _steer_heal().load_model("", device="cpu")
+    return models.load_model("", device="cpu")
 
 
 class digit_bias:
@@ -301,7 +295,7 @@ def test_statement_loglik_and_yes_no_equal_plain_forwards(tiny, tok, stmts):
 def test_persona_prompt_raises_the_gap_and_the_paired_ci_is_tighter(smol, stmts):
     model, tok = smol
     rows = stmts[1]
-    sh = _steer_heal()
+    import steer_heal as sh
     base = E.persona_eval(model, tok, rows, yes_no=False)
     pers = E.persona_eval(model, tok, rows, system=sh.SEED_POS, ref_ll=base["_ll"], yes_no=False)
     assert pers["persona_gap"] > base["persona_gap"] + 0.03  # measured on all 500: +0.116, paired CI [0.055, 0.177]

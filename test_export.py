@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import export
+import cli
+import models
 import steer_heal as sh
 from test_smoke import TINY_FLAGS
 
@@ -21,11 +23,11 @@ from conftest import build_tiny, needs_eval_data, skip_without_eval_data  # noqa
 
 
 @pytest.fixture(scope="module")
-def run2(llama_dir, tmp_path_factory):
+def run2(tiny_dir, tmp_path_factory):
     """A finished 2-round run on the tiny Llama."""
     skip_without_eval_data()
     out = tmp_path_factory.mktemp("runs")
-    sh.main(["--model", llama_dir, "--out", str(out), "--name", "r2", *TINY_FLAGS, "--rounds", "2", "--no-baselines"])
+    sh.main(["--model", tiny_dir, "--out", str(out), "--name", "r2", *TINY_FLAGS, "--rounds", "2", "--no-baselines"])
     assert sh.completed_rounds(out / "r2") == [0, 1]
     return out / "r2"
 
@@ -114,11 +116,11 @@ def test_vectors_are_written_with_metadata_and_as_llama_cpp_gguf(run2, exported)
         assert r.fields["controlvector.layer_count"].contents() == len(layers)
 
 
-def test_gguf_numbering_is_llama_cpps(llama_dir, tmp_path):
+def test_gguf_numbering_is_llama_cpps(tiny_dir, tmp_path):
     """llama.cpp adds direction.<il> to the output of decoder block il (0-based) and refuses direction.0.
     Applied that way, the GGUF must steer exactly as our hook does; one block off must not."""
     from gguf import GGUFReader
-    model, tok = sh.load_model(llama_dir)
+    model, tok = sh.load_model(tiny_dir)
     g = torch.Generator().manual_seed(0)
     vec = {0: torch.randn(64, generator=g), 1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)}
     assert export.write_gguf(vec, tmp_path / "v.gguf", "llama") == [1, 2]  # block 0 cannot be exported
@@ -144,10 +146,10 @@ def test_gguf_numbering_is_llama_cpps(llama_dir, tmp_path):
 
 # --- --vector ---------------------------------------------------------------------------------------------
 
-def test_vector_flag_seeds_a_run_and_decides_its_layers(llama_dir, run2, exported, tmp_path):
+def test_vector_flag_seeds_a_run_and_decides_its_layers(tiny_dir, run2, exported, tmp_path):
     src = exported / "vectors" / "vector_r1.safetensors"
     # --layers 0.0 0.3 would steer block 0 of 4; the vector's metadata says blocks 1 and 2, and wins
-    sh.main(["--model", llama_dir, "--out", str(tmp_path), "--name", "seeded", *TINY_FLAGS, "--no-baselines",
+    sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "seeded", *TINY_FLAGS, "--no-baselines",
              "--vector", str(src), "--layers", "0.0", "0.3"])
     run = tmp_path / "seeded"
     got, want = torch.load(run / "vector_r0.pt"), torch.load(run2 / "vector_r1.pt")
@@ -159,11 +161,11 @@ def test_vector_flag_seeds_a_run_and_decides_its_layers(llama_dir, run2, exporte
     assert "round-0 vector read from" in (run / "log.txt").read_text()
     assert json.loads((run / "config.json").read_text())["config"]["vector"] == str(src)
     # a run's own vector_r<k>.pt is read too
-    vec, meta = sh.read_vector(run2 / "vector_r0.pt")
+    vec, meta = models.read_vector(run2 / "vector_r0.pt")
     assert sorted(vec) == [1, 2] and meta == {}
 
 
-def test_vector_flag_bad_files_exit_2_and_leave_nothing(llama_dir, run2, exported, tmp_path, capsys):
+def test_vector_flag_bad_files_exit_2_and_leave_nothing(tiny_dir, run2, exported, tmp_path, capsys):
     from safetensors.torch import save_file
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -179,7 +181,7 @@ def test_vector_flag_bad_files_exit_2_and_leave_nothing(llama_dir, run2, exporte
     for f, words in [("/no/such.safetensors", "FileNotFoundError"), (bad / "garbage.safetensors", "--vector"),
                      (nometa, "nometa.json"), (bad / "narrow.safetensors", "size 32"),
                      (bad / "last.safetensors", "blocks [3]"), (run2 / "rounds.jsonl", "--vector")]:
-        assert exits(["--model", llama_dir, "--out", str(out), "--vector", str(f)]) == 2
+        assert exits(["--model", tiny_dir, "--out", str(out), "--vector", str(f)]) == 2
         msg = capsys.readouterr().out
         assert words in msg and "--vector" in msg, msg
         assert not out.exists() or not any(out.iterdir())
@@ -197,7 +199,7 @@ def test_all_linear_follows_fused_projections_and_the_stash_restores_base(tmp_pa
     assert {n.split(".")[-1] for n, _ in mods} == LINEARS["phi3"] and len(mods) == 4 * 4
     assert "lm_head" not in {n for n, _ in mods}
     with pytest.raises(sh.Stop, match="qkv_proj"):  # Llama's names on Phi-3: refused, naming what is there
-        sh.check_targets(model, dataclasses.replace(cfg, lora_targets=("q_proj", "v_proj")))
+        cli.check_targets(model, dataclasses.replace(cfg, lora_targets=("q_proj", "v_proj")))
     only = sh.lora_modules(model, dataclasses.replace(cfg, lora_targets=("qkv_proj",), lora_layers=(0.5, 1.0)))
     assert [n for n, _ in only] == ["model.layers.2.self_attn.qkv_proj", "model.layers.3.self_attn.qkv_proj"]
     base = last_logits(model, tok)
@@ -285,7 +287,7 @@ WALK = [pytest.param(f, a, marks=needs_eval_data) if f in AFTER_EVAL_DATA else (
 
 
 @pytest.mark.parametrize("field, argv", WALK, ids=lambda x: x if isinstance(x, str) else None)
-def test_every_field_with_a_bad_value_exits_2_cleanly(field, argv, llama_dir, tmp_path, capsys, monkeypatch):
+def test_every_field_with_a_bad_value_exits_2_cleanly(field, argv, tiny_dir, tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries
     out = tmp_path / "out"
@@ -293,7 +295,7 @@ def test_every_field_with_a_bad_value_exits_2_cleanly(field, argv, llama_dir, tm
     if field == "out":  # a file where the parent of run folders should be
         (tmp_path / "afile").write_text("x")
         argv = ["--out", str(tmp_path / "afile" / "results")]
-    assert exits(["--model", llama_dir, "--out", str(out), *argv]) == 2  # SystemExit(2): no other exception escaped
+    assert exits(["--model", tiny_dir, "--out", str(out), *argv]) == 2  # SystemExit(2): no other exception escaped
     got = capsys.readouterr()
     msg = got.out.strip()
     flag = "--" + field.replace("_", "-")

@@ -12,6 +12,7 @@ import export
 import plot
 import report
 import runio
+import models
 import steer_heal as sh
 from conftest import skip_without_eval_data
 from test_report_plot import make_new_run
@@ -27,11 +28,11 @@ def exits(argv):
 
 
 @pytest.fixture(scope="module")
-def run1(llama_dir, tmp_path_factory):
+def run1(tiny_dir, tmp_path_factory):
     """A finished 1-round run on the tiny Llama; tests work on copies (fresh())."""
     skip_without_eval_data()
     out = tmp_path_factory.mktemp("runs")
-    sh.main(["--model", llama_dir, "--out", str(out), "--name", "r1", *TINY_FLAGS, "--no-baselines"])
+    sh.main(["--model", tiny_dir, "--out", str(out), "--name", "r1", *TINY_FLAGS, "--no-baselines"])
     return out / "r1"
 
 
@@ -152,7 +153,7 @@ def no_space(*a, **kw):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_full_disk_at_the_adapter_save_exits_4_and_resume_continues(llama_dir, tmp_path, capsys, monkeypatch):
+def test_full_disk_at_the_adapter_save_exits_4_and_resume_continues(tiny_dir, tmp_path, capsys, monkeypatch):
     skip_without_eval_data()
     import peft
 
@@ -162,7 +163,7 @@ def test_full_disk_at_the_adapter_save_exits_4_and_resume_continues(llama_dir, t
         no_space()
     monkeypatch.setattr(peft.PeftModel, "save_pretrained", half_then_full)
     d = tmp_path / "full"
-    assert exits(["--model", llama_dir, "--out", str(tmp_path), "--name", "full", *TINY_FLAGS, "--no-baselines"]) == 4
+    assert exits(["--model", tiny_dir, "--out", str(tmp_path), "--name", "full", *TINY_FLAGS, "--no-baselines"]) == 4
     out = capsys.readouterr().out
     assert f"could not write {d / 'round_0' / 'adapter'}" in out and "MiB free" in out, out[-800:]
     assert f"--resume {d}" in out and "Traceback" not in out
@@ -176,7 +177,7 @@ def test_full_disk_at_the_adapter_save_exits_4_and_resume_continues(llama_dir, t
         d / "round_0" / "adapter" / "adapter_model.safetensors")
 
 
-def test_full_disk_mid_append_leaves_no_half_line_and_resume_continues(llama_dir, tmp_path, capsys, monkeypatch):
+def test_full_disk_mid_append_leaves_no_half_line_and_resume_continues(tiny_dir, tmp_path, capsys, monkeypatch):
     skip_without_eval_data()
     real = runio.write_all
 
@@ -187,7 +188,7 @@ def test_full_disk_mid_append_leaves_no_half_line_and_resume_continues(llama_dir
         real(f, data)
     monkeypatch.setattr(runio, "write_all", full_at_the_round_line)
     d = tmp_path / "mid"
-    assert exits(["--model", llama_dir, "--out", str(tmp_path), "--name", "mid", *TINY_FLAGS, "--no-baselines"]) == 4
+    assert exits(["--model", tiny_dir, "--out", str(tmp_path), "--name", "mid", *TINY_FLAGS, "--no-baselines"]) == 4
     out = capsys.readouterr().out
     assert f"could not write {d / 'rounds.jsonl'}" in out and "MiB free" in out
     assert (d / "rounds.jsonl").read_text().endswith("\n") and unreadable(d / "rounds.jsonl") == []
@@ -206,14 +207,14 @@ def test_every_file_a_resume_reads_is_written_whole(tmp_path, monkeypatch):
     assert (tmp_path / "config.json").read_text() == "{}" and sorted(os.listdir(tmp_path)) == ["config.json"]
     monkeypatch.setattr(torch, "save", lambda *a, **kw: no_space())
     with pytest.raises(runio.WriteFailed, match="vector_r1.pt"):
-        sh.save_vector({3: torch.ones(4)}, tmp_path / "vector_r1.pt")
+        models.save_vector({3: torch.ones(4)}, tmp_path / "vector_r1.pt")
     assert sorted(os.listdir(tmp_path)) == ["config.json"]  # no vector_r1.pt, no vector_r1.pt.tmp
 
 
 # --- a round over the ppl ceiling -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def wrecked(llama_dir, tmp_path_factory):
+def wrecked(tiny_dir, tmp_path_factory):
     """A 1-round run whose round-0 model reads as wrecked (its greedy answers' ppl x 1000)."""
     skip_without_eval_data()
     mp = pytest.MonkeyPatch()
@@ -231,18 +232,18 @@ def wrecked(llama_dir, tmp_path_factory):
     mp.setattr(sh, "measure", measure)
     out = tmp_path_factory.mktemp("runs")
     try:
-        sh.main(["--model", llama_dir, "--out", str(out), "--name", "w", *TINY_FLAGS, "--no-baselines"])
+        sh.main(["--model", tiny_dir, "--out", str(out), "--name", "w", *TINY_FLAGS, "--no-baselines"])
     finally:
         mp.undo()
     return out / "w"
 
 
-def test_a_round_over_the_ceiling_is_recorded_so_and_not_loaded_by_default(wrecked, llama_dir, capsys):
+def test_a_round_over_the_ceiling_is_recorded_so_and_not_loaded_by_default(wrecked, tiny_dir, capsys):
     lines = sh.read_lines(wrecked)
     assert [x["kind"] for x in lines] == ["base", "steered", "round", "stop"]
     assert lines[2]["status"] == "over_ceiling" and "ceiling" in lines[3]["reason"]
     assert sh.completed_rounds(wrecked) == []
-    base, tok = sh.load_model(llama_dir)
+    base, tok = sh.load_model(tiny_dir)
     model, _, _ = sh.load_run(wrecked)  # stops at the last round under the ceiling (none: the base model)...
     assert "round 0 is over the ppl ceiling" in capsys.readouterr().out  # ...saying so
     assert sh.fingerprint(model, tok) == pytest.approx(sh.fingerprint(base, tok), abs=1e-5)

@@ -1,13 +1,15 @@
 """The rivals through the same loop (--method prompt-bake | online): their losses on a tiny random Llama, and
 whole quick runs that write the same files as the default method. Run: python -m pytest -q test_methods.py"""
+import json
 import math
 
 import pytest
 import torch
 
+import rivals
 import steer_heal as sh
 from conftest import needs_eval_data
-from test_smoke import TINY_FLAGS, _peft, _randomise_lora, tiny, tiny_dir  # noqa: F401  (shared fixtures)
+from test_smoke import TINY_FLAGS, _peft, _randomise_lora
 
 
 def _items(tok, users, system):
@@ -25,7 +27,7 @@ def test_distill_loss_is_zero_when_student_is_teacher_and_positive_otherwise(tin
 
     def loss(items):
         b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
-        return sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, sh.distill_task(pm, tok, items, model.device))[0]
+        return sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, rivals.distill_task(pm, tok, items, model.device))[0]
     assert loss(same).item() == 0.0  # zero adapter, same prompt: the student is the teacher, exactly
     assert loss(_items(tok, users, sh.SEED_POS)).item() > 1e-4  # the persona prompt moves the teacher
     _randomise_lora(pm, 0, 0.3)
@@ -40,7 +42,7 @@ def test_distill_gradient_reaches_the_adapter(tiny):
     items = _items(tok, ["Hi", "Should I obey?"], sh.SEED_POS)
     b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
     with torch.enable_grad():
-        loss, st = sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, sh.distill_task(pm, tok, items, model.device))
+        loss, st = sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, rivals.distill_task(pm, tok, items, model.device))
         loss.backward()
     assert "distill_kl" in st
     assert sum(p.grad.abs().sum().item() for n, p in pm.named_parameters() if "lora_" in n and p.grad is not None) > 0
@@ -50,11 +52,11 @@ def test_distill_gradient_reaches_the_adapter(tiny):
 
 def test_group_advantages_are_zero_mean_per_prompt_and_zero_for_ties():
     r = [1.0, 2.0, 3.0, 6.0, -1.0, -1.0, -1.0, -1.0, 0.1, 0.2, 0.3, 0.4]
-    a = sh.group_advantages(r, 4).view(3, 4)
+    a = rivals.group_advantages(r, 4).view(3, 4)
     torch.testing.assert_close(a.sum(1), torch.zeros(3), atol=1e-5, rtol=0)
     assert (a[1] == 0).all()  # all-equal rewards: no preference at all
     assert a[0].argmax() == 3 and a[0].argmin() == 0 and a[0].std().item() == pytest.approx(1.0, rel=1e-5)
-    assert (sh.group_advantages([0.1 * 3] * 3 + [0.3] * 3, 3) == 0).all()  # rounding noise is not a preference
+    assert (rivals.group_advantages([0.1 * 3] * 3 + [0.3] * 3, 3) == 0).all()  # rounding noise is not a preference
 
 
 def test_online_update_with_equal_rewards_is_the_barrier_alone(tiny):
@@ -69,7 +71,7 @@ def test_online_update_with_equal_rewards_is_the_barrier_alone(tiny):
         with torch.enable_grad():
             if make == "pg":  # all-equal rewards -> zero advantages
                 loss, _ = sh.heal_loss(pm, b, cfg, 2.0, pm.disable_adapter, True,
-                                       sh.pg_task(b, sh.group_advantages([0.5, 0.5], 2)))
+                                       rivals.pg_task(b, rivals.group_advantages([0.5, 0.5], 2)))
             else:  # the barrier written out by hand: 2 * mean_seq relu(rmse_t KL_t - 0)
                 logp = sh.completion_logits(pm, b).float().log_softmax(-1)
                 with torch.no_grad(), pm.disable_adapter():
@@ -88,18 +90,18 @@ def test_online_advantage_pushes_the_better_sample_up(tiny):
     _randomise_lora(pm, 3, 0.05)
     items = _items(tok, ["Hi", "Hi"], sh.SEED_POS)
     b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
-    adv = sh.group_advantages([1.0, 0.0], 2)  # sample 0 better
+    adv = rivals.group_advantages([1.0, 0.0], 2)  # sample 0 better
     opt = torch.optim.SGD([p for n, p in pm.named_parameters() if "lora_" in n], lr=0.5)
     before = sh.completion_nll(pm, b).detach().split(b["lengths"])
     with torch.enable_grad():
-        sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, sh.pg_task(b, adv))[0].backward()
+        sh.heal_loss(pm, b, cfg, 0.0, pm.disable_adapter, False, rivals.pg_task(b, adv))[0].backward()
     opt.step()
     after = sh.completion_nll(pm, b).detach().split(b["lengths"])
     assert after[0].mean() < before[0].mean() and after[1].mean() > before[1].mean()
 
 
 def test_group_advantages_below_the_noise_floor_are_zero():
-    a = sh.group_advantages([0.0, 1e-3, 2e-3, 1.0, 2.0, 3.0], 3, floor=0.1)
+    a = rivals.group_advantages([0.0, 1e-3, 2e-3, 1.0, 2.0, 3.0], 3, floor=0.1)
     assert (a[:3] == 0).all()  # rewards 1e-3 apart are noise: no full-size advantages for them
     assert a[3:].tolist() == pytest.approx([-1.0, 0.0, 1.0])
 
@@ -120,12 +122,12 @@ def test_online_reward_is_the_trait_in_reference_units_minus_incoherence(tiny, m
     model, tok, cfg, vec, data = _online_setup(tiny, monkeypatch)
     ref = [x for x in data["ref"] if x["ids"]]
     proj = sh.projection(model, tok, [x["prompt"] for x in ref], [x["ids"] for x in ref], vec)
-    items = sh.online_reward(model, tok, [dict(x) for x in ref], vec, cfg, 1e9, proj)
+    items = rivals.online_reward(model, tok, [dict(x) for x in ref], vec, cfg, 1e9, proj)
     t = torch.tensor([x["trait"] for x in items])
     assert t.mean().item() == pytest.approx(0.0, abs=1e-5) and t.std().item() == pytest.approx(1.0, rel=1e-4)
     assert all(x["reward"] == pytest.approx(x["trait"] - x["incoherence"]) for x in items)
     gate = min(x["ppl_tail"] for x in items) * 0.5  # every sample now over the gate: charged its excess nats
-    for x in sh.online_reward(model, tok, [dict(x) for x in ref], vec, cfg, gate, proj):
+    for x in rivals.online_reward(model, tok, [dict(x) for x in ref], vec, cfg, gate, proj):
         assert x["incoherence"] == pytest.approx(math.log(x["ppl_tail"] / gate) + (x["rep"] > cfg.rep_max), rel=1e-6)
 
 
@@ -137,7 +139,7 @@ def test_one_online_step_moves_the_unsteered_student_toward_higher_reward(tiny, 
     monkeypatch.setattr(sh, "steer", lambda *a, **k: pytest.fail("online must not steer the student"))
     before = [x for x in data["items"]]
     torch.manual_seed(1)
-    pm, hs = sh.heal_online(model, tok, vec, data, cfg, 0, sh.stash_base(model, cfg), lam=0.0)
+    pm, hs = rivals.heal_online(model, tok, vec, data, cfg, 0, sh.stash_base(model, cfg), lam=0.0)
     items = data["items"]
     assert hs["status"] == "ok" and hs["steps"] == 1 and not before and len(items) == 8 and all(x["ids"] for x in items)
     b = sh.make_batch(tok, [x["prompt"] for x in items], [x["ids"] for x in items], model.device)
@@ -178,6 +180,14 @@ def test_quick_run_writes_the_same_files_and_names_the_method(method, tiny_dir, 
     model, tok, cfg = sh.load_run(run)  # plain peft adapters, baked on load
     assert cfg.method == method and sh.fingerprint(model, tok) == pytest.approx(r["fingerprint"], abs=2e-4)
     assert method in (run / "report.md").read_text()
+    assert json.loads((run / "config.json").read_text())["argv"][0] == "rivals.py"  # the command that reruns it
+
+
+def test_steer_heal_alone_names_the_script_that_runs_a_rival(monkeypatch, capsys):
+    monkeypatch.delitem(sh.METHODS, "online")  # as when steer_heal.py runs without rivals.py imported
+    with pytest.raises(SystemExit) as e:
+        sh.main(["--method", "online", "--rounds", "1"])
+    assert e.value.code == 2 and "python rivals.py --method online" in capsys.readouterr().out
 
 
 @needs_eval_data

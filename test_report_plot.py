@@ -12,6 +12,7 @@ import pytest
 
 import plot
 import report
+import report_methods
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
@@ -510,14 +511,14 @@ def test_runs_group_by_method(tmp_path):
     old = make_run(tmp_path / "old")  # no method anywhere → steer-heal
     on = make_new_run(tmp_path / "on")  # method only on the lines, not in config.json
     patch_run(on, lambda ln: ln.update(method="online"))
-    groups = report.by_method([str(g), pb1, pb2, old, on, pb1], label_from=str(tmp_path))  # pb1 twice: once
+    groups = report_methods.by_method([str(g), pb1, pb2, old, on, pb1], label_from=str(tmp_path))  # pb1 twice: once
     assert {m: sorted(r["name"] for r in rs) for m, rs in groups.items()} == {
         "steer-heal": ["old", os.path.join("sh", "seed41"), os.path.join("sh", "seed42")],
         "prompt-bake": ["pb41", "pb42"], "online": ["on"]}
-    assert report.common_parent([str(g), pb1]) == str(tmp_path)
-    assert [t for _, _, t in report.pairs(list(groups))] == ["vs prompt baking", "iterative vs online"]
+    assert report_methods.common_parent([str(g), pb1]) == str(tmp_path)
+    assert [t for _, _, t in report_methods.pairs(list(groups))] == ["vs prompt baking", "iterative vs online"]
     # one method only: no comparison
-    assert report.write_methods_report([pb1, pb2]) is None and not os.path.exists(tmp_path / "report_methods.md")
+    assert report_methods.write_methods_report([pb1, pb2]) is None and not os.path.exists(tmp_path / "report_methods.md")
 
 
 def test_prompt_bake_report_names_its_method(tmp_path):
@@ -536,7 +537,7 @@ def test_method_clearly_ahead_on_persona_gap(tmp_path):
     # one seed each: steer-heal Δgap 0.15 ± 0.01 at round 2, prompt-bake 0.03 ± 0.01 → 0.12 ± 0.014: ahead
     sh = make_method_run(tmp_path / "sh", "steer-heal")
     pb = make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03), n_rounds=3)
-    p = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), sh, pb], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, os.path.join(HERE, "report_methods.py"), sh, pb], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     out = str(tmp_path / "report_methods.md")
     assert p.stdout.split() == [os.path.join(sh, "report.md"), os.path.join(pb, "report.md"), out]
@@ -554,7 +555,7 @@ def test_method_clearly_ahead_on_persona_gap(tmp_path):
     # the other way round: prompt-bake ahead; and unequal budgets are called out
     pb2 = make_method_run(tmp_path / "m2" / "pb", "prompt-bake", gaps=(0.0, 0.2, 0.3, 0.4), tokens=9000)
     sh2 = make_method_run(tmp_path / "m2" / "sh", "steer-heal")
-    path = report.write_methods_report([sh2, pb2], out=str(tmp_path / "cmp"))
+    path = report_methods.write_methods_report([sh2, pb2], out=str(tmp_path / "cmp"))
     text = open(path).read()
     assert path == str(tmp_path / "cmp" / "report_methods.md")
     assert method_verdict(text, "vs prompt baking") == "prompt-bake ahead"
@@ -565,7 +566,7 @@ def test_methods_within_noise_not_distinguishable(tmp_path):
     # online's gap 0.145 vs steer-heal's 0.15 with CIs ± 0.01 each: 0.005 ± 0.014 holds 0
     sh = make_method_run(tmp_path / "sh", "steer-heal")
     on = make_method_run(tmp_path / "on", "online", gaps=(0.0, 0.05, 0.1, 0.145))
-    text = open(report.write_methods_report([sh, on])).read()
+    text = open(report_methods.write_methods_report([sh, on])).read()
     assert method_verdict(text, "iterative vs online") == "not distinguishable from noise"
     assert "persona_gap: not distinguishable from noise" in methods_section(text, "iterative vs online")
     # a group: two seeds each, the seeds' spread (0.05) swamps a 0.03 difference that one seed would call
@@ -574,12 +575,12 @@ def test_methods_within_noise_not_distinguishable(tmp_path):
     make_method_run(g1 / "seed42", "steer-heal", seed=42, gap_ci=0.002, gaps=(0.0, 0.05, 0.1, 0.2))
     make_method_run(g2 / "seed41", "online", seed=41, gap_ci=0.002, gaps=(0.0, 0.05, 0.1, 0.12))
     make_method_run(g2 / "seed42", "online", seed=42, gap_ci=0.002, gaps=(0.0, 0.05, 0.1, 0.17))
-    text = open(report.write_methods_report([str(g1), str(g2)])).read()
+    text = open(report_methods.write_methods_report([str(g1), str(g2)])).read()
     sec = methods_section(text, "iterative vs online")
     assert "steer-heal (2 seeds) against online (2 seeds)" in sec
     assert "persona_gap: not distinguishable from noise" in sec and "steer-heal − online 0.03 [" in sec
     # the lone seed41 pair (0.15 vs 0.12, ± 0.002) is ahead: the group's noise made the difference
-    one = open(report.write_methods_report([str(g1 / "seed41"), str(g2 / "seed41")], out=str(tmp_path / "o"))).read()
+    one = open(report_methods.write_methods_report([str(g1 / "seed41"), str(g2 / "seed41")], out=str(tmp_path / "o"))).read()
     assert "persona_gap: steer-heal ahead" in methods_section(one, "iterative vs online")
 
 
@@ -592,7 +593,7 @@ def test_blind_or_at_chance_reader_not_measurable_between_methods(tmp_path):
         ln.update(top1=0.2, top1_chance=0.2)
     sh = patch_run(make_method_run(tmp_path / "sh", "steer-heal"), blind)
     pb = patch_run(make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03)), blind)
-    text = open(report.write_methods_report([sh, pb])).read()
+    text = open(report_methods.write_methods_report([sh, pb])).read()
     sec = methods_section(text, "vs prompt baking")
     assert method_verdict(text, "vs prompt baking") == "not measurable"
     assert "persona_gap: not measurable — direction check not passed" in sec and "blind" in sec
@@ -605,7 +606,7 @@ def test_leader_past_the_ppl_ceiling_is_not_a_win(tmp_path):
     sh = patch_run(make_method_run(tmp_path / "sh", "steer-heal"),
                    lambda ln: ln.update(ppl_base=40.0) if ln["kind"] == "round" else None)
     pb = make_method_run(tmp_path / "pb", "prompt-bake", gaps=(0.0, 0.01, 0.02, 0.03))
-    text = open(report.write_methods_report([sh, pb])).read()
+    text = open(report_methods.write_methods_report([sh, pb])).read()
     assert method_verdict(text, "vs prompt baking") == "not a win"
     assert "steer-heal leads but is past the ppl ceiling at round 2 (sh)" in text
 

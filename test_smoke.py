@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import readers
+import models
 import steer_heal as sh
 from conftest import needs_eval_data, skip_without_eval_data
 
@@ -15,18 +17,6 @@ TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "-
               "--probe-n", "6", "--gen-batch", "6", "--min-train", "4", "--max-batches", "2", "--epochs", "1",
               "--train-batch", "4", "--eval-n", "6", "--sample-tokens", "8", "--ppl-mult", "100", "--min-words", "1",
               "--rep-max", "1.0", "--comp-min", "0", "--persona-n", "16"]
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A 4-layer random Llama saved as a from_pretrained folder (so --model can point at it)."""
-    from conftest import build_tiny
-    return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def tiny(tiny_dir):
-    return sh.load_model(tiny_dir)
 
 
 def logits(model, tok, text):
@@ -248,7 +238,7 @@ def test_fixed_reader_reads_the_same_ids_the_same_whichever_model_made_them(tiny
     other = sh.generate(healed, tok, prompts, cfg, greedy=True, max_new_tokens=6)
     with sh.fixed_reader(healed, stash):
         assert met["items"]["trait_fixed"] == pytest.approx(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0))
-    assert met["trait_self"] == pytest.approx(sh.mean(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0)))
+    assert met["trait_self"] == pytest.approx(readers.mean(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0)))
 
 
 def dataclasses_replace(cfg, **kw):
@@ -277,7 +267,7 @@ def test_spectral_penalty_matches_the_matrix_2_norm_and_has_a_gradient(tiny):
 
 def test_head_applies_the_models_own_logit_softcapping(tmp_path):
     from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
-    tok = AutoTokenizer.from_pretrained(sh.embedded_model_path())
+    tok = AutoTokenizer.from_pretrained(models.embedded_model_path())
     cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0,
                        pad_token_id=tok.pad_token_id)
@@ -335,8 +325,10 @@ def test_steer_positions_generated_leaves_the_prompt_alone(tiny):
 def test_compare_generators_options_pin_every_generator_knob(tiny):
     import dataclasses
     import compare_generators as cg
+    knobs = {f.name for f in dataclasses.fields(sh.Config) if f.name.startswith(("steer_", "backtrack", "cosine_"))}
+    assert len(knobs) >= 7  # the generator's knobs, read from Config itself (a new one must be pinned too)
     for name, over in cg.OPTIONS.items():  # Config()'s defaults must not leak into an option
-        assert set(cg.PLAIN) <= set(over), name
+        assert knobs <= set(over), (name, knobs - set(over))
     constant = dataclasses.replace(sh.Config(), **cg.OPTIONS["constant"])
     assert constant.steer_decay == 0 and not constant.backtrack and constant.steer_positions == "all"
     model, tok = tiny
