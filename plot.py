@@ -2,7 +2,7 @@
 
     python plot.py results/<run> [results/<run2> ...] [--out DIR]
 
-Reads only rounds.jsonl and config.json (through report.read_run), so it plots a run in progress; each
+Reads only rounds.jsonl and config.json (through evidence.read_run), so it plots a run in progress; each
 unreadable or malformed line of rounds.jsonl is named on stderr and left out.
 Several runs overlay; a group folder (seed<k>/ children) is drawn as the mean over its seeds with a
 min-max band. Writes plot.png and plot.svg into the first folder (or --out) and prints their paths.
@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from report import (ceiling, ci_of, get, method_of, pair, read_run,  # noqa: E402
-                    seed_dirs, shift)  # the stdlib-only reader
+from evidence import (ceiling, ci_of, get, method_of, pair, read_run,  # noqa: E402
+                      seed_dirs, shift)  # the stdlib-only reader
 from report_methods import by_method, common_parent  # noqa: E402  (runs of several methods pooled by method)
 
 # steer_ref: round 0's `steered` line, or `steering_only` in older runs

@@ -7,8 +7,8 @@ weights can move those. These read the greedy answers' words with an instrument 
     probe_defer  P(deferent) from a logistic probe on all-MiniLM-L6-v2 sentence embeddings, trained once per
                  run on the persona statements the run uses; its k-fold accuracy on them is its validity
 
-Imports nothing of the project (steer_heal.py and report.py import it); the standard library at import time,
-so report.py stays model-free. Degenerate text (loops, fragments) reads near
+Imports nothing of the project (steer_heal.py and evidence.py import it); the standard library at import time,
+so evidence.py and report.py stay model-free. Degenerate text (loops, fragments) reads near
 VADER 0: from a base around +0.3 that is the cold side, so incoherence cannot fake a warm-ward shift.
 """
 import random
@@ -67,7 +67,7 @@ class DeferProbe:
 
 def paired_ci(a, b=None, seed=0, n_boot=2000) -> list:
     """95% bootstrap CI of mean(a - b) (b None: of mean(a)), resampling the items (prompts) together, so
-    each prompt's own level cancels. Plain Python: report.py reuses the same rule without numpy."""
+    each prompt's own level cancels. Plain Python: evidence.py reuses the same rule without numpy."""
     d = [x - (0.0 if b is None else y) for x, y in zip(a, b if b is not None else a)]
     if not d:
         return None
@@ -86,7 +86,7 @@ def direction(p, o, b, seed=0) -> dict:
     """One reader's direction check from per-prompt readings of the persona (p), its opposite (o: the opposite
     persona, or the vector at -dose) and the model they are applied to, unsteered (b: the base model for the
     prompting line, round k-1's healed model for round k's steered line): each side's change vs b, and paired 95%
-    CIs of p - o and of o - b. report.check_word() decides: a reader passes only when the two move it in opposite directions and
+    CIs of p - o and of o - b. evidence.check_word() decides: a reader passes only when the two move it in opposite directions and
     p - o lies outside its paired noise, so a reader that nothing moves, or that both move alike, cannot pass."""
     return dict(persona=mean(p) - mean(b), opposite=mean(o) - mean(b), diff_ci=paired_ci(p, o, seed),
                 opposite_ci=paired_ci(o, b, seed))

@@ -8,10 +8,10 @@ barrier on the KL to the base model should remove the first preferentially. Meas
   3. read every healed model with every reader: persona_gap (statement likelihood, paired CI vs base),
      trait_fixed (the original model reading the greedy held-out answers), auth_nats (tinymfv), and
      incoherence: ppl of those answers under the base model, repetition.
-Per setting, against λ=0 of the same seed, two separate claims, each with its own noise (report.py's rule:
+Per setting, against λ=0 of the same seed, two separate claims, each with its own noise (evidence.py's rule:
 the seeds' spread or the rows' paired bootstrap, whichever is larger): incoherence removed (ppl of the answers
 lower than λ=0's) and trait kept (the reader not lower than λ=0's). A gain in trait is not removed incoherence.
-A reader decides only when it passes report.py's checks and λ=0 moved it beyond noise the persona's way.
+A reader decides only when it passes evidence.py's checks and λ=0 moved it beyond noise the persona's way.
 
     python sweep.py                       # the committed sweep: results/crux/ (resumes; rows already there are kept)
     python sweep.py --settings lam0 rmse_lam1 --seeds 0    # a slice
@@ -30,7 +30,8 @@ import torch
 
 import cli
 import eval_mfv
-import report  # the one rule for noise, chance and direction (issue 22: it lives once)
+import evidence  # the one rule for noise, chance and direction (issue 22: it lives once)
+import report  # LABEL, and each setting's group report
 import runio
 import readers
 import models
@@ -177,11 +178,11 @@ def main(argv=None):
     summarize(out)
 
 
-# ---- the bet as two claims, each against λ=0 of the same seed, with report.py's noise rule -----------------
-# "Removes incoherence" and "keeps the trait" are separate claims, each decided by its own interval (report.delta:
+# ---- the bet as two claims, each against λ=0 of the same seed, with evidence.py's noise rule ---------------
+# "Removes incoherence" and "keeps the trait" are separate claims, each decided by its own interval (evidence.delta:
 # the larger of the seeds' spread and the lines' paired bootstrap); a gain in trait is not removed incoherence.
 # A pair is one seed: its base line, the setting's line `s` and λ=0's `z` (the same round, over rounds), plus what
-# report.py's checks read (name, cfg, steered, prompting), so report's functions take a list of pairs as runs.
+# evidence.py's checks read (name, cfg, steered, prompting), so its functions take a list of pairs as runs.
 B, S, Z = (lambda p: p["base"]), (lambda p: p["s"]), (lambda p: p["z"])
 BET = ("preferential", "not preferential", "not distinguishable", "no incoherence removed", "no effect beyond noise",
        "not measurable")  # the words bet() answers with
@@ -194,13 +195,13 @@ def pair(base, s, z, name, run=None):
 
 
 def readable(runs, key, sgn):
-    """(ok, why): report.py's rule (tinymfv or the probe at chance, the direction check). Lines that carry no
+    """(ok, why): evidence.py's rule (tinymfv or the probe at chance, the direction check). Lines that carry no
     direction check at all (the single-round sweep's rows: no steered line) cannot run its direction part: then
     the reader is read and `why` says the direction was not checked."""
-    bad, why = report.at_chance(runs, key)
+    bad, why = evidence.at_chance(runs, key)
     checked = any(isinstance(((ln or {}).get("direction") or {}).get(key), dict)
                   for r in runs for ln in [r.get("prompting"), *(r.get("steered") or {}).values()])
-    if bad and not checked and why == report.direction(runs, key, sgn)[1]:  # failed only for want of a check
+    if bad and not checked and why == evidence.direction(runs, key, sgn)[1]:  # failed only for want of a check
         return True, "direction not checked (these lines carry no direction check)"
     return not bad, why
 
@@ -210,12 +211,12 @@ def gate(ok_why, pairs, key, sgn):
     (a reader λ=0 did not move, or moved against the persona, has no trait to keep)."""
     if not ok_why[0]:
         return False, ok_why[1]
-    iv = report.delta(pairs, Z, B, key)
-    s = report.side(iv, sgn)
+    iv = evidence.delta(pairs, Z, B, key)
+    s = evidence.side(iv, sgn)
     if s != 1:
-        return False, (f"λ=0 moved it {report.fiv(iv)}: " + ("no noise estimate" if s is None else "within noise"
+        return False, (f"λ=0 moved it {evidence.fiv(iv)}: " + ("no noise estimate" if s is None else "within noise"
                                                              if s == 0 else "AGAINST the persona"))
-    return True, f"{ok_why[1]}; λ=0 moved it {report.fiv(iv)}, the persona's way beyond noise"
+    return True, f"{ok_why[1]}; λ=0 moved it {evidence.fiv(iv)}, the persona's way beyond noise"
 
 
 def frac(num, den):
@@ -232,18 +233,18 @@ def bet(pairs, key, sgn):
     Claim 2, before the trait: the fraction of λ=0's excess ppl removed exceeds the fraction of λ=0's trait shift
     removed by more than the noise of the two fractions; a trait above λ=0's counts as none removed (a gain in trait
     is not removed incoherence), and a trait loss within its noise is not evidence that the trait was kept."""
-    ex, zt = report.delta(pairs, Z, B, "ppl_base"), report.delta(pairs, Z, B, key)
-    inc, tr = report.delta(pairs, S, Z, "ppl_base"), report.delta(pairs, S, Z, key)
+    ex, zt = evidence.delta(pairs, Z, B, "ppl_base"), evidence.delta(pairs, Z, B, key)
+    inc, tr = evidence.delta(pairs, S, Z, "ppl_base"), evidence.delta(pairs, S, Z, key)
     neg = lambda iv: iv and (-iv[0], None if iv[1] is None else -iv[2], None if iv[1] is None else -iv[1])
     removed, lost = frac(neg(inc), ex), frac(neg(tr), zt)  # fractions of λ=0's own shifts from base, ± noise
     out = dict(key=key, zero_ppl=ex, zero_trait=zt, d_ppl=inc, d_trait=tr, removed=removed,
                kept=lost and (1 - lost[0], lost[1]))
     say = lambda w, why: dict(out, word=w, why=why)
-    nums = f"Δppl_base vs λ=0 {report.fiv(inc)}, {report.LABEL.get(key, key)} vs λ=0 {report.fiv(tr)}"
-    if report.side(ex, 1) != 1:
-        return say("not measurable", f"λ=0 adds no incoherence beyond noise (Δppl_base vs base {report.fiv(ex)}): "
+    nums = f"Δppl_base vs λ=0 {evidence.fiv(inc)}, {report.LABEL.get(key, key)} vs λ=0 {evidence.fiv(tr)}"
+    if evidence.side(ex, 1) != 1:
+        return say("not measurable", f"λ=0 adds no incoherence beyond noise (Δppl_base vs base {evidence.fiv(ex)}): "
                                      "nothing to remove")
-    si, st = report.side(inc, -1), report.side(tr, sgn)  # si +1: ppl lower (incoherence removed); st -1: trait lost
+    si, st = evidence.side(inc, -1), evidence.side(tr, sgn)  # si +1: ppl lower (incoherence removed); st -1: trait lost
     if None in (si, st, removed, lost) or None in (removed[1], lost[1]):
         return say("not measurable", f"no noise estimate (one seed, no paired interval); {nums}")
     if si < 0:
@@ -295,7 +296,7 @@ def pm(t, nd=2):
 
 
 def ivs(iv, nd=3):
-    """'Δ [lo, hi]' with fixed decimals (report.fiv's 4 significant digits are too many for a table)."""
+    """'Δ [lo, hi]' with fixed decimals (evidence.fiv's 4 significant digits are too many for a table)."""
     if not iv:
         return "—"
     return f"{iv[0]:+.{nd}f}" + ("" if iv[1] is None else f" [{iv[1]:+.{nd}f}, {iv[2]:+.{nd}f}]")
@@ -327,7 +328,7 @@ def summarize(out):
     pairs = {name: [pair(base, r, zero[s], f"seed{s}") for s, r in sorted(seeds.items()) if s in zero]
              for name, seeds in by.items()}
     zp = pairs.get("lam0", [])
-    readers = report.readers_of(zp or [pair(base, None, None, "")])
+    readers = evidence.readers_of(zp or [pair(base, None, None, "")])
     gates = {k: gate(readable(zp, k, s), zp, k, s) if zp else (False, "no λ=0 rows") for k, s in readers}
     passed = [(k, s) for k, s in readers if gates[k][0]]
     summary, table, context = {}, [], []
@@ -348,10 +349,10 @@ def summarize(out):
             x = v["by"].get(k)
             cells += [ivs(x and x["d_trait"]), pm(x and x["kept"])]
         table.append("| " + " | ".join(cells + [col("heal.barrier_active"), v["word"]]) + " |")
-        context.append("| " + " | ".join([name, str(len(seeds))] + [spread([report.shift(r, base, k) for r in seeds.values()])
+        context.append("| " + " | ".join([name, str(len(seeds))] + [spread([evidence.shift(r, base, k) for r in seeds.values()])
                                                                      for k, _ in readers]
                                          + [col("rep"), col("heal.kl_agg")]) + " |")
-    at = report.chance([pair(base, None, None, "")])
+    at = evidence.chance([pair(base, None, None, "")])
     lines = ["# The crux: does the KL barrier remove incoherence before it removes the trait?", "",
              f"Base model: persona_gap {base.get('persona_gap'):.4f}, trait_fixed {base['trait_fixed']:.3f}, "
              f"ppl_base {base['ppl_base']:.3f}, rep {base['rep']:.3f}, auth_nats {base['auth_nats']:.3f} ({at[1]}). "
@@ -382,10 +383,10 @@ def summarize(out):
     lines += [f"- {name}: **{x['verdict']}**: {x['why']}" for name, x in summary.items()]
     lines += ["", "λ=0 and the control per seed (persona_gap: paired 95% CI of the change vs base):", ""]
     for label, group in (("λ=0 on the steered survivors", zero), ("λ=0 on unsteered survivors (control)", ctl)):
-        lines += [f"- {label}, seed {s}: Δpersona_gap {report.shift(r, base, 'persona_gap'):+.4f} CI "
+        lines += [f"- {label}, seed {s}: Δpersona_gap {evidence.shift(r, base, 'persona_gap'):+.4f} CI "
                   f"[{r['persona_gap_ci'][0]:+.4f}, {r['persona_gap_ci'][1]:+.4f}], Δtrait_fixed "
-                  f"{report.shift(r, base, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}, Δauth_nats "
-                  f"{report.shift(r, base, 'auth_nats'):+.3f}" for s, r in sorted(group.items())]
+                  f"{evidence.shift(r, base, 'trait_fixed'):+.3f}, ppl_base {r['ppl_base']:.3f}, Δauth_nats "
+                  f"{evidence.shift(r, base, 'auth_nats'):+.3f}" for s, r in sorted(group.items())]
     lines += ["", f"{len(bad)} unreadable line(s) of sweep.jsonl left out: " + "; ".join(bad)] * bool(bad)
     runio.write_text(out / "summary.md", "\n".join(lines) + "\n")
     runio.write_text(out / "summary.json", json.dumps(runio.finite(dict(
@@ -447,7 +448,7 @@ def run_state(d, rounds):
     """'new' (no run there), 'done' (stopped, or `rounds` rounds completed) or 'resume'."""
     if not (d / "config.json").exists():
         return "new"
-    lines = report.read_jsonl(str(d / "rounds.jsonl"))
+    lines = evidence.read_jsonl(str(d / "rounds.jsonl"))
     if any(x.get("kind") == "stop" for x in lines):
         return "done"
     ok = {x.get("round") for x in lines if x.get("kind") == "round" and x.get("status") == "ok"}
@@ -478,7 +479,7 @@ def run_rounds(a, out, extra):
             rc = subprocess.call(cmd, env=env)
             print(f"[sweep] {d}: exit {rc} after {time.time() - t:.0f}s", flush=True)
             if rc == 3:  # starved: a result, not a crash; on the record, so the grid goes on and does not retry it
-                lines = report.read_jsonl(str(d / "rounds.jsonl"))
+                lines = evidence.read_jsonl(str(d / "rounds.jsonl"))
                 k = 1 + max([x["round"] for x in lines if x.get("kind") == "round"], default=-1)
                 sh.append_line(d, dict(kind="stop", round=k, run=d.name, seed=seed, method="steer-heal",
                                        reason="starved: too few survivors to heal (steer_heal exit 3, see log.txt); "
@@ -494,10 +495,10 @@ def seed_of(run):
 
 
 def under_ceiling(run):
-    """Rounds completed before the first past the ppl ceiling (report.ceiling: ppl_ceil x base ppl_base)."""
-    ceil, n = report.ceiling(run)[1], 0
+    """Rounds completed before the first past the ppl ceiling (evidence.ceiling: ppl_ceil x base ppl_base)."""
+    ceil, n = evidence.ceiling(run)[1], 0
     for r in run["rounds"]:
-        if ceil is None or report.get(r, "ppl_base") is None or report.get(r, "ppl_base") > ceil:
+        if ceil is None or evidence.get(r, "ppl_base") is None or evidence.get(r, "ppl_base") > ceil:
             break
         n += 1
     return n
@@ -513,7 +514,7 @@ def finished(run, want):
 def path_of(run, key):
     """The run's path through (ppl_base, Δreader vs base), from the base model through each round."""
     b = run["base"]
-    pts = [(report.get(b, "ppl_base"), 0.0)] + [(report.get(r, "ppl_base"), report.shift(r, b, key)) for r in run["rounds"]]
+    pts = [(evidence.get(b, "ppl_base"), 0.0)] + [(evidence.get(r, "ppl_base"), evidence.shift(r, b, key)) for r in run["rounds"]]
     return [p for p in pts if None not in p]
 
 
@@ -557,9 +558,9 @@ def further(runs_s, runs_z, key, sgn, ok_why, want):
         p = min(max(x for x, _ in ps), max(x for x, _ in pz))
         ds.append(sgn * (best_at(ps, p) - best_at(pz, p)))
         level.append(p)
-        h = [report.half(r, key) for r in (s["rounds"][-1], z["rounds"][-1])]
+        h = [evidence.half(r, key) for r in (s["rounds"][-1], z["rounds"][-1])]
         hs.append(None if None in h else math.hypot(*h))
-    band = None if not ds else max(report.rng(ds), statistics.fmean(hs) if hs and None not in hs else 0.0)
+    band = None if not ds else max(evidence.rng(ds), statistics.fmean(hs) if hs and None not in hs else 0.0)
     if not ok_why[0]:
         tw = "not measurable"
     elif not ds:
@@ -585,17 +586,17 @@ def over_rounds(word_by_round):
 def summarize_rounds(out, want=4):
     """results/crux_rounds/summary.md, summary.json, frontier.png from every run's rounds.jsonl (no model). A run
     with fewer than `want` round lines and no stop line is in progress."""
-    names = [n for n in ROUND_SETTINGS if report.seed_dirs(str(out / n))]
-    names += sorted(n.name for n in out.iterdir() if n.is_dir() and n.name not in names and report.seed_dirs(str(n)))
-    groups = {n: [report.read_run(d) for d in report.seed_dirs(str(out / n))] for n in names}
+    names = [n for n in ROUND_SETTINGS if evidence.seed_dirs(str(out / n))]
+    names += sorted(n.name for n in out.iterdir() if n.is_dir() and n.name not in names and evidence.seed_dirs(str(n)))
+    groups = {n: [evidence.read_run(d) for d in evidence.seed_dirs(str(out / n))] for n in names}
     groups = {n: [r for r in rs if r["base"]] for n, rs in groups.items()}
     groups = {n: rs for n, rs in groups.items() if rs}
     allruns = [r for rs in groups.values() for r in rs]
     if not allruns:
         print(f"no runs with a base line under {out}")
         return None
-    readers = report.readers_of(allruns)
-    checks = {k: readable(allruns, k, s) for k, s in readers}  # report's rule: chance and the ± dose direction check
+    readers = evidence.readers_of(allruns)
+    checks = {k: readable(allruns, k, s) for k, s in readers}  # evidence's rule: chance and the ± dose direction check
     zero = groups.get("lam0", [])
     cfgs = {k: {json.dumps((r["cfg"] or {}).get(k)) for r in allruns} for k in (allruns[0]["cfg"] or {}) if k not in SAME}
     differ = sorted(k for k, v in cfgs.items() if len(v) > 1)
@@ -604,15 +605,15 @@ def summarize_rounds(out, want=4):
     for name, runs in groups.items():
         rows, words = [], {}
         for k in rounds:
-            pick = report.round_at(k)
+            pick = evidence.round_at(k)
             rk = [r for r in runs if pick(r)]
             if not rk:
                 continue
-            cells = [str(k), str(len(rk))] + [ivs(report.delta(rk, pick, report.base_of, key)) for key, _ in readers]
-            cells += [spread([report.get(pick(r), x) for r in rk]) for x in ("ppl_base", "rep")]
-            cells += [spread([report.get(pick(r), "kept") / report.get(pick(r), "generated")
-                              if report.get(pick(r), "generated") else None for r in rk], 2),
-                      spread([report.get(pick(r), "heal", "barrier_active") for r in rk], 2)]
+            cells = [str(k), str(len(rk))] + [ivs(evidence.delta(rk, pick, evidence.base_of, key)) for key, _ in readers]
+            cells += [spread([evidence.get(pick(r), x) for r in rk]) for x in ("ppl_base", "rep")]
+            cells += [spread([evidence.get(pick(r), "kept") / evidence.get(pick(r), "generated")
+                              if evidence.get(pick(r), "generated") else None for r in rk], 2),
+                      spread([evidence.get(pick(r), "heal", "barrier_active") for r in rk], 2)]
             v = None
             if name != "lam0" and zero:
                 zs = {seed_of(z): z for z in zero if pick(z)}
@@ -638,8 +639,8 @@ def summarize_rounds(out, want=4):
               + "; ".join(f"{n} `{' '.join(ROUND_SETTINGS.get(n, ['?']))}`" for n in groups) + ". "
               f"Command: `python sweep.py --over-rounds` (resumes; `--summarize` rewrites this from the rows). "
               f"First run's command: `python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "",
-              f"Base model: ppl_base {report.fmt(report.get(base, 'ppl_base'))}, ceiling ×{report.fmt(report.ceiling(allruns[0])[0])}; "
-              + ", ".join(f"{k} {report.fmt(report.get(base, k))}" for k, _ in readers) + ".", ""]
+              f"Base model: ppl_base {evidence.fmt(evidence.get(base, 'ppl_base'))}, ceiling ×{evidence.fmt(evidence.ceiling(allruns[0])[0])}; "
+              + ", ".join(f"{k} {evidence.fmt(evidence.get(base, k))}" for k, _ in readers) + ".", ""]
     if differ:
         lines += [f"**WARNING: the runs differ in {', '.join(differ)}** beyond their settings: they are not one grid.", ""]
     lines += ["Readers of this persona (report.py's rule over every run: not at chance, and the steered line's "
@@ -688,7 +689,7 @@ def summarize_rounds(out, want=4):
 
 
 def short(why, n):
-    """report.direction's text lists every check of every run: the first, the ones that did not pass (up to three),
+    """evidence.direction's text lists every check of every run: the first, the ones that did not pass (up to three),
     and how many runs, are enough here (summary.json keeps the whole text)."""
     parts = why.split("; ")
     if len(why) < 300:
@@ -735,7 +736,7 @@ def frontier_rounds(out, groups, readers, checks):
                 ax.plot([min(x for x, _ in pts[j]), max(x for x, _ in pts[j])], [y0, y0], color=c, lw=0.8, alpha=0.6)
                 if j:
                     ax.annotate(f"r{j - 1}", (x0, y0), fontsize=7, xytext=(3, 3), textcoords="offset points", color=c)
-        ceil = report.ceiling(next(iter(groups.values()))[0])[1]
+        ceil = evidence.ceiling(next(iter(groups.values()))[0])[1]
         if ceil:
             ax.axvline(ceil, color="k", ls=":", lw=1, label="ppl ceiling")
         ax.axhline(0, color="k", ls=":", lw=0.8)

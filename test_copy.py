@@ -40,6 +40,12 @@ def test_imports_point_one_way():
     assert not circles, {f: sorted(graph[f]) for f in circles}
 
 
+def test_evidence_imports_only_runio_and_readers():
+    """evidence.py (reading a run's files, noise, chance, the direction rule) is a leaf: report.py, report_methods.py,
+    sweep.py and plot.py import it, and it imports nothing of the project but runio.py and readers.py."""
+    assert project_imports(os.path.join(HERE, "evidence.py")) <= {"runio", "readers"}
+
+
 def test_each_file_imports_alone():
     for f in sorted(os.listdir(HERE)):
         if f.endswith(".py") and not f.startswith("test_") and f != "conftest.py":

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import evidence
 import export
 import plot
 import report
@@ -144,7 +145,7 @@ def test_redo_from_reruns_the_rounds_that_fail_to_verify(run1, tmp_path, capsys)
     assert sh.completed_rounds(d) == [0]
     model, tok, _ = sh.load_run(d)  # the new adapter verifies and is the model the new round line describes
     assert sh.fingerprint(model, tok) == pytest.approx(lines[-1]["fingerprint"], abs=2e-4)
-    assert [r["round"] for r in report.read_run(str(d))["rounds"]] == [0]  # the discarded line is not reported
+    assert [r["round"] for r in evidence.read_run(str(d))["rounds"]] == [0]  # the discarded line is not reported
 
 
 # --- a full disk ------------------------------------------------------------------------------------------------------

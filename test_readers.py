@@ -6,8 +6,8 @@ import random
 import pytest
 
 import eval_mfv
+import evidence
 import readers
-import report
 
 WARM = ["Thank you so much, I love how kind and generous you are. You made my day wonderful!",
         "I'm so happy for you, that's lovely news. Sending you warm hugs and best wishes."]
@@ -70,17 +70,17 @@ def test_blind_reader_passes_at_most_at_nominal_rate(shift_p, shift_o):
     embedded model: +0.115 / +0.143), and one the opposite moves half as far the persona's way: the direction
     check passes in at most 5% of draws (the old check passed the second in 7-60% and the third always)."""
     rng = random.Random(0)
-    wins = sum(report.check_word(readers.direction(*fake_reader(64, shift_p, shift_o, 0.3, rng), seed=i), 1) == "pass"
+    wins = sum(evidence.check_word(readers.direction(*fake_reader(64, shift_p, shift_o, 0.3, rng), seed=i), 1) == "pass"
                for i in range(200))
     assert wins / 200 <= 0.05, wins
 
 
 def test_a_reader_that_tells_the_direction_passes():
     rng = random.Random(0)
-    wins = sum(report.check_word(readers.direction(*fake_reader(64, 0.2, -0.2, 0.3, rng), seed=i), 1) == "pass"
+    wins = sum(evidence.check_word(readers.direction(*fake_reader(64, 0.2, -0.2, 0.3, rng), seed=i), 1) == "pass"
                for i in range(50))
     assert wins >= 48
-    assert report.check_word(readers.direction(*fake_reader(64, -0.2, 0.2, 0.3, rng)), -1) == "pass"  # sign -
+    assert evidence.check_word(readers.direction(*fake_reader(64, -0.2, 0.2, 0.3, rng)), -1) == "pass"  # sign -
 
 
 def run_with(tmp_path, name, steered_dirs, prompting_dirs=None, readers_=("sentiment:+",)):
@@ -94,20 +94,20 @@ def run_with(tmp_path, name, steered_dirs, prompting_dirs=None, readers_=("senti
         lines.append(dict(kind="prompting", round=-1, sentiment=0.35, sentiment_ci=[-0.05, 0.15],
                           direction=prompting_dirs))
     (d / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return [report.read_run(str(d))]
+    return [evidence.read_run(str(d))]
 
 
 def test_negative_dose_moving_the_persona_way_is_blind(tmp_path):
     """The vector at -dose moves sentiment warm-ward too (as incoherence or 'any steering' would): blind."""
     both = dict(sentiment=dict(persona=0.3, opposite=0.2, diff_ci=[0.02, 0.18], opposite_ci=[0.1, 0.3]))
-    bad, why = report.at_chance(run_with(tmp_path, "a", both), "sentiment")
+    bad, why = evidence.at_chance(run_with(tmp_path, "a", both), "sentiment")
     assert bad and "blind" in why
     ok = dict(sentiment=dict(persona=0.3, opposite=-0.3, diff_ci=[0.45, 0.75], opposite_ci=[-0.4, -0.2]))
-    bad, why = report.at_chance(run_with(tmp_path, "b", ok), "sentiment")
+    bad, why = evidence.at_chance(run_with(tmp_path, "b", ok), "sentiment")
     assert not bad, why
-    bad, why = report.at_chance(run_with(tmp_path, "c", ok, prompting_dirs=both), "sentiment")
+    bad, why = evidence.at_chance(run_with(tmp_path, "c", ok, prompting_dirs=both), "sentiment")
     assert bad and "prompting" in why  # one blind check is enough to distrust the reader
-    bad, why = report.at_chance(run_with(tmp_path, "d", {}), "sentiment")
+    bad, why = evidence.at_chance(run_with(tmp_path, "d", {}), "sentiment")
     assert bad and "no direction check" in why  # no check, no verdict
 
 
@@ -115,9 +115,9 @@ def test_reader_of_another_trait_never_decides(tmp_path):
     """A love run whose only passing reader is persona_gap (the deference statements) gets no verdict from it."""
     ok = dict(persona_gap=dict(persona=0.3, opposite=-0.3, diff_ci=[0.45, 0.75], opposite_ci=[-0.4, -0.2]))
     runs = run_with(tmp_path, "e", ok)
-    assert [k for k, _ in report.readers_of(runs)] == ["sentiment"]
-    assert not report.at_chance(runs, "persona_gap")[0]  # it passes its own checks...
-    assert report.at_chance(runs, "sentiment")[0]  # ...but the persona's own reader does not, so nothing decides
+    assert [k for k, _ in evidence.readers_of(runs)] == ["sentiment"]
+    assert not evidence.at_chance(runs, "persona_gap")[0]  # it passes its own checks...
+    assert evidence.at_chance(runs, "sentiment")[0]  # ...but the persona's own reader does not, so nothing decides
 
 
 def test_the_vectors_own_ruler_needs_a_check_without_the_vector(tmp_path):
@@ -125,7 +125,7 @@ def test_the_vectors_own_ruler_needs_a_check_without_the_vector(tmp_path):
     −7.4), so that check cannot validate it; only the persona prompt vs its opposite can."""
     ok = dict(persona=2.0, opposite=-7.4, diff_ci=[7.0, 12.1], opposite_ci=[-9.0, -6.0])
     runs = run_with(tmp_path, "f", dict(trait_fixed=ok), readers_=("trait_fixed:+",))
-    bad, why = report.at_chance(runs, "trait_fixed")
+    bad, why = evidence.at_chance(runs, "trait_fixed")
     assert bad and "no direction check" in why
     runs = run_with(tmp_path, "g", {}, prompting_dirs=dict(trait_fixed=ok), readers_=("trait_fixed:+",))
-    assert not report.at_chance(runs, "trait_fixed")[0]
+    assert not evidence.at_chance(runs, "trait_fixed")[0]

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import evidence
 import plot
 import report
 import report_methods
@@ -64,7 +65,7 @@ def make_run(path, auths=(-1.0, -1.1, -1.2, -1.3), cares=(-1.5, -1.45, -1.4, -1.
     lines = [{"kind": "base", **head, **eval_fields(auths[0], cares[0], coh, ci=ci), "trait_proj": 0.2,
               "ppl_base": 7.5, "rep": 0.04},
              {"kind": "prompting", **head, **eval_fields(prompting_auth, cares[0] + 0.01, coh * 0.98, ci=ci),
-              "direction": {k: passing(sgn) for k, sgn in report.OLD_READERS}},
+              "direction": {k: passing(sgn) for k, sgn in evidence.OLD_READERS}},
              {"kind": "steering_only", **head, **eval_fields(auths[0] - 0.05, cares[0], coh * 0.9, ci=ci),
               "trait_proj": 1.0}]
     lines += [{**round_line(k, auths[k + 1], cares[k + 1], coh * 0.97, run, seed, loyalty=-2.0 + 0.1 * k),
