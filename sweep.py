@@ -277,7 +277,7 @@ def decide_bet(pairs, gates, readers):
     return dict(word=word, why=f"decided by {res[0]['key']}: {res[0]['why']}", by={r["key"]: r for r in res})
 
 
-CLAIMS = ("Two claims per setting, each against λ=0 of the same seed (and round), each with its own noise (report.delta: "
+CLAIMS = ("Two claims per setting, each against λ=0 of the same seed (and round), each with its own noise (evidence.delta: "
           "the larger of the seeds' min–max spread of the difference, of either side's level, and the lines' paired "
           "bootstrap where they carry one). **1. Incoherence removed**: ppl_base (greedy held-out answers under the base "
           "model) lower than λ=0's beyond noise. **2. Before the trait**: the fraction of λ=0's excess ppl removed "
@@ -359,7 +359,7 @@ def summarize(out):
              f"Survivors: {base['survivors']} of {base['generated']} steered completions (their trait_fixed "
              f"{base['survivors_trait_fixed']:.3f}); unsteered control: {base['control']} (trait_fixed "
              f"{base['control_trait_fixed']:.3f}).", "",
-             "Which readers may decide (report.py's rule: not at chance, direction check where the lines carry one; "
+             "Which readers may decide (evidence.py's rule: not at chance, direction check where the lines carry one; "
              "then λ=0 must move the reader beyond noise the persona's way, or there is no trait to keep):", ""]
     lines += [f"- {k} ({'+' if s > 0 else '−'}): {'PASSES' if gates[k][0] else 'does not decide'}: {gates[k][1]}"
               for k, s in readers]
@@ -643,13 +643,13 @@ def summarize_rounds(out, want=4):
               + ", ".join(f"{k} {evidence.fmt(evidence.get(base, k))}" for k, _ in readers) + ".", ""]
     if differ:
         lines += [f"**WARNING: the runs differ in {', '.join(differ)}** beyond their settings: they are not one grid.", ""]
-    lines += ["Readers of this persona (report.py's rule over every run: not at chance, and the steered line's "
+    lines += ["Readers of this persona (evidence.py's rule over every run: not at chance, and the steered line's "
               "vector at ± dose moves it in opposite directions beyond noise in every run):", ""]
     lines += [f"- {k} ({'+' if s > 0 else '−'}): {'readable' if checks[k][0] else 'NOT readable: decides nothing'}: "
               + short(checks[k][1], len(allruns)) for k, s in readers]
     lines += ["", "Per round, against λ=0 of the same seed at the same round, the same two claims as the "
               "single-round summary (`results/crux/summary.md`): incoherence removed = ppl_base lower than λ=0's "
-              "beyond noise; trait kept = the reader not lower beyond noise; noise = report.delta over the seeds "
+              "beyond noise; trait kept = the reader not lower beyond noise; noise = evidence.delta over the seeds "
               "(the larger of the seeds' spread and the per-prompt paired bootstrap). Δ columns: vs the run's base "
               "line (one seed: its paired 95% CI by prompt; several: mean [mean ± noise]). Cells of levels: mean "
               "[min, max] over seeds.", ""]
