@@ -14,8 +14,9 @@ import torch
 
 import steer_heal
 from steer_heal import (GEN_PROMPTS, Stop, adapter_off, chat, completion_logits, drop_counts, generate, heal,
-                        heal_loss, kl_per_position, log, make_batch, mid_dose, new_adapter, projection, regularised,
-                        score, seed_of, split_by_prompt, summary, train_adapter, unsteered_reference, vector_stage)
+                        heal_loss, kl_per_position, log, make_batch, mid_dose, new_adapter, projection, read_text,
+                        regularised, score, seed_of, split_by_prompt, summary, train_adapter, unsteered_reference,
+                        vector_stage)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -101,9 +102,9 @@ def online_reward(pm, tok, items, vec, cfg, gate, ref_proj):
     (0 = an average unsteered answer), minus the incoherence the filters measure: the tail NLL beyond the ppl
     gate, in nats, plus 1 for a loop (repetition > --rep-max). Narrating the persona is not penalised (it is
     on-trait text; the filters' narration rule is for steer-heal's training data). Sets x["reward"]."""
-    with adapter_off(pm):
-        score(pm, tok, items, cfg, gate)
-        proj = projection(pm, tok, [x["prompt"] for x in items], [x["ids"] for x in items], vec)
+    with adapter_off(pm):  # one pass gives both the projection and the NLL the filters score
+        proj, nll = read_text(pm, tok, [x["prompt"] for x in items], [x["ids"] for x in items], vec)
+        score(pm, tok, items, cfg, gate, nll=nll)
     mu = sum(ref_proj) / len(ref_proj)
     sd = max(1e-6, (sum((p - mu) ** 2 for p in ref_proj) / max(1, len(ref_proj) - 1)) ** 0.5)
     for x, p in zip(items, proj):

@@ -451,9 +451,10 @@ def refuses(text):
     return bool(REFUSAL.search(text))
 
 
-def score(model, tok, items, cfg, ppl_gate=math.inf):
-    """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model."""
-    nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items])
+def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None):
+    """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model; `nll`
+    (per-token NLL per item, from a pass the caller already ran) skips the forward."""
+    nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items]) if nll is None else nll
     for x, n in zip(items, nll):
         tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
         x.update(n_tokens=len(x["ids"]), ppl=math.exp(min(n.mean(), 700)) if len(n) else math.inf,  # no overflow
