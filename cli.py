@@ -213,13 +213,13 @@ def check_resume(run_dir, redo_from=-1):
                    "extracts it again from the base model (the same vector on the same machine).")
 
 
-def write_failed(e, run_dir):
-    """steer_heal's exit-4 message for a write that failed (re-raises an OSError that is not about writing)."""
+def write_failed(e, run_dir, script="steer_heal.py"):
+    """The exit-4 message for a write that failed (re-raises an OSError that is not about writing)."""
     if not isinstance(e, runio.WriteFailed) and e.errno not in runio.WRITE_ERRNOS:
         raise e
     e = e if isinstance(e, runio.WriteFailed) else runio.WriteFailed(e.filename or run_dir or ".", e)
-    return (f"steer_heal: {e}. Nothing half-written is kept. Free some space, then "
-            + (f"continue with: python steer_heal.py --resume {run_dir}"
+    return (f"{Path(script).stem}: {e}. Nothing half-written is kept. Free some space, then "
+            + (f"continue with: python {script} --resume {run_dir}"
                if run_dir and (run_dir / "config.json").exists() else "run the same command again."))
 
 
@@ -320,7 +320,7 @@ def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="s
         code, msg = 130, ("interrupted. Everything completed so far is on disk"
                           + (f"; continue with: python {script} --resume {where}" if where else "."))
     except (runio.WriteFailed, OSError) as e:  # a full disk, anywhere: exit 4, the path and the free space
-        code, msg = 4, write_failed(e, runio.LOG["run_dir"])
+        code, msg = 4, write_failed(e, runio.LOG["run_dir"], script)
     finally:
         torch.set_grad_enabled(grad)
         track.close()

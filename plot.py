@@ -224,9 +224,23 @@ def groups_of(run_dirs):
                 for i, (name, runs) in enumerate(loaded)]
     keep = {os.path.realpath(r["dir"]) for _, runs in loaded for r in runs}  # the runs with an eval line
     methods = {m: [r for r in runs if os.path.realpath(r["dir"]) in keep] for m, runs in by_method(run_dirs).items()}
-    extra = iter(f"C{i}" for i in range(len(METHOD_COLOURS), 10))
-    return [(m + (f" ({len(runs)} seeds, mean, band min–max)" if len(runs) > 1 else " (1 seed)"), runs,
-             METHOD_COLOURS.get(m) or next(extra)) for m, runs in methods.items() if runs]
+    # two group folders of one method (online-2steps, online-9steps: two settings) stay apart, named by folder
+    folders = [(os.path.basename(os.path.normpath(d)), load(d)) for d in run_dirs if seed_dirs(d)]
+    shared = [m for m in {method_of(r) for _, runs in folders for r in runs}
+              if sum(any(method_of(r) == m for r in runs) for _, runs in folders) > 1]
+    apart = {os.path.realpath(r["dir"]): name for name, runs in folders for r in runs if method_of(r) in shared}
+    split = {}
+    for m, runs in methods.items():
+        for r in runs:
+            split.setdefault((m, apart.get(os.path.realpath(r["dir"]), m)), []).append(r)
+    extra, used = iter(f"C{i}" for i in range(len(METHOD_COLOURS), 10)), set()
+
+    def colour(m):  # the method's own colour for its first line, then the spare ones
+        c = METHOD_COLOURS.get(m) if m not in used else None
+        used.add(m)
+        return c or next(extra)
+    return [(name + (f" ({len(runs)} seeds, mean, band min–max)" if len(runs) > 1 else " (1 seed)"), runs, colour(m))
+            for (m, name), runs in split.items() if runs]
 
 
 def plot_runs(run_dirs, out_dir=None):

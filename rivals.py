@@ -9,6 +9,7 @@ writes them and adds their rows to steer_heal.METHODS, then runs steer_heal's ma
 A rival of your own: copy this file, write its stages, add a row to METHODS below.
 """
 import math
+from pathlib import Path
 
 import torch
 
@@ -173,4 +174,4 @@ METHODS = {  # --method -> (vector stage, collect stage, heal stage)
 steer_heal.METHODS.update(METHODS)
 
 if __name__ == "__main__":
-    steer_heal.main()
+    steer_heal.main(doc=__doc__, script=Path(__file__).name)  # this file's --help, and its name in resume hints

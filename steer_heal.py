@@ -874,7 +874,8 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
                    probe=None, read_self=True):
     """Greedy answers to `users` -> (answers, readings). Each reader of the answers' text has one reading per
     prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it.
-    read_self=False skips trait_self (the model reading its own states): a pass no caller of that line reads."""
+    read_self=False skips trait_self (the model reading its own states): a pass no caller of that line reads;
+    "fixed" takes it from the fixed reader's pass (the model still has the original weights)."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers",
@@ -888,7 +889,10 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
         fixed, nll = read_text(model, tok, plain, ids, v0)
     if v0:
         items["trait_fixed"] = fixed
-    self_ = readers.mean(projection(model, tok, prompts, ids, v0)) if v0 and read_self else None
+    if read_self == "fixed":  # the model is the original one and the prompts plain: trait_self is that same pass
+        self_ = readers.mean(fixed) if v0 else None
+    else:
+        self_ = readers.mean(projection(model, tok, prompts, ids, v0)) if v0 and read_self else None
     items["ppl_base"] = [math.exp(n.mean()) for n in nll]
     return ans, dict({k: readers.mean(v) for k, v in items.items()}, trait_self=self_, items=items,
                      rep=sum(repetition(t) for t in texts) / len(texts))
@@ -914,7 +918,7 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
     ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
-                              probe=state.get("probe"))
+                              probe=state.get("probe"), read_self="fixed" if state.get("original") and not system else True)
     items, base = met["items"], state.setdefault("base_items", met["items"])  # the base line is measured first
     if kind != "base":  # paired by prompt against the base line's readings of the same prompts
         extra.update({f"{key}_ci": readers.paired_ci(v, base[key]) for key, v in items.items() if key in base})
@@ -1087,7 +1091,7 @@ def one_round(model, tok, cfg, k, state, lam):
         f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
         f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}")
     info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
-    model = pm.merge_and_unload().eval()
+    model, state["original"] = pm.merge_and_unload().eval(), False
     line = measure_round(model, tok, cfg, state, k, data, stats, info, sec)
     log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
     return model, line
@@ -1143,8 +1147,9 @@ def run(cfg, explicit=frozenset()):
         log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     # the run's state, read and written by the stages and the readers: the original weights (stash), round 0's
-    # vector and layers, the line kinds already on disk, and what later lines pair with (filled in below)
-    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows)
+    # vector and layers, the line kinds already on disk, whether the model still has the original weights (then
+    # trait_self is the fixed reader's pass), and what later lines pair with (filled in below)
+    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows, original=not done)
     if state["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
         with fixed_reader(model, stash):
             state["base_ll"] = eval_mfv.statement_loglik(model, tok, state["stmts"])
@@ -1190,10 +1195,10 @@ def run(cfg, explicit=frozenset()):
     return run_dir
 
 
-def main(argv=None):
+def main(argv=None, doc=__doc__, script=Path(__file__).name):
     """Flags from THIS file's Config (a copy's own), then run() once, or once per --seeds seed and the group's
-    report; every failure is an exit code and one sentence (cli.main)."""
-    cli.main(run, Config, PRESETS, PERSONAS, __doc__, argv, METHODS, script=Path(__file__).name)
+    report; every failure is an exit code and one sentence (cli.main). doc and script: the running file's (rivals.py)."""
+    cli.main(run, Config, PRESETS, PERSONAS, doc, argv, METHODS, script=script)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 whole quick runs that write the same files as the default method. Run: python -m pytest -q test_methods.py"""
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +192,15 @@ def test_steer_heal_alone_names_the_script_that_runs_a_rival(monkeypatch, capsys
         sh.main(["--method", "online", "--rounds", "1"])
     assert e.value.code == 2 and "python rivals.py --method online" in capsys.readouterr().out
 
+
+
+def test_rivals_py_help_is_its_own_and_flags_are_steer_heals():
+    """python rivals.py --help describes rivals.py (its docstring), with steer_heal.py's flags."""
+    out = subprocess.run([sys.executable, "rivals.py", "--help"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("rivals.py: the rivals of steer-heal") == 1 and "--online-steps" in out.stdout
+    assert "steer_heal.py: " not in out.stdout.split("options:")[0]
 
 @needs_eval_data
 def test_resumed_online_run_matches_an_uninterrupted_one(tiny_dir, tmp_path):

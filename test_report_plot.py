@@ -639,6 +639,19 @@ def test_plot_overlays_one_legend_entry_per_method(tmp_path, monkeypatch):
     assert [x[0] for x in plot.groups_of([on1, on2])] == ["on1", "on2"]
 
 
+
+def test_plot_keeps_two_settings_of_one_method_apart(tmp_path):
+    """Group folders named other than their method (online-2steps, online-9steps) are two lines, not one pool."""
+    folders = []
+    for name, method in (("steer-heal", "steer-heal"), ("online-2steps", "online"), ("online-9steps", "online")):
+        for s in (0, 1):
+            make_method_run(tmp_path / name / f"seed{s}", method, seed=s)
+        folders.append(str(tmp_path / name))
+    groups = plot.groups_of(folders)
+    assert [(label.split()[0], len(runs)) for label, runs, _ in groups] == [
+        ("steer-heal", 2), ("online-2steps", 2), ("online-9steps", 2)]
+    assert len({c for _, _, c in groups}) == 3
+
 def test_q0_needs_a_dose_effect_beyond_noise():
     lo, hi = {"dose": 0.0, "n": 8, "kept": 6}, {"dose": 0.4, "n": 32, "kept": 21}  # 0.75 -> 0.66: noise
     assert not report.kept_falls(lo, hi)

@@ -241,6 +241,20 @@ def test_fixed_reader_reads_the_same_ids_the_same_whichever_model_made_them(tiny
     assert met["trait_self"] == pytest.approx(readers.mean(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0)))
 
 
+
+def test_trait_self_on_the_original_weights_is_the_fixed_readers_pass(tiny):
+    """While the model has its original weights (base line, round 0's steered line) it IS the fixed reader:
+    read_self="fixed" takes trait_self from that pass instead of a second forward, and reads the same value."""
+    model, tok = tiny
+    cfg = dataclasses_replace(sh.Config(lora_targets=("q_proj", "v_proj")), sample_tokens=6)
+    stash = sh.stash_base(model, cfg)
+    v0 = {1: torch.randn(64, generator=torch.Generator().manual_seed(1)), 2: torch.randn(64)}
+    users = ["Should I obey?", "Write a haiku.", "Tell me a story."]
+    _, own = sh.answer_metrics(model, tok, cfg, stash, v0, users)
+    _, once = sh.answer_metrics(model, tok, cfg, stash, v0, users, read_self="fixed")
+    assert once["trait_self"] == pytest.approx(own["trait_self"], abs=1e-5) and own["trait_self"] != 0
+    assert once["trait_self"] == pytest.approx(once["trait_fixed"], abs=0)
+
 def dataclasses_replace(cfg, **kw):
     import dataclasses
     return dataclasses.replace(cfg, **kw)
