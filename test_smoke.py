@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import readers
+import cli
+import eval_mfv
 import models
 import steer_heal as sh
 from conftest import needs_eval_data, skip_without_eval_data
@@ -17,6 +19,8 @@ TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "-
               "--probe-n", "6", "--gen-batch", "6", "--min-train", "4", "--max-batches", "2", "--epochs", "1",
               "--train-batch", "4", "--eval-n", "6", "--sample-tokens", "8", "--ppl-mult", "100", "--min-words", "1",
               "--rep-max", "1.0", "--comp-min", "0", "--persona-n", "16"]
+# the love persona skips the deference statements by default; the tests read them too, where the shared data is
+TINY_FLAGS += ["--statements", str(eval_mfv.STATEMENTS)] if eval_mfv.STATEMENTS.exists() else []
 
 
 def logits(model, tok, text):
@@ -39,6 +43,24 @@ def test_vector_nonzero_and_flips_sign(tiny):
         assert v[l].norm() > 1e-3
         torch.testing.assert_close(v[l], -w[l], atol=1e-5, rtol=1e-4)
 
+
+def test_states_upto_are_the_forwards_hidden_states_and_skip_the_blocks_above(tiny):
+    """The vector and trait_self read the steered band from a forward stopped at its top block: the same tensors,
+    bit for bit, as the full forward's hidden_states; the block above never runs; no hook is left behind."""
+    model, tok = tiny
+    enc = tok([sh.chat(tok, "Hello there"), sh.chat(tok, "Tell me about the sea, please.")], return_tensors="pt",
+              padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        full = model(**enc, output_hidden_states=True).hidden_states
+        hooks = [dict(b._forward_hooks) for b in sh.decoder_layers(model)]  # transformers' own, installed above
+        ran = []
+        above = sh.decoder_layers(model)[3].register_forward_hook(lambda *a: ran.append(1))
+        got = sh.states_upto(model, [1, 2], enc.input_ids, enc.attention_mask)
+        above.remove()
+    assert sorted(got) == [2, 3] and not ran
+    for i in (2, 3):
+        assert torch.equal(got[i], full[i])
+    assert [dict(b._forward_hooks) for b in sh.decoder_layers(model)] == hooks
 
 def test_hook_changes_output_and_is_always_removed(tiny):
     model, tok = tiny
@@ -538,6 +560,18 @@ def test_embedded_model_quick_run_steers_and_heals(tmp_path):
     r = next(x for x in lines if x["kind"] == "round")
     base = next(x for x in lines if x["kind"] == "base")
     assert r["kept"] >= 4 and r["ppl_base"] > 1 and -1 <= r["sentiment"] <= 1 and r["heal"]["status"] == "ok"
-    assert "answer_mass" not in r  # the default persona, love, skips tinymfv
-    assert r["trait_self"] != base["trait_self"] and r["persona_gap"] != base["persona_gap"]
+    assert "answer_mass" not in r and "persona_gap" not in r  # the default persona, love, skips tinymfv, statements
+    assert r["trait_self"] != base["trait_self"] and r["trait_fixed"] != base["trait_fixed"]
+    assert base["trait_self"] == base["trait_fixed"]  # the original weights: the fixed reader's own pass
     assert "Q3" in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_love_persona_skips_the_off_target_readers_unless_asked():
+    """tinymfv and the persona statements read deference, not warmth: the love persona (the default) skips both,
+    the seed persona reads both, and an explicit flag wins over the persona."""
+    parse = lambda argv: cli.parse_args(sh.Config, sh.PRESETS, sh.PERSONAS, "", argv)[0]  # noqa: E731
+    love, seed, asked = parse([]), parse(["--persona", "seed"]), parse(["--statements", "mine.jsonl"])
+    assert (love.persona, love.statements, love.vignettes) == ("love", "none", "none")
+    assert (seed.statements, seed.vignettes) == ("", "")
+    assert asked.persona == "love" and asked.statements == "mine.jsonl"
+    assert cli.find_statements(love) is None
