@@ -2,7 +2,8 @@
 # Methods on warmth (issue 21): steer-heal vs the persona prompt vs prompt-bake vs online, embedded SmolLM2-135M,
 # default sizes (2 rounds), seeds 0 1 2, one run at a time on this workplace's 2-core CPU. online runs twice:
 # --online-steps 2 (16 samples a step: 32 a round, the generation steer-heal's doses spend; tokens matched) and
-# --online-steps 9 (the optimizer steps of a default steer-heal heal; steps matched). The persona statements read
+# --online-steps 12 (the optimizer steps of a default steer-heal heal here: 3 epochs x 4 micro-batches of the
+# ~25 training survivors; steps matched). The persona statements read
 # deference to authority, not warmth: --statements none. The prompting line (the persona as system prompt) is
 # measured in the steer-heal runs; the rivals skip it (--no-baselines): same seed, same code, the same line.
 # Resumable: a finished run is skipped, a half-done one resumes. Run from the repository root.
@@ -19,10 +20,10 @@ for s in 0 1 2; do
   one steer_heal.py steer-heal "$s"
   one rivals.py prompt-bake "$s" --method prompt-bake --no-baselines
   one rivals.py online-2steps "$s" --method online --online-steps 2 --no-baselines
-  one rivals.py online-9steps "$s" --method online --online-steps 9 --no-baselines
+  one rivals.py online-12steps "$s" --method online --online-steps 12 --no-baselines
 done
 # the reports from the rows alone: each method's seeds, then steer-heal against each rival
-for m in steer-heal prompt-bake online-2steps online-9steps; do python report.py $R/$m; done
+for m in steer-heal prompt-bake online-2steps online-12steps; do python report.py $R/$m; done
 python report_methods.py $R/steer-heal $R/prompt-bake $R/online-2steps --out $R/tokens_matched
-python report_methods.py $R/steer-heal $R/online-9steps --out $R/steps_matched
-python plot.py $R/steer-heal $R/prompt-bake $R/online-2steps $R/online-9steps --out $R
+python report_methods.py $R/steer-heal $R/online-12steps --out $R/steps_matched
+python plot.py $R/steer-heal $R/prompt-bake $R/online-2steps $R/online-12steps --out $R
