@@ -3,7 +3,7 @@ on-policy online method. A method is three stages (vector, collect, heal) with s
 writes them and adds their rows to steer_heal.METHODS, then runs steer_heal's main().
 
     python rivals.py --method prompt-bake     # any steer_heal.py flag works here too
-    python rivals.py --method online --online-steps 9
+    python rivals.py --method online --online-steps 12
     python rivals.py --resume results/<run>   # a rival's run resumes here, not in steer_heal.py
 
 A rival of your own: copy this file, write its stages, add a row to METHODS below.

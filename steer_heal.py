@@ -132,7 +132,7 @@ class Config:
     # online method (--method online): the loop per batch instead of per round
     online_batch: int = 4  # prompts per online step
     online_group: int = 4  # samples per prompt; advantages are relative within a prompt's group (GRPO)
-    online_steps: int = 9  # optimizer steps per online round (9 = a default steer-heal heal: 3 epochs x 24 survivors / 8)
+    online_steps: int = 12  # optimizer steps per online round (12 = a default steer-heal heal: 3 epochs x 4 micro-batches of ~25 survivors)
     online_floor: float = 0.1  # a group whose rewards spread less than this (std, reward units) gets no advantage
     # eval and metrics
     eval_backend: str = "auto"  # auto | fast | tinymfv
