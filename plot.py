@@ -224,8 +224,8 @@ def groups_of(run_dirs):
                 for i, (name, runs) in enumerate(loaded)]
     keep = {os.path.realpath(r["dir"]) for _, runs in loaded for r in runs}  # the runs with an eval line
     methods = {m: [r for r in runs if os.path.realpath(r["dir"]) in keep] for m, runs in by_method(run_dirs).items()}
-    # two group folders of one method (online-2steps, online-9steps: two settings) stay apart, named by folder
-    folders = [(os.path.basename(os.path.normpath(d)), load(d)) for d in run_dirs if seed_dirs(d)]
+    # two group folders of one method (online-2steps, online-12steps: two settings) stay apart, named by folder
+    folders = [(os.path.basename(os.path.normpath(d)), runs) for d, (_, runs) in zip(run_dirs, loaded) if seed_dirs(d)]
     shared = [m for m in {method_of(r) for _, runs in folders for r in runs}
               if sum(any(method_of(r) == m for r in runs) for _, runs in folders) > 1]
     apart = {os.path.realpath(r["dir"]): name for name, runs in folders for r in runs if method_of(r) in shared}
