@@ -121,6 +121,7 @@ def panel_map(ax, label, runs, color):
                     fontsize=8, color=color)
     for kind, (marker, _) in BASELINES.items():
         pts = [(get(r[kind], "care_nats"), get(r[kind], "auth_nats")) for r in runs if has_eval(r[kind])]
+        pts = [p for p in pts if None not in p]  # a line with one of the two (hand-edited, old) is no point
         if pts:
             ax.plot(sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts), marker=marker, ms=9,
                     mfc="none", mew=1.8, color=color, ls="none")

@@ -403,10 +403,14 @@ def make_batch(tok, prompts, completions, device):
                 lengths=[len(c) for _, c in rows])
 
 
+def completion_states(model, b):
+    """Last hidden states at the completion positions [N, H]: all the head needs, and all the barrier keeps."""
+    return model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+
+
 def completion_logits(model, b):
     """Logits only at completion positions [N, V]: the full [B, L, V] log-softmax is the memory hog."""
-    h = model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state
-    return lm_head(model, h[b["pred"]])
+    return lm_head(model, completion_states(model, b))
 
 
 def completion_nll(model, b, logits=None):
@@ -428,12 +432,16 @@ def check_head(model, tok):
 
 
 @torch.no_grad()
-def token_nll(model, tok, prompts, completions, batch_size=16):
-    """Per-token NLL of each completion under `model` (unsteered), as a list of 1-D tensors."""
+def token_nll(model, tok, prompts, completions, batch_size=16, states=None):
+    """Per-token NLL of each completion under `model` (unsteered), as a list of 1-D tensors. A list `states` gets
+    each completion's completion_states [n, H] appended, on the model's device (heal reuses them: see there)."""
     out = []
     for i in range(0, len(prompts), batch_size):
         b = make_batch(tok, prompts[i:i + batch_size], completions[i:i + batch_size], model.device)
-        out += list(completion_nll(model, b).cpu().split(b["lengths"]))
+        h = completion_states(model, b)
+        out += list(completion_nll(model, b, lm_head(model, h)).cpu().split(b["lengths"]))
+        if states is not None:
+            states += h.split(b["lengths"])
     return out
 
 
@@ -482,8 +490,13 @@ def refuses(text):
 
 def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None):
     """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model; `nll`
-    (per-token NLL per item, from a pass the caller already ran) skips the forward."""
-    nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items]) if nll is None else nll
+    (per-token NLL per item, from a pass the caller already ran) skips the forward. The pass's states at the
+    completion tokens go to x["h_last"]: the barrier's reference when the current model is it (heal)."""
+    states = []
+    if nll is None:
+        nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items], states=states)
+        for x, h in zip(items, states):
+            x["h_last"] = h
     for x, n in zip(items, nll):
         tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
         x.update(n_tokens=len(x["ids"]), ppl=math.exp(min(n.mean(), 700)) if len(n) else math.inf,  # no overflow
@@ -645,7 +658,7 @@ def kl_per_position(logp, ref_logp, direction="rev"):
 def reference_states(model, b, ref_ctx):
     """All the barrier needs of the reference (the model under ref_ctx): last hidden states at the completions [N, H]."""
     with torch.no_grad(), ref_ctx():
-        return model.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"]).last_hidden_state[b["pred"]]
+        return completion_states(model, b)
 
 
 def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
@@ -803,7 +816,17 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     steps = math.ceil(len(micro) / cfg.grad_accum)
     pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
     batch = lambda idx: make_batch(tok, [train[j]["prompt"] for j in idx], [train[j]["ids"] for j in idx], dev)  # noqa: E731
-    ref_h = fast.kept_states(batch, lambda b: reference_states(pm, b, ref_ctx), len(train), cfg.train_batch, dev)
+    # the barrier's reference does not change while the adapter trains: its states are computed once per heal, not
+    # once per step. The filter (score) already ran the current model over every survivor and kept its states; when
+    # the current model IS the reference (kl_ref=prev, or round 0, whose weights are the original ones) they are used
+    # and the reference never runs here; otherwise (kl_ref=base after round 0) one pass computes them.
+    t = time.time()
+    if (cfg.kl_ref == "prev" or k == 0) and all("h_last" in x and len(x["h_last"]) == len(x["ids"]) for x in train):
+        ref_h, ref_from = (lambda idx: torch.cat([train[j]["h_last"] for j in idx]).to(dev)), "filter"  # noqa: E731
+    else:
+        ref_h, ref_from = fast.kept_states(batch, lambda b: reference_states(pm, b, ref_ctx), len(train),
+                                           cfg.train_batch, dev), "pass"
+    ref_s = time.time() - t
     spec = {}
 
     def val_nll():
@@ -826,7 +849,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     if status != "ok":
         return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
     return pm, summary(hist, steps=steps, val_nll_before=before, val_nll=val_nll(), lam=lam, tau=cfg.tau,
-                       nonfinite=nonfinite, status="ok")
+                       nonfinite=nonfinite, status="ok", ref_states=ref_from, ref_pass_s=round(ref_s, 2))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1117,7 +1140,8 @@ def one_round(model, tok, cfg, k, state, lam):
         return pm.unload(), None
     log(f"  healed in {sec['heal']:.0f}s: val nll {stats.get('val_nll_before', math.nan):.3f} -> "
         f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
-        f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}")
+        f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}; reference states from "
+        f"{'the filter' if stats.get('ref_states') == 'filter' else 'a pass'} ({stats.get('ref_pass_s', 0):.1f}s)")
     info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
     model, state["original"] = pm.merge_and_unload().eval(), False
     line = measure_round(model, tok, cfg, state, k, data, stats, info, sec)

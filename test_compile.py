@@ -179,3 +179,33 @@ def test_heal_runs_the_reference_once_per_example_not_per_epoch(tiny, monkeypatc
     pm.unload()
     assert st["status"] == "ok" and st["steps"] == 9 and st["kl_agg"] > 0
     assert calls == [2, 2, 2]
+
+
+def test_heal_takes_the_filters_states_where_the_current_model_is_the_reference(tiny, monkeypatch):
+    """score() keeps its pass's states at the completion tokens. heal uses them instead of a reference pass where the
+    scoring model IS the reference (round 0: the original weights; or kl_ref=prev), and heals the same to float
+    rounding as with the pass (other micro-batches, other padding); kl_ref=base after round 0 runs the pass."""
+    model, tok = tiny
+    calls, states = [], sh.reference_states
+    monkeypatch.setattr(sh, "reference_states", lambda m, b, ctx: calls.append(len(b["lengths"])) or states(m, b, ctx))
+    items = [dict(prompt=sh.chat(tok, u), ids=[100 + j, 200, 300 + j, 400 + 3 * j][:2 + j % 3], text="one two three four five")
+             for j, u in enumerate(PROMPTS + PROMPTS[:1])]
+    cfg = sh.Config(epochs=2, train_batch=2, lora_targets=("q_proj", "v_proj"), tau=0.0)
+    sh.score(model, tok, items, cfg)
+    assert [x["h_last"].shape for x in items] == [(len(x["ids"]), model.config.hidden_size) for x in items]
+    stash = sh.stash_base(model, cfg)
+
+    def healed(train, k, **kw):
+        calls.clear()
+        pm, st = sh.heal(model, tok, train, [], [], dataclasses.replace(cfg, **kw), k, stash, lam=1.0)
+        pm.unload()
+        assert st["status"] == "ok"
+        return st, list(calls)
+    reused, c_reused = healed(items, 0)
+    fresh, c_fresh = healed([{key: v for key, v in x.items() if key != "h_last"} for x in items], 0)
+    assert (c_reused, reused["ref_states"]) == ([], "filter") and (c_fresh, fresh["ref_states"]) == ([2, 2, 2], "pass")
+    assert reused["kl_agg"] > 1e-4
+    for key in ("nll", "kl_agg", "kl_mean", "val_nll"):
+        assert reused[key] == pytest.approx(fresh[key], rel=1e-4, abs=1e-7, nan_ok=True), key
+    assert healed(items, 1)[1] == [2, 2, 2]  # kl_ref=base after round 0: the scoring model is not the reference
+    assert healed(items, 1, kl_ref="prev")[1] == []

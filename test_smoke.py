@@ -117,8 +117,8 @@ def test_backtrack_rewinds_only_the_row_whose_signal_crosses(tiny, monkeypatch):
     vec = {1: torch.randn(model.config.hidden_size)}
     real = sh.token_nll
 
-    def forced(model, tok, ps, comps, batch_size=16):  # row 0's text is always "incoherent"
-        return [n + (1e3 if p == prompts[0] else 0.0) for p, n in zip(ps, real(model, tok, ps, comps, batch_size))]
+    def forced(model, tok, ps, comps, batch_size=16, states=None):  # row 0's text is always "incoherent"
+        return [n + (1e3 if p == prompts[0] else 0.0) for p, n in zip(ps, real(model, tok, ps, comps, batch_size, states))]
 
     calm = sh.generate(model, tok, prompts, cfg, vec, [1.0, 1.0], greedy=True, max_new_tokens=8, gate=1e6)
     monkeypatch.setattr(sh, "token_nll", forced)
