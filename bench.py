@@ -337,13 +337,14 @@ def greedy_compiled_vs_eager(arch, device, new_tokens, doses):
     return not diff, diff
 
 
-def gpu_check(a):
+def gpu_check(a, command=""):
     """python bench.py --gpu-check: every GPU target once on a random-weight Qwen2.5-1.5B shape, one PASS/FAIL
     line each, in under GPU_BUDGET_S; each target runs even when another fails. --device cpu: the same code on a tiny
     shape (a dry run, tested in test_bench.py, so it is known to start; its verdicts mean nothing)."""
     dev = models.pick_device(a.device)
     size = GPU_CHECK["cuda" if dev.type == "cuda" else "cpu"]
-    t0, checks, res = time.time(), {}, dict(device=dev.type, arch=size["arch"], sizes=size, dry_run=dev.type != "cuda")
+    t0, checks = time.time(), {}
+    res = dict(command=command, device=dev.type, arch=size["arch"], sizes=size, dry_run=dev.type != "cuda")
     model, tok = build_arch(size["arch"], a.dtype, a.device)
     res["machine"] = machine_info(model, dev)
     print(f"gpu-check: {size['arch']} on {res['machine']['gpu'] or dev.type} ({res['machine']['dtype']})"
@@ -471,13 +472,14 @@ def table(r):
     if rd:
         rows += [(f"round ({rd['preset']}) {k} s", f"{v:.1f}") for k, v in rd["seconds"].items()] + [
             (f"round total s (bottleneck: {rd['bottleneck']})", f"{rd['total']:.1f}")]
-    lines = [f"{'measurement':<44} {'value':>16} {'ratio':>7} {'target':>7}  verdict"]
-    lines += [f"{m:<44} {v:>16}" for m, v in rows]
+    w = max(len(x) for x in [m for m, _ in rows] + [v[-1] for v in RATIOS.values()] + [v[-1] for v in LIMITS.values()])
+    lines = [f"{'measurement':<{w}} {'value':>16} {'ratio':>7} {'target':>7}  verdict"]
+    lines += [f"{m:<{w}} {v:>16}" for m, v in rows]
     for k, (*_, op, target, what) in RATIOS.items():
         tgt = f"{op}{target}" if op else "-"
-        lines.append(f"{what:<44} {'':>16} {r['ratios'][k]:7.2f} {tgt:>7}  {r['checks'].get(k, 'info')}")
+        lines.append(f"{what:<{w}} {'':>16} {r['ratios'][k]:7.2f} {tgt:>7}  {r['checks'].get(k, 'info')}")
     for k, (*_, op, target, applies, what) in LIMITS.items():
-        lines.append(f"{what:<44} {r['limits'][k]:>16.6g} {'':>7} {op + str(target):>7}  "
+        lines.append(f"{what:<{w}} {r['limits'][k]:>16.6g} {'':>7} {op + str(target):>7}  "
                      f"{r['checks'].get(k, 'not applicable here')}")
     return "\n".join(lines + [f"memory: {r['memory_method']}"])
 
@@ -512,7 +514,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     fast.COMPILE_BACKEND = a.compile_backend
     if a.gpu_check:
-        return gpu_check(a)
+        return gpu_check(a, " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]))
     cfg = dataclasses.replace(sh.Config(), model=a.model, **(sh.PRESETS["quick"] if a.quick else {}))
     cfg.max_new_tokens = a.new_tokens or sh.Config.max_new_tokens  # generation at the run's length: not prefill-bound
     model, tok = build_arch(a.arch, a.dtype, a.device) if a.arch else sh.load_model(a.model, a.device, a.dtype)
@@ -521,7 +523,8 @@ def main(argv=None):
     round_cfg = dataclasses.replace(sh.Config(), model=a.model, **sh.PRESETS.get(preset, {}))  # as --preset <it>
     round_cfg.max_new_tokens = a.new_tokens or round_cfg.max_new_tokens
     torch.set_grad_enabled(False)  # as in steer_heal.run; the heal parts turn it on
-    res = dict(machine=machine_info(model, dev), memory_method=MEM_METHOD[dev.type],
+    res = dict(command=" ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]),
+               machine=machine_info(model, dev), memory_method=MEM_METHOD[dev.type],
                settings=dict(model=a.arch or a.model or sh.EMBEDDED, quick=a.quick, gen_batch=a.gen_batch,
                              new_tokens=cfg.max_new_tokens, repeats=repeats, compile_backend=a.compile_backend,
                              round_preset=preset, round_config=dataclasses.asdict(round_cfg)))

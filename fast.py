@@ -1,6 +1,7 @@
 """fast.py: speed and memory for steer_heal.py, the same numbers as its plain path (test_compile.py proves it).
 
 --compile's generation: a static KV cache, a compiled decode step, and one persistent steering slot per model.
+The steered band's hidden states from a forward stopped above it (states_upto).
 The KL barrier: the reference's states kept once per heal (kept_states), its [N, V] log-softmax computed in slices
 and never held at once (ChunkedKL). steer_heal.py calls these (this file never imports it); read it for the
 algorithm, this file for why the fast path is shaped the way it is.
@@ -66,6 +67,37 @@ def compiled_generation(model, length):
     with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=64):
         yield dict(cache_implementation="static", compile_config=cc,
                    max_cache_len=-(-length // STATIC_LEN_STEP) * STATIC_LEN_STEP)
+
+
+# The steered band's states (the vector, trait_self): the blocks above the band cannot change them, so the
+# forward stops there.
+
+class _Enough(Exception):
+    """Raised by states_upto's hook once the last block it needs has run: the blocks above are not computed."""
+
+
+def states_upto(model, blocks, layers, input_ids, attention_mask):
+    """{l + 1: output of block l} for `layers` (indices into `blocks`, the model's decoder blocks): the same tensors
+    as the forward's hidden_states[l + 1], from a forward stopped after the highest of them (the steered band stops
+    at 0.6 of the depth, so 40% of the forward is skipped). No head, no final norm, no cache kept."""
+    got, top = {}, max(layers)
+
+    def grab(l):
+        def hook(module, args, out):
+            got[l + 1] = out[0] if isinstance(out, tuple) else out
+            if l == top:
+                raise _Enough
+        return hook
+    handles = [blocks[l].register_forward_hook(grab(l)) for l in layers]
+    try:
+        model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Enough:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
 
 
 # barrier_kl's reference log-softmax is computed in this many slices of the completion positions: few, because each

@@ -20,7 +20,7 @@ import cli  # flags (built from THIS file's Config), their checks, run folders
 import eval_mfv
 import models  # loading: the embedded model, any HF causal LM, a run's baked model
 import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
-import fast  # --compile's generation and the sliced KL: speed and memory, same numbers
+import fast  # --compile's generation, the sliced KL, the band's states: speed and memory, same numbers
 import report  # report.md from the run's files (it reads files only)
 import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
 from models import EMBEDDED, check_vector, decoder_layers, eos_ids, lm_head, load_model, merge_adapter, save_adapter
@@ -206,39 +206,12 @@ HELD_OUT = {"everyday": EVERYDAY_PROMPTS, "authority": EVAL_PROMPTS}  # --eval-p
 #    is exactly what the hook below adds to (except the last block, whose entry is after the final norm:
 #    keep the band's top below 1.0).
 
-class _Enough(Exception):
-    """Raised by states_upto's hook once the last block it needs has run: the blocks above are not computed."""
-
-
-def states_upto(model, layers, input_ids, attention_mask):
-    """{l + 1: output of block l} for `layers`: the same tensors as the forward's hidden_states[l + 1], from a forward
-    stopped after the highest of them (the blocks above cannot change them; the steered band stops at 0.6 of the
-    depth, so 40% of the forward is skipped). No head, no final norm, no cache kept."""
-    got, blocks, top = {}, decoder_layers(model), max(layers)
-
-    def grab(l):
-        def hook(module, args, out):
-            got[l + 1] = out[0] if isinstance(out, tuple) else out
-            if l == top:
-                raise _Enough
-        return hook
-    handles = [blocks[l].register_forward_hook(grab(l)) for l in layers]
-    try:
-        model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Enough:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return got
-
-
 @torch.no_grad()
 def hidden_at_last(model, tok, prompts, layers, batch_size=16):
     out = {l: [] for l in layers}
     for i in range(0, len(prompts), batch_size):
         enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        states = states_upto(model, layers, enc.input_ids, enc.attention_mask)
+        states = fast.states_upto(model, decoder_layers(model), layers, enc.input_ids, enc.attention_mask)
         for l in layers:
             out[l].append(states[l + 1][:, -1].float())  # left padding: -1 is every row's last real token
     return {l: torch.cat(v) for l, v in out.items()}
@@ -905,7 +878,7 @@ def projection(reader, tok, prompts, answers, v0):
     """[N] per answer: the READER's hidden states of prompt + answer projected on v0 (project()).
     reader = fixed_reader(...) measures the text; the model itself gives trait_self."""
     b = make_batch(tok, prompts, answers, reader.device)
-    return project(states_upto(reader, list(v0), b["ids"], b["attn"]), b, v0)
+    return project(fast.states_upto(reader, decoder_layers(reader), list(v0), b["ids"], b["attn"]), b, v0)
 
 
 @torch.no_grad()

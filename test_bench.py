@@ -22,6 +22,7 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
         torch.set_num_threads(threads)
         fast.COMPILE_BACKEND = "inductor"
     r = json.loads(out.read_text())
+    assert r["command"].startswith("python bench.py --model ") and r["command"].endswith(f"--out {out}")
     for key in ("machine", "memory_method", "settings", "generation", "heal", "eval", "round", "ratios", "limits",
                 "checks", "wall_seconds"):
         assert key in r, key

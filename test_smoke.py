@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fast
 import readers
 import cli
 import eval_mfv
@@ -55,7 +56,7 @@ def test_states_upto_are_the_forwards_hidden_states_and_skip_the_blocks_above(ti
         hooks = [dict(b._forward_hooks) for b in sh.decoder_layers(model)]  # transformers' own, installed above
         ran = []
         above = sh.decoder_layers(model)[3].register_forward_hook(lambda *a: ran.append(1))
-        got = sh.states_upto(model, [1, 2], enc.input_ids, enc.attention_mask)
+        got = fast.states_upto(model, sh.decoder_layers(model), [1, 2], enc.input_ids, enc.attention_mask)
         above.remove()
     assert sorted(got) == [2, 3] and not ran
     for i in (2, 3):
