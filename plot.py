@@ -1,4 +1,5 @@
-"""plot.py: four panels from a run's files: A the map, B coherence over rounds, C what else moved, D persona_gap.
+"""plot.py: four panels from a run's files: A the map, B coherence over rounds, C what else moved, D persona_gap
+(runs without tinymfv, the love persona's: A and C are the persona's first two readers over rounds).
 
     python plot.py results/<run> [results/<run2> ...] [--out DIR]
 
@@ -252,11 +253,13 @@ def plot_runs(run_dirs, out_dir=None):
     fig, ((a, b), (c, d)) = plt.subplots(2, 2, figsize=(16, 12))
     b2, single, drew_gap = b.twinx(), len(groups) == 1, False
     mfv = any(has_mfv(runs) for _, runs, _ in groups)
-    key = next((r.split(":")[0] for _, runs, _ in groups for r in (runs[0]["cfg"].get("readers") or [])), "sentiment")
+    keys = next(([r.split(":")[0] for r in runs[0]["cfg"]["readers"]] for _, runs, _ in groups
+                 if runs[0]["cfg"].get("readers")), ["sentiment"])
+    key, key2 = keys[0], (keys[1:] or [None])[0]  # without tinymfv, A and C draw the persona's first two readers
     for label, runs, colour in groups:
         panel_map(a, label, runs, colour) if mfv else panel_trait(a, label, runs, colour, key)
         panel_coherence(b, b2, runs, colour)
-        panel_moved(c, runs, colour, single)
+        panel_moved(c, runs, colour, single) if mfv else panel_trait(c, label, runs, colour, key2) if key2 else None
         drew_gap = panel_gap(d, label, runs, colour) or drew_gap
 
     if mfv:
@@ -284,11 +287,20 @@ def plot_runs(run_dirs, out_dir=None):
                       Line2D([], [], color="k", marker="x", ls="-.", label="heal kl_agg (right axis)")],
              fontsize=8, loc="best")
 
-    c.axhline(0, color="k", lw=0.6)
-    c.set(title="C. What else moved: Δ nats from base per foundation", xlabel="round", ylabel="Δ nats vs base")
-    c.legend(handles=[Line2D([], [], color=col if single else "k", lw=2.4, ls=ls, label=t)
-                      for ls, col, t in ROLES.values()] +
-             [Line2D([], [], color="0.6", lw=0.9, label="other foundations")], fontsize=8, loc="best")
+    if mfv:
+        c.axhline(0, color="k", lw=0.6)
+        c.set(title="C. What else moved: Δ nats from base per foundation", xlabel="round", ylabel="Δ nats vs base")
+        c.legend(handles=[Line2D([], [], color=col if single else "k", lw=2.4, ls=ls, label=t)
+                          for ls, col, t in ROLES.values()] +
+                 [Line2D([], [], color="0.6", lw=0.9, label="other foundations")], fontsize=8, loc="best")
+    elif key2:  # no tinymfv in these runs (the love persona's default): the persona's second reader
+        c.set(title=f"C. {key2} over rounds (the persona's second reader; no tinymfv in these runs)",
+              xlabel="round (base = −1; open markers: prompting at −1, steered r0 at 0)", ylabel=key2)
+        c.legend(handles=c.get_legend_handles_labels()[0] + marks, fontsize=8, loc="best")
+    else:
+        c.text(0.5, 0.5, "no tinymfv in this run", transform=c.transAxes, ha="center", va="center", fontsize=11,
+               color="0.4")
+        c.set(xticks=[], yticks=[])
     d.axhline(0, color="k", lw=0.6)
     d.set(title="D. persona_gap − base (higher = less deferent; bars: paired CI, over seeds their envelope)",
           xlabel="round",
@@ -301,10 +313,10 @@ def plot_runs(run_dirs, out_dir=None):
                    ("s", ":", "prompting")]],
                  fontsize=8, loc="best")
     else:
-        d.text(0.5, 0.5, "no persona_gap in this run", transform=d.transAxes, ha="center", va="center",
-               fontsize=11, color="0.4")
+        d.text(0.5, 0.5, "no persona_gap in this run\n(persona statements not read: --statements PATH)",
+               transform=d.transAxes, ha="center", va="center", fontsize=11, color="0.4")
         d.set(xticks=[], yticks=[])
-    for ax in (b, c, d) if drew_gap else (b, c):
+    for ax in [a] * (not mfv) + [b] + [c] * bool(mfv or key2) + [d] * drew_gap:  # x = rounds, base at -1
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "base" if v == -1 else f"{v:g}"))
         ax.margins(x=0.15)

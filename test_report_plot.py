@@ -662,3 +662,26 @@ def test_q0_needs_a_dose_effect_beyond_noise():
     rising = [{"dose": 0.0, "ppl_tail": p} for p in (10.0, 14.0, 12.0, 11.0)] + \
              [{"dose": 0.9, "ppl_tail": p} for p in (60.0, 90.0, 70.0, 80.0)]
     assert report.ppl_rises(rising, 0.0, 0.9) and not report.ppl_rises(rising, 0.9, 0.0)
+
+
+def test_plot_without_tinymfv_draws_the_personas_first_two_readers_in_a_and_c(tmp_path, monkeypatch):
+    """A run that skips tinymfv (the love persona's default) has no map and no foundations: panel A draws its first
+    reader over rounds and panel C its second, with their values by round (base at -1)."""
+    trait = {-1: 0.5, 0: 0.9, 1: 1.4, 2: 1.8}
+
+    def love(ln):
+        for k in ("auth_nats", "care_nats", "nats", "p", "eval_ci", "top1"):
+            ln.pop(k, None)
+        if ln["kind"] in ("base", "round"):
+            ln.update(ppl_base=7.5, sentiment=0.1 + 0.1 * (ln["round"] + 1), trait_fixed=trait[ln["round"]])
+    d = patch_run(make_run(tmp_path / "love"), love)
+    c = json.load(open(os.path.join(d, "config.json")))
+    c["config"].update(persona="love", readers=["sentiment:+", "trait_fixed:+"])
+    json.dump(c, open(os.path.join(d, "config.json"), "w"))
+    figs = []
+    monkeypatch.setattr(plot.plt, "close", figs.append)
+    plot.plot_runs([d], None)
+    a, _, panel_c, _, _ = figs[-1].axes  # A, B, C, D, and B's twin axis
+    assert a.get_title().startswith("A. sentiment") and panel_c.get_title().startswith("C. trait_fixed")
+    xs, ys = panel_c.lines[0].get_data()
+    assert list(xs) == list(trait) and list(ys) == list(trait.values())
