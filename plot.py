@@ -313,7 +313,8 @@ def plot_runs(run_dirs, out_dir=None):
                    ("s", ":", "prompting")]],
                  fontsize=8, loc="best")
     else:
-        d.text(0.5, 0.5, "no persona_gap in this run", transform=d.transAxes, ha="center", va="center", fontsize=11, color="0.4")
+        d.text(0.5, 0.5, "no persona_gap in this run", transform=d.transAxes, ha="center", va="center", fontsize=11,
+               color="0.4")
         d.set(xticks=[], yticks=[])
     for ax in [a] * (not mfv) + [b] + [c] * bool(mfv or key2) + [d] * drew_gap:  # x = rounds, base at -1
         ax.xaxis.get_major_locator().set_params(integer=True)
