@@ -147,8 +147,11 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
         adv = group_advantages(rewards, G, cfg.online_floor)
         for x, a in zip(items, adv.tolist()):
             x["adv"] = a
+        # the trait's zero is the reference samples' mean, on other prompts: a step's mean carries their prompts'
+        # offset (measured on the embedded model: 0.8 sd between two prompt sets of its own samples). The
+        # advantages compare samples of one prompt, so training never sees it; the logged level does.
         log(f"  online r{k} step {s + 1}/{steps}: reward {sum(rewards) / len(rewards):+.3f} (trait "
-            f"{sum(x['trait'] for x in items) / len(items):+.3f} sd, incoherence "
+            f"{sum(x['trait'] for x in items) / len(items):+.3f} sd vs the reference prompts, incoherence "
             f"{sum(x['incoherence'] for x in items) / len(items):.3f}), kept by the filters "
             f"{sum(x['kept'] for x in items) / len(items):.0%}, {int((adv != 0).sum())}/{len(adv)} non-zero advantages")
 
