@@ -14,7 +14,7 @@ barrier re-running the reference every step (heal before), the unchunked barrier
 whole round by stage (at --preset gpu sizes on a GPU, or with --round gpu). Every ratio with a target prints
 PASS/FAIL. Writes results/bench_<device>.json.
 """
-import argparse, contextlib, dataclasses, datetime, json, os, platform, re, statistics, sys, time, traceback
+import argparse, contextlib, dataclasses, datetime, json, os, platform, re, shlex, statistics, sys, time, traceback
 from pathlib import Path
 if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars around the table
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -514,7 +514,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     fast.COMPILE_BACKEND = a.compile_backend
     if a.gpu_check:
-        return gpu_check(a, " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]))
+        return gpu_check(a, shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)]))
     cfg = dataclasses.replace(sh.Config(), model=a.model, **(sh.PRESETS["quick"] if a.quick else {}))
     cfg.max_new_tokens = a.new_tokens or sh.Config.max_new_tokens  # generation at the run's length: not prefill-bound
     model, tok = build_arch(a.arch, a.dtype, a.device) if a.arch else sh.load_model(a.model, a.device, a.dtype)
@@ -523,7 +523,7 @@ def main(argv=None):
     round_cfg = dataclasses.replace(sh.Config(), model=a.model, **sh.PRESETS.get(preset, {}))  # as --preset <it>
     round_cfg.max_new_tokens = a.new_tokens or round_cfg.max_new_tokens
     torch.set_grad_enabled(False)  # as in steer_heal.run; the heal parts turn it on
-    res = dict(command=" ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]),
+    res = dict(command=shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)]),
                machine=machine_info(model, dev), memory_method=MEM_METHOD[dev.type],
                settings=dict(model=a.arch or a.model or sh.EMBEDDED, quick=a.quick, gen_batch=a.gen_batch,
                              new_tokens=cfg.max_new_tokens, repeats=repeats, compile_backend=a.compile_backend,

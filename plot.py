@@ -44,8 +44,8 @@ def has_mfv(runs):
 
 
 def panel_trait(ax, label, runs, color, key):
-    """Panel A without tinymfv: the persona's first reader over rounds (bars: its paired CI vs base for one run,
-    min-max over seeds for a group), with the prompting and steered lines as open markers."""
+    """Panels A and C without tinymfv: one of the persona's readers over rounds (bars: its paired CI vs base for one
+    run, min-max over seeds for a group), with the prompting and steered lines as open markers."""
     ks, m, lo, hi = agg(runs, lambda r, ln: get(ln, key))
     if len(runs) == 1:
         b = get(runs[0]["base"], key)

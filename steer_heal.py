@@ -464,18 +464,23 @@ def refuses(text):
 def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None):
     """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model; `nll`
     (per-token NLL per item, from a pass the caller already ran) skips the forward. The pass's states at the
-    completion tokens go to x["h_last"]: the barrier's reference when the current model is it (heal)."""
+    completion tokens go to each kept item's x["h_last"] (a CPU copy of its own rows), with the prompt and ids they
+    belong to in x["h_last_of"]: the barrier's reference states when the scoring model is the reference (heal)."""
     states = []
     if nll is None:
         nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items], states=states)
-        for x, h in zip(items, states):
-            x["h_last"] = h
     for x, n in zip(items, nll):
         tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
         x.update(n_tokens=len(x["ids"]), ppl=math.exp(min(n.mean(), 700)) if len(n) else math.inf,  # no overflow
                  ppl_tail=math.exp(min(tail.mean(), 700)), rep=repetition(x["text"]), comp=compress_ratio(x["text"]),
                  narr=narrates(x["text"], cfg.pos), refuse=refuses(x["text"]))
-    return judge(items, cfg, ppl_gate)
+    judge(items, cfg, ppl_gate)
+    for x, h in zip(items, states or [None] * len(items)):
+        for key in ("h_last", "h_last_of"):  # an earlier pass's states are not this one's
+            x.pop(key, None)
+        if h is not None and x["kept"]:
+            x["h_last"], x["h_last_of"] = h.to("cpu", copy=True), (x["prompt"], tuple(x["ids"]))
+    return items
 
 
 def fails(x, cfg, ppl_gate=math.inf):
@@ -791,10 +796,12 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     batch = lambda idx: make_batch(tok, [train[j]["prompt"] for j in idx], [train[j]["ids"] for j in idx], dev)  # noqa: E731
     # the barrier's reference does not change while the adapter trains: its states are computed once per heal, not
     # once per step. The filter (score) already ran the current model over every survivor and kept its states; when
-    # the current model IS the reference (kl_ref=prev, or round 0, whose weights are the original ones) they are used
-    # and the reference never runs here; otherwise (kl_ref=base after round 0) one pass computes them.
+    # the current model IS the reference (kl_ref=prev, or weights still the original ones: round 0) and the states
+    # belong to these very prompts and ids, they are used and the reference never runs here; otherwise (kl_ref=base
+    # after round 0) one pass computes them.
     t = time.time()
-    if (cfg.kl_ref == "prev" or k == 0) and all("h_last" in x and len(x["h_last"]) == len(x["ids"]) for x in train):
+    mine = lambda x: "h_last" in x and x.get("h_last_of") == (x["prompt"], tuple(x["ids"]))  # noqa: E731
+    if (cfg.kl_ref == "prev" or all(torch.equal(m.weight, w) for m, w in stash)) and all(map(mine, train)):
         ref_h, ref_from = (lambda idx: torch.cat([train[j]["h_last"] for j in idx]).to(dev)), "filter"  # noqa: E731
     else:
         ref_h, ref_from = fast.kept_states(batch, lambda b: reference_states(pm, b, ref_ctx), len(train),
@@ -1113,8 +1120,9 @@ def one_round(model, tok, cfg, k, state, lam):
         return pm.unload(), None
     log(f"  healed in {sec['heal']:.0f}s: val nll {stats.get('val_nll_before', math.nan):.3f} -> "
         f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
-        f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}; reference states from "
-        f"{'the filter' if stats.get('ref_states') == 'filter' else 'a pass'} ({stats.get('ref_pass_s', 0):.1f}s)")
+        f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}" + (
+        f"; reference states from {'the filter' if stats['ref_states'] == 'filter' else 'a pass'} "
+        f"({stats['ref_pass_s']:.1f}s)" if "ref_states" in stats else ""))
     info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
     model, state["original"] = pm.merge_and_unload().eval(), False
     line = measure_round(model, tok, cfg, state, k, data, stats, info, sec)

@@ -182,9 +182,10 @@ def test_heal_runs_the_reference_once_per_example_not_per_epoch(tiny, monkeypatc
 
 
 def test_heal_takes_the_filters_states_where_the_current_model_is_the_reference(tiny, monkeypatch):
-    """score() keeps its pass's states at the completion tokens. heal uses them instead of a reference pass where the
-    scoring model IS the reference (round 0: the original weights; or kl_ref=prev), and heals the same to float
-    rounding as with the pass (other micro-batches, other padding); kl_ref=base after round 0 runs the pass."""
+    """score() keeps its pass's states at the completion tokens of the kept items. heal uses them instead of a
+    reference pass where the scoring model IS the reference (the original weights, round 0; or kl_ref=prev) and they
+    belong to the item's own prompt and ids, and heals the same to float rounding as with the pass (other
+    micro-batches, other padding); after a round is baked (weights not the original) kl_ref=base runs the pass."""
     model, tok = tiny
     calls, states = [], sh.reference_states
     monkeypatch.setattr(sh, "reference_states", lambda m, b, ctx: calls.append(len(b["lengths"])) or states(m, b, ctx))
@@ -192,6 +193,7 @@ def test_heal_takes_the_filters_states_where_the_current_model_is_the_reference(
              for j, u in enumerate(PROMPTS + PROMPTS[:1])]
     cfg = sh.Config(epochs=2, train_batch=2, lora_targets=("q_proj", "v_proj"), tau=0.0)
     sh.score(model, tok, items, cfg)
+    assert all(x["kept"] for x in items)  # (what is not kept keeps no states)
     assert [x["h_last"].shape for x in items] == [(len(x["ids"]), model.config.hidden_size) for x in items]
     stash = sh.stash_base(model, cfg)
 
@@ -202,10 +204,15 @@ def test_heal_takes_the_filters_states_where_the_current_model_is_the_reference(
         assert st["status"] == "ok"
         return st, list(calls)
     reused, c_reused = healed(items, 0)
-    fresh, c_fresh = healed([{key: v for key, v in x.items() if key != "h_last"} for x in items], 0)
+    fresh, c_fresh = healed([{key: v for key, v in x.items() if not key.startswith("h_last")} for x in items], 0)
     assert (c_reused, reused["ref_states"]) == ([], "filter") and (c_fresh, fresh["ref_states"]) == ([2, 2, 2], "pass")
     assert reused["kl_agg"] > 1e-4
     for key in ("nll", "kl_agg", "kl_mean", "val_nll"):
         assert reused[key] == pytest.approx(fresh[key], rel=1e-4, abs=1e-7, nan_ok=True), key
-    assert healed(items, 1)[1] == [2, 2, 2]  # kl_ref=base after round 0: the scoring model is not the reference
-    assert healed(items, 1, kl_ref="prev")[1] == []
+    other = [dict(x, prompt=sh.chat(tok, PROMPTS[0])) if j == 2 else x for j, x in enumerate(items)]
+    assert healed(other, 0)[1] == [2, 2, 2]  # one item's prompt changed after scoring: its states are not its own
+    q = next(m for _, m in sh.lora_modules(model, cfg))
+    with torch.no_grad():
+        q.weight.add_(1e-3)  # a round baked in: the scoring model is no longer the original weights
+    assert healed(items, 1)[1] == [2, 2, 2]  # kl_ref=base: the reference is not the model that scored
+    assert healed(items, 1, kl_ref="prev")[1] == []  # kl_ref=prev: it is
