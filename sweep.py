@@ -435,13 +435,14 @@ ROUND_SETTINGS = {
     "mean": ["--kl-agg", "mean", "--lam", "1"],  # the mean aggregate at the same λ
     "spectral3": ["--spectral-lam", "3", "--lam", "0"],  # the single-round sweep's best
     "anchor1": ["--anchor-nll", "1", "--lam", "0"],
+    "prev": ["--kl-ref", "prev", "--kl-agg", "rmse", "--lam", "1"],  # the barrier to the round's starting model
 }
 # every run: the warmth persona (readers outside the model can see it); no prompting line (the steered line's ± dose
 # direction check stays, and the summary does not need prompting)
 ROUND_FLAGS = ["--persona", "love", "--no-baselines"]
 STEER_HEAL = Path(__file__).resolve().parent / "steer_heal.py"
 SAME = {"seed", "seeds", "name", "out", "resume", "overwrite", "rounds", "lam", "kl_agg", "spectral_lam",
-        "anchor_nll", "device", "compile"}  # config keys runs of one grid may differ in
+        "anchor_nll", "kl_ref", "device", "compile"}  # config keys runs of one grid may differ in
 
 
 def run_state(d, rounds):
