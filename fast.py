@@ -99,7 +99,6 @@ def states_upto(model, blocks, layers, input_ids, attention_mask):
     return got
 
 
-
 # barrier_kl's reference log-softmax is computed in this many slices of the completion positions: few, because each
 # slice is one head matmul and a short one runs far below matmul speed (measured on this CPU, the embedded model's
 # head on 192 positions: 8 slices take 2.5x the time of 1), but not 1, whose [N, V] temporaries would raise the heal

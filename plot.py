@@ -259,7 +259,10 @@ def plot_runs(run_dirs, out_dir=None):
     for label, runs, colour in groups:
         panel_map(a, label, runs, colour) if mfv else panel_trait(a, label, runs, colour, key)
         panel_coherence(b, b2, runs, colour)
-        panel_moved(c, runs, colour, single) if mfv else panel_trait(c, label, runs, colour, key2) if key2 else None
+        if mfv:
+            panel_moved(c, runs, colour, single)
+        elif key2:
+            panel_trait(c, label, runs, colour, key2)
         drew_gap = panel_gap(d, label, runs, colour) or drew_gap
 
     if mfv:
