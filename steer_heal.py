@@ -626,6 +626,12 @@ def base_weights(stash):
             m.weight.data = w
 
 
+def is_original(model, stash):
+    """Whether `model` is the original model: no adapter on it, and the original weights in every matrix a round
+    can change (an exact comparison, so no flag has to be kept in step with the bakes)."""
+    return not hasattr(model, "peft_config") and all(torch.equal(m.weight, w) for m, w in stash)
+
+
 def kl_per_position(logp, ref_logp, direction="rev"):
     """Per-position KL over the vocabulary. rev = KL(student||ref) (mode seeking), fwd = KL(ref||student)."""
     if direction == "rev":
@@ -792,6 +798,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     perms = [torch.randperm(len(train), generator=g).tolist() for _ in range(cfg.epochs)]  # one per epoch
     micro = [p[i:i + cfg.train_batch] for p in perms for i in range(0, len(train), cfg.train_batch)]  # indices into train
     steps = math.ceil(len(micro) / cfg.grad_accum)
+    original = is_original(model, stash)  # before the adapter goes on
     pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
     batch = lambda idx: make_batch(tok, [train[j]["prompt"] for j in idx], [train[j]["ids"] for j in idx], dev)  # noqa: E731
     # the barrier's reference does not change while the adapter trains: its states are computed once per heal, not
@@ -801,7 +808,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     # after round 0) one pass computes them.
     t = time.time()
     mine = lambda x: "h_last" in x and x.get("h_last_of") == (x["prompt"], tuple(x["ids"]))  # noqa: E731
-    if (cfg.kl_ref == "prev" or all(torch.equal(m.weight, w) for m, w in stash)) and all(map(mine, train)):
+    if (cfg.kl_ref == "prev" or original) and all(map(mine, train)):
         ref_h, ref_from = (lambda idx: torch.cat([train[j]["h_last"] for j in idx]).to(dev)), "filter"  # noqa: E731
     else:
         ref_h, ref_from = fast.kept_states(batch, lambda b: reference_states(pm, b, ref_ctx), len(train),
@@ -949,7 +956,8 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
     ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
-                              probe=state.get("probe"), read_self="fixed" if state.get("original") and not system else True)
+                              probe=state.get("probe"),
+                              read_self="fixed" if not system and is_original(model, state["stash"]) else True)
     items, base = met["items"], state.setdefault("base_items", met["items"])  # the base line is measured first
     if kind != "base":  # paired by prompt against the base line's readings of the same prompts
         extra.update({f"{key}_ci": readers.paired_ci(v, base[key]) for key, v in items.items() if key in base})
@@ -1124,7 +1132,7 @@ def one_round(model, tok, cfg, k, state, lam):
         f"; reference states from {'the filter' if stats['ref_states'] == 'filter' else 'a pass'} "
         f"({stats['ref_pass_s']:.1f}s)" if "ref_states" in stats else ""))
     info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
-    model, state["original"] = pm.merge_and_unload().eval(), False
+    model = pm.merge_and_unload().eval()
     line = measure_round(model, tok, cfg, state, k, data, stats, info, sec)
     log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
     return model, line
@@ -1180,9 +1188,8 @@ def run(cfg, explicit=frozenset()):
         log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     # the run's state, read and written by the stages and the readers: the original weights (stash), round 0's
-    # vector and layers, the line kinds already on disk, whether the model still has the original weights (then
-    # trait_self is the fixed reader's pass), and what later lines pair with (filled in below)
-    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows, original=not done)
+    # vector and layers, the line kinds already on disk, and what later lines pair with (filled in below)
+    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows)
     if state["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
         with fixed_reader(model, stash):
             state["base_ll"] = eval_mfv.statement_loglik(model, tok, state["stmts"])

@@ -277,6 +277,15 @@ def test_trait_self_on_the_original_weights_is_the_fixed_readers_pass(tiny):
     _, once = sh.answer_metrics(model, tok, cfg, stash, v0, users, read_self="fixed")
     assert once["trait_self"] == pytest.approx(own["trait_self"], abs=1e-5) and own["trait_self"] != 0
     assert once["trait_self"] == pytest.approx(once["trait_fixed"], abs=0)
+    # when that holds (measure, heal): no adapter on the model and the original weights in place, compared exactly.
+    # An unmerged adapter (the lam0 ablation's line) is not the original model even while its weights are.
+    assert sh.is_original(model, stash)
+    pm = _peft(model)
+    assert not sh.is_original(pm, stash)
+    assert sh.is_original(pm.unload(), stash)
+    pm = _peft(model)
+    _randomise_lora(pm, 3, 0.3)
+    assert not sh.is_original(pm.merge_and_unload(), stash)  # a round baked in
 
 def dataclasses_replace(cfg, **kw):
     import dataclasses
