@@ -33,6 +33,9 @@ def _help_comments(Config):
     return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
 
 
+TUPLE_TYPES = dict(seeds=int, lora_targets=str, readers=str)  # each other tuple field is floats (a band, doses)
+
+
 def parse_args(Config, PRESETS, PERSONAS, doc="", argv=None):
     """Config defaults <- --preset <- --persona <- explicit flags, for the Config of the script that runs (a copy of
     steer_heal.py passes its own, so its new fields are flags). Returns (cfg, explicit flag names)."""
@@ -48,7 +51,7 @@ def parse_args(Config, PRESETS, PERSONAS, doc="", argv=None):
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif f.type is tuple:
-            kw.update(nargs="+", type=int if f.name == "seeds" else str if f.name == "lora_targets" else float)
+            kw.update(nargs="+", type=TUPLE_TYPES.get(f.name, float))
         else:
             kw["type"] = f.type
         if f.name in choices:

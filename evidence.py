@@ -110,13 +110,12 @@ def read_run(run_dir):
     merged, problems = {}, []
     rows, bad = runio.read_jsonl(os.path.join(run_dir, "rounds.jsonl"), numbered=True)
     problems += [f"rounds.jsonl {b}: left out" for b in bad]
+    lines = []
     for i, ln in rows:
         ln, bad = clean_line(ln)
         problems += [f"rounds.jsonl line {i}: {b}" for b in bad]
-        if not ln:
-            continue
-        if ln["kind"] == "resume" and isinstance(ln.get("redo_from"), int):  # --redo-from j: rounds >= j run again
-            merged = {key: v for key, v in merged.items() if key[1] < ln["redo_from"]}
+        lines += [ln] if ln else []
+    for ln in runio.live_lines(lines):  # what a resume superseded (a stop; with --redo-from j, rounds >= j) is gone
         merged.setdefault((ln["kind"], ln["round"]), {}).update(ln)
     torn = runio.count_lines(os.path.join(run_dir, "rounds.torn.jsonl"))
     problems += [f"rounds.torn.jsonl: {torn} torn line(s) a resume moved out of rounds.jsonl (a write cut short), "

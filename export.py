@@ -18,7 +18,7 @@ import torch
 
 import models
 import steer_heal as sh
-from runio import rounds_to_load
+from runio import live_lines, rounds_to_load
 
 HOOK_POINT = ("output of the decoder blocks in `layers` (0-based; transformers hidden_states[l + 1]; "
               "llama.cpp direction.<l>)")
@@ -102,7 +102,7 @@ def fmt(x):
 def model_card(run_dir, cfg, meta, lines, merged, vectors, note=""):
     base = next((x for x in lines if x["kind"] == "base"), {})
     last = next((x for x in reversed(lines) if x["kind"] == "round" and x["round"] in merged), base)
-    stop = next((x for x in lines if x["kind"] == "stop"), None)
+    stop = next((x for x in reversed(live_lines(lines)) if x["kind"] == "stop"), None)
     what = f"round {last['round']} (healed, unsteered)" if last.get("kind") == "round" else "the base model"
     rows = "\n".join(f"| `{k}` | {fmt(last.get(k))} | {fmt(base.get(k))} |" for k in CARD_READERS if k in last)
     vrows = "\n".join(f"| `vectors/vector_r{m['round']}` | {m['layers']} | {', '.join(fmt(m['norms'][str(l)]) for l in m['layers'])} "

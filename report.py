@@ -254,6 +254,10 @@ def q2_coherent(runs):
 def trajectory(runs, key, sgn):
     """One reader's answer to "does the trait keep moving?": (key, word, text, readable), or None if absent."""
     ks = sorted(set.intersection(*({r["round"] for r in run["rounds"] if get(r, key) is not None} for run in runs)))
+    # a round past the ppl ceiling is no evidence of the trait moving (as for the prompting comparison)
+    over = [k for k in ks if any(None not in (ceiling(run)[1], get(round_at(k)(run), "ppl_base"))
+                                 and get(round_at(k)(run), "ppl_base") > ceiling(run)[1] for run in runs)]
+    ks = [k for k in ks if k not in over]
     if not ks or not has(runs, [base_of], key):
         return None
     pts = [base_of] + [round_at(k) for k in ks]
@@ -267,7 +271,8 @@ def trajectory(runs, key, sgn):
            f"saturates after round {ks[i - 1]}" if i else "no single step exceeds noise")
     text = (f"{LABEL[key]} {fiv(final)} after round {ks[-1]}; steps "
             + ", ".join(f"{fmt(s[0], 2)}" + (f"±{fmt((s[2] - s[1]) / 2, 2)}" if s[1] is not None else "")
-                        for s in steps) + f"; {sat}")
+                        for s in steps) + f"; {sat}"
+            + (f" (round {', '.join(map(str, over))} past the ppl ceiling: not counted)" if over else ""))
     at = at_chance(runs, key)
     fs = side(final, sgn)
     word, note = (("not measurable", f" ({at[1]})") if at[0] else

@@ -14,7 +14,7 @@ import sys
 
 import report
 from evidence import (DEFAULT_METHOD, at_chance, base_of, ceiling, cell, chance, delta, evaluated, fiv, fmt, get, has,
-                      interval, mean, method_of, read_run, readers_of, readers_text, rng, round_at, seed_dirs, side,
+                      mean, method_of, read_run, readers_of, readers_text, round_at, seed_dirs, side,
                       unreadable)
 from report import LABEL, METHODS, render, table, validity
 import runio
@@ -63,18 +63,11 @@ def common_rounds(runs):
 
 
 def noise_of(runs, pick, key):
-    """(mean Δ vs base, half-width) of one method's Δ at pick over its seeds, or None. Half-width: one seed, the Δ's
-    own interval (persona_gap: its paired CI vs base) or None when it has none; several, the larger of the seeds'
-    spread (of Δ and of the level) and the mean bootstrap half-width."""
-    per = [(interval(pick(r), r["base"], key), get(pick(r), key)) for r in runs if pick(r) and r["base"]]
-    per = [(iv, lvl) for iv, lvl in per if iv]
-    if not per:
-        return None
-    boot = [(iv[2] - iv[1]) / 2 for iv, _ in per if iv[1] is not None]
-    b = mean(boot) if len(boot) == len(per) else None
-    if len(per) == 1:
-        return per[0][0][0], b
-    return mean([iv[0] for iv, _ in per]), max(rng([iv[0] for iv, _ in per]), rng([lvl for _, lvl in per]), b or 0.0)
+    """(mean Δ vs base, half-width) of one method's Δ at pick over its seeds, or None: evidence.delta's rule (one
+    seed: its own interval; several: the largest of the seeds' spread of Δ and of either level, and the mean bootstrap
+    half-width). Half-width None without a noise estimate."""
+    d = delta(runs, pick, base_of, key)
+    return None if not d else (d[0], None if d[1] is None else (d[2] - d[1]) / 2)
 
 
 def cross(runs_a, runs_b, pick, key):

@@ -16,7 +16,7 @@ import torch
 import steer_heal
 from steer_heal import (GEN_PROMPTS, Stop, adapter_off, chat, completion_logits, drop_counts, generate, heal,
                         heal_loss, kl_per_position, log, make_batch, mid_dose, new_adapter, projection, read_text,
-                        regularised, score, seed_of, split_by_prompt, summary, train_adapter, unsteered_reference,
+                        regularised, score, seed_of, split_survivors, summary, train_adapter, unsteered_reference,
                         vector_stage)
 
 
@@ -67,7 +67,7 @@ def distill_task(pm, tok, mb, dev):
 
 def heal_distill(model, tok, vec, data, cfg, k, stash, lam):
     """prompt-bake: KL(teacher || student) on the teacher's samples + barrier."""
-    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, seed_of(cfg, k, "split"))
+    val, train = split_survivors(data, cfg, k)
     return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam, task=distill_task)
 
 
@@ -166,8 +166,9 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
     data.update(kept=[x for x in data["items"] if x["kept"]], kappa=1.0)
     if status != "ok":
         return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
+    r = [x["reward"] for x in data["items"] if x["ids"]]  # an empty completion was never trained on
     return pm, summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok",
-                       reward=sum(x["reward"] for x in data["items"] if x["ids"]) / max(1, len(data["items"])))
+                       reward=sum(r) / len(r) if r else math.nan)
 
 
 METHODS = {  # --method -> (vector stage, collect stage, heal stage)

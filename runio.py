@@ -216,15 +216,22 @@ def read_lines(run_dir, problems=None):
     return rows
 
 
-def round_lines(lines):
-    """{k: round k's latest line}; a `resume` line with redo_from j discards the rounds >= j written before it."""
-    out = {}
+def live_lines(lines):
+    """The lines a resume has not superseded: a `resume` line discards the `stop` lines before it (the resume runs
+    the stopped round again, and writes its own if it stops again), and with redo_from j every line of a round
+    >= j before it."""
+    out = []
     for x in lines:
-        if x.get("kind") == "resume" and isinstance(x.get("redo_from"), int):
-            out = {k: v for k, v in out.items() if k < x["redo_from"]}
-        elif x.get("kind") == "round" and isinstance(x.get("round"), int):
-            out[x["round"]] = x
+        if x.get("kind") == "resume":
+            j = x["redo_from"] if isinstance(x.get("redo_from"), int) else math.inf
+            out = [y for y in out if y.get("kind") != "stop" and not (isinstance(y.get("round"), int) and y["round"] >= j)]
+        out.append(x)
     return out
+
+
+def round_lines(lines):
+    """{k: round k's latest line} among the live lines."""
+    return {x["round"]: x for x in live_lines(lines) if x.get("kind") == "round" and isinstance(x.get("round"), int)}
 
 
 def completed_rounds(run_dir):

@@ -860,7 +860,7 @@ def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
     """tinymfv eval (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
     if cfg.vignettes_path == "none":
         return {}
-    ctx = steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext()
+    ctx = steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None else contextlib.nullcontext()
     with ctx:
         r = eval_mfv.evaluate(model, tok, cfg.vignettes_path, backend=cfg.eval_backend, n=cfg.eval_n or None,
                               system=system, seed=cfg.seed, **({"frames": cfg.eval_frames} if cfg.eval_frames else {}))
@@ -941,7 +941,10 @@ def persona_reading(model, tok, cfg, state, system=None, vectors=None, coeff=0.0
     `_ll` (per-statement log-likelihoods) stays for the direction check; measure() drops it."""
     if not state.get("stmts"):
         return {}
-    with steer(model, vectors, coeff) if vectors is not None else contextlib.nullcontext():
+    # scored in one forward, as tinymfv's options (mfv): the generator's knobs that act there (the cosine gate) are
+    # the greedy answers'; the length decay is at t = 0 (no decode step), and every position is steered (a scored
+    # text has no generated part for --steer-positions generated to spare)
+    with steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None else contextlib.nullcontext():
         return eval_mfv.persona_eval(model, tok, state["stmts"], system, None if base else state.get("base_ll"), cfg.seed,
                                      yes_no=yes_no)
 
@@ -958,7 +961,10 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
                               probe=state.get("probe"),
                               read_self="fixed" if not system and is_original(model, state["stash"]) else True)
-    items, base = met["items"], state.setdefault("base_items", met["items"])  # the base line is measured first
+    # per-prompt readings at the precision rounds.jsonl keeps them: a resumed run pairs with the lines read back
+    # from disk, so an uninterrupted one pairs with the same numbers
+    items = {key: [round(x, 4) for x in v] for key, v in met["items"].items()}
+    base = state.setdefault("base_items", items)  # the base line is measured first
     if kind != "base":  # paired by prompt against the base line's readings of the same prompts
         extra.update({f"{key}_ci": readers.paired_ci(v, base[key]) for key, v in items.items() if key in base})
     opposite = (dict(system=cfg.opp) if system and cfg.opp else dict(vectors=vectors, coeff=-coeff)
@@ -986,7 +992,7 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     if kind == "round" and met["ppl_base"] > state.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
         extra["status"] = "over_ceiling"
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
-    line["items"] = {key: [round(x, 4) for x in v] for key, v in items.items()}
+    line["items"] = items
     ci = lambda key: (f" [Δ {line[key + '_ci'][0]:+.3f}, {line[key + '_ci'][1]:+.3f}]" if line.get(key + "_ci") else "")
     log(f"[{kind} r{k}] sentiment {met['sentiment']:+.3f}{ci('sentiment')}"
         + (f" probe_defer {met['probe_defer']:.3f}{ci('probe_defer')}" if "probe_defer" in met else "")
@@ -1058,10 +1064,15 @@ def collect_steered(model, tok, vec, cfg, k, state):
                 teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
 
 
+def split_survivors(data, cfg, k):
+    """(val, train) of a round's survivors. Validation holds out whole prompts (a prompt's other samples would
+    leak); the heal and measure_round's "what the heal trained on" use this one split."""
+    return split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, seed_of(cfg, k, "split"))
+
+
 def heal_survivors(model, tok, vec, data, cfg, k, stash, lam):
-    """steer-heal: NLL on the survivors + barrier. Validation holds out whole prompts (a prompt's other
-    samples would leak)."""
-    val, train = split_by_prompt(data["kept"], cfg.val_frac if len(data["kept"]) >= 8 else 0.0, seed_of(cfg, k, "split"))
+    """steer-heal: NLL on the survivors + barrier."""
+    val, train = split_survivors(data, cfg, k)
     return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam)
 
 
@@ -1074,9 +1085,10 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
     """The healed, baked model with every reader, plus what the heal kept of the text it trained on: the
     survivors of 8 training prompts and the healed model's greedy answers to them, both read by the base
     model and the fixed reader."""
-    t, kept, items = time.time(), data["kept"], data["items"]
-    cmp_users = list(dict.fromkeys(x["user"] for x in kept))[:8]
-    raw = [x for x in kept if x["user"] in cmp_users]
+    t, items = time.time(), data["items"]
+    trained = split_survivors(data, cfg, k)[1]  # not the held-out prompts (online trains on all: a subset of them)
+    cmp_users = list(dict.fromkeys(x["user"] for x in trained))[:8]
+    raw = [x for x in trained if x["user"] in cmp_users]
     with fixed_reader(model, state["stash"]):
         raw_fixed, raw_nll = read_text(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], state["v0"])
     _, tr = answer_metrics(model, tok, cfg, state["stash"], state["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens,
@@ -1086,7 +1098,7 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
     table, drops = dose_table(data["ref"] + items), drop_counts(items)
     line = measure("round", k, model, tok, cfg, state, f"round {k} (healed, unsteered)", kappa=data["kappa"],
                    doses=[data["kappa"] * a for a in cfg.alphas], generated=len(items),
-                   generated_tokens=sum(len(x["ids"]) for x in items), kept=len(kept), dropped_by=drops,
+                   generated_tokens=sum(len(x["ids"]) for x in items), kept=len(data["kept"]), dropped_by=drops,
                    ppl_gate=data["gate"], dose_table=table, probes=data["probes"], **info,
                    raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll) if raw_nll else None,
                    raw_rep=sum(x["rep"] for x in raw) / len(raw) if raw else None, raw_trait_fixed=readers.mean(raw_fixed or []),
@@ -1167,7 +1179,7 @@ def run(cfg, explicit=frozenset()):
         f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "
         f"loaded in {time.time() - t0:.0f}s")
     done, lines = completed_rounds(run_dir), read_lines(run_dir)
-    kinds = {x["kind"] for x in lines}
+    kinds = {x["kind"] for x in runio.live_lines(lines)}  # not what a --redo-from discarded (the lam0 line of round 0)
     for k in done:  # resume: rebuild the baked model
         model = merge_adapter(model, run_dir / f"round_{k}" / "adapter")
     start = max(done) + 1 if done else 0

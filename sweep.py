@@ -50,6 +50,7 @@ SETTINGS = {  # in the order they run: the λ=0 reference and the control first,
 # The run's sizes: more survivors than a default round (the λ=0 shift of 26 survivors was noise).
 SIZES = dict(min_train=144, max_batches=12, gen_batch=16, probe_n=16, max_new_tokens=48, sample_tokens=48,
              eval_n=48, eval_frames="rot")
+SEED = dict(sh.PERSONAS["seed"], persona="seed")  # the single-round sweep's persona: its readers read deference
 
 
 def log(msg):
@@ -135,7 +136,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     sh.LOG["file"] = open(out / "log.txt", "a")
-    cfg = sh.Config(**SIZES, name="crux", seed=0, vignettes="")  # the single-round sweep reads tinymfv too
+    cfg = sh.Config(**SIZES, **SEED, name="crux", seed=0)  # the seed persona reads tinymfv too
     cfg.vignettes_path, cfg.run_dir = cli.find_vignettes(cfg), out
     cfg.statement_rows = eval_mfv.load_statements(cli.find_statements(cfg))
     torch.set_grad_enabled(False)
@@ -163,7 +164,7 @@ def main(argv=None):
             if (name, seed) in done:
                 continue
             t = time.time()
-            c = sh.Config(**{**SIZES, **SETTINGS[name]}, name="crux", seed=seed)
+            c = sh.Config(**{**SIZES, **SEED, **SETTINGS[name]}, name="crux", seed=seed)
             c.vignettes_path, c.run_dir, c.statement_rows = cfg.vignettes_path, out, cfg.statement_rows
             pool = ctl if name == "control_unsteered" else kept
             val, train = sh.split_by_prompt(pool, c.val_frac, seed + 9)
@@ -450,7 +451,7 @@ def run_state(d, rounds):
     if not (d / "config.json").exists():
         return "new"
     lines = evidence.read_jsonl(str(d / "rounds.jsonl"))
-    if any(x.get("kind") == "stop" for x in lines):
+    if any(x.get("kind") == "stop" for x in runio.live_lines(lines)):
         return "done"
     ok = {x.get("round") for x in lines if x.get("kind") == "round" and x.get("status") == "ok"}
     return "done" if len(ok) >= rounds else "resume"

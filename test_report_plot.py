@@ -14,6 +14,7 @@ import evidence
 import plot
 import report
 import report_methods
+import runio
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
@@ -213,6 +214,36 @@ def test_lam0_stop_and_path_argument(tmp_path):
     # what the barrier removed: λ=0 minus round 0 with the barrier, per reader and ppl_base (25 - 8)
     assert "| auth_nats | -1.15 | -1.1 | -0.05 [" in text and "| ppl_base | 25 | 8 | 17 (no interval) |" in text
     assert "loop stopped early: coherence 0.300 < floor" in sections(text)["## " + report.SECTIONS[2]]
+
+
+def test_a_resume_supersedes_the_stop_before_it(tmp_path):
+    """A stop line (round 2 aborted) then a resume that ran round 2 again: the report no longer says the loop
+    stopped; a stop written after the resume still counts. runio.live_lines is the one rule (the run's own kinds
+    and completed rounds read it too): a --redo-from 0 resume also discards round 0's lam0 line."""
+    d = make_run(tmp_path / "r", auths=(-1.0, -1.1, -1.2, -1.3))
+    stop = {"kind": "stop", "round": 2, "run": "r", "seed": 41, "time": "t", "reason": "aborted: 9 non-finite steps"}
+    with open(os.path.join(d, "rounds.jsonl"), "a") as f:
+        f.write(json.dumps(stop) + "\n" + json.dumps({"kind": "resume", "round": -1, "run": "r"}) + "\n")
+    assert "loop stopped early" not in sections(report.write_report(d))["## " + report.SECTIONS[2]]
+    with open(os.path.join(d, "rounds.jsonl"), "a") as f:
+        f.write(json.dumps(dict(stop, reason="aborted again")) + "\n")
+    assert "loop stopped early: aborted again" in sections(report.write_report(d))["## " + report.SECTIONS[2]]
+    lines = [{"kind": "base", "round": -1}, {"kind": "lam0", "round": 0}, {"kind": "round", "round": 0, "status": "ok"},
+             {"kind": "round", "round": 1, "status": "ok"}, {"kind": "resume", "round": -1, "redo_from": 1}]
+    assert [x["kind"] for x in runio.live_lines(lines)] == ["base", "lam0", "round", "resume"]
+    lines[-1]["redo_from"] = 0
+    assert [x["kind"] for x in runio.live_lines(lines)] == ["base", "resume"] and runio.round_lines(lines) == {}
+
+
+def test_q3_does_not_count_a_round_past_the_ppl_ceiling(tmp_path):
+    """Q3 on a run whose last round broke the model (ppl_base over the ceiling): that round's trait step is no
+    evidence of the trait moving, as for the prompting comparison; the text says which round was left out."""
+    wreck = lambda ln: ln.update(ppl_base=40.0) if ln["kind"] == "round" and ln["round"] == 2 else None
+    text = report.write_report(patch_run(make_new_run(tmp_path / "w", traits=(1.0, 1.0, 1.0, 4.0),
+                                                  gaps=(0.0, 0.0, 0.0, 0.3)), wreck))
+    q3 = sections(text)["## " + report.SECTIONS[3]]
+    assert "round 2 past the ppl ceiling: not counted" in q3 and "after round 1" in q3
+    assert verdict(text, report.SECTIONS[3]) != "yes"  # counted, round 2's jump (+3) would make it a yes
 
 
 def test_missing_data_says_not_measured(tmp_path):

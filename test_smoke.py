@@ -585,3 +585,18 @@ def test_love_persona_skips_the_off_target_readers_unless_asked():
     assert (seed.statements, seed.vignettes) == ("", "")
     assert asked.persona == "love" and asked.statements == "mine.jsonl"
     assert cli.find_statements(love) is None
+
+
+def test_every_tuple_flag_parses_its_own_values():
+    """Each tuple field of Config takes its values from the command line as what its default holds (--readers
+    used to be parsed as floats, so no reader list could ever be passed), and check_config accepts them."""
+    import dataclasses
+    parse = lambda argv: cli.parse_args(sh.Config, sh.PRESETS, sh.PERSONAS, "", argv)[0]  # noqa: E731
+    cfg = parse(["--readers", "sentiment:+", "probe_defer:-", "--seeds", "1", "2", "--lora-targets", "q_proj",
+                 "--layers", "0.3", "0.5", "--alphas", "0.2", "--lora-layers", "0.5", "1"])
+    assert cfg.readers == ("sentiment:+", "probe_defer:-") and cfg.seeds == (1, 2) and cfg.lora_targets == ("q_proj",)
+    assert cfg.layers == (0.3, 0.5) and cfg.alphas == (0.2,) and cfg.lora_layers == (0.5, 1.0)
+    for f in dataclasses.fields(sh.Config):  # a new tuple field must be given its element type
+        if f.type is tuple and f.default:
+            assert all(isinstance(x, cli.TUPLE_TYPES.get(f.name, float)) for x in f.default), f.name
+    cli.check_config(cfg)
