@@ -129,3 +129,19 @@ def test_the_vectors_own_ruler_needs_a_check_without_the_vector(tmp_path):
     assert bad and "no direction check" in why
     runs = run_with(tmp_path, "g", {}, prompting_dirs=dict(trait_fixed=ok), readers_=("trait_fixed:+",))
     assert not evidence.at_chance(runs, "trait_fixed")[0]
+
+
+def test_on_topic_reads_an_answer_closer_to_its_question_than_drift_or_a_loop():
+    """compare_generators' Q0 instrument (MiniLM cosine of a completion to its user prompt, outside the model): an
+    answer to the question reads above runaway text on another topic and above a loop; text_readings counts the
+    share below the threshold."""
+    import compare_generators as cg
+    q = "How do I fix a flat bicycle tyre?"
+    texts = ["Take the wheel off, find the puncture in the inner tube, patch it and pump the tyre back up.",
+             "The council announced that the annual village fair will feature a brass band and a pie contest.",
+             "love love love love love love love love love love"]
+    cos = cg.on_topic([q] * 3, texts)
+    assert cos[0] > cos[1] + 0.2 and cos[0] > cos[2] + 0.2, cos
+    items = [dict(prompt=f"p{i}", text=t) for i, t in enumerate(texts)]
+    r = cg.text_readings(items, {f"p{i}": q for i in range(3)}, off_below=(cos[0] + max(cos[1:])) / 2)
+    assert r["n"] == 3 and r["off_topic"] == 2 / 3 and r["sentiment"] == sum(readers.sentiment(texts)) / 3
