@@ -184,9 +184,10 @@ def prepare_run_dir(cfg, explicit):
             setattr(saved, k, getattr(cfg, k))
         runio.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
         check_resume(run_dir, cfg.redo_from)
-        if rescue or cfg.redo_from >= 0:  # on the record: later rounds ran with these, or again
-            runio.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
-                                         **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {}))
+        # on the record, every time: it supersedes an earlier stop (runio.live_lines), and says what later rounds ran
+        # with (changed) or ran again (redo_from)
+        runio.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
+                                        **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {}))
         saved.resume = str(run_dir)
         return run_dir, saved
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"

@@ -973,7 +973,8 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
         _, om = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, probe=state.get("probe"),
                                read_self=False, **opposite)  # only its items are kept
         here = state.get("model_items") or base  # both sides against the model they are applied to (round k's start)
-        dirs = {key: readers.direction(v, om["items"][key], here[key]) for key, v in items.items() if key in here}
+        opp = {key: [round(x, 4) for x in v] for key, v in om["items"].items()}  # at the same precision as both others
+        dirs = {key: readers.direction(v, opp[key], here[key]) for key, v in items.items() if key in here}
         if "system" in opposite and per:  # persona statements: persona vs opposite prompt, paired by statement
             o = persona_reading(model, tok, cfg, state, cfg.opp)
             sign = eval_mfv.statement_signs(state["stmts"])

@@ -453,7 +453,7 @@ def run_state(d, rounds):
     lines = evidence.read_jsonl(str(d / "rounds.jsonl"))
     if any(x.get("kind") == "stop" for x in runio.live_lines(lines)):
         return "done"
-    ok = {x.get("round") for x in lines if x.get("kind") == "round" and x.get("status") == "ok"}
+    ok = {k for k, x in runio.round_lines(lines).items() if x.get("status") == "ok"}
     return "done" if len(ok) >= rounds else "resume"
 
 

@@ -38,7 +38,7 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
     for k in ("kl_barrier", "kl_barrier_ref_pass", "kl_barrier_step", "kl_ref_every_step", "kl_unchunked",
               "heal_loss_lam0", "nll", "nll_full_logsoftmax", "reference_pass", "reference_pass_cached_prompts"):
         assert r["heal"][k]["seconds"] > 0 and r["heal"][k]["peak_mb"] > 0
-    assert r["heal"]["cached_prompts_max_abs_diff"] < 1e-4  # the prompt-cached pass computes the plain pass's states
+    assert r["heal"]["cached_prompts_max_abs_diff"] < 1e-4  # the prompt-cached pass: the completion tokens' states of the plain pass
     assert r["eval"]["n"] == 4 and r["eval"]["vignettes_per_s"] > 0
     assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}
     assert set(r["ratios"]) == set(bench.RATIOS) and set(r["limits"]) == set(bench.LIMITS)

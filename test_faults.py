@@ -97,7 +97,7 @@ def test_resume_after_a_torn_tail_loses_no_line(run1, tmp_path, capsys):
     sh.main(["--resume", str(d), "--rounds", "2"])
     assert unreadable(d / "rounds.jsonl") == []  # before: round 1's steered line was glued onto the fragment
     assert [(x["kind"], x["round"]) for x in sh.read_lines(d)] == [
-        ("base", -1), ("steered", 0), ("round", 0), ("steered", 1), ("round", 1)]
+        ("base", -1), ("steered", 0), ("round", 0), ("resume", -1), ("steered", 1), ("round", 1)]
     assert (d / "rounds.torn.jsonl").read_text() == TORN + "\n"
     assert "moved to rounds.torn.jsonl" in (d / "log.txt").read_text()
     assert "rounds.torn.jsonl: 1 torn line" in (d / "report.md").read_text()
@@ -196,7 +196,7 @@ def test_full_disk_mid_append_leaves_no_half_line_and_resume_continues(tiny_dir,
     assert [x["kind"] for x in sh.read_lines(d)] == ["base", "steered"]
     monkeypatch.undo()
     sh.main(["--resume", str(d)])
-    assert [x["kind"] for x in sh.read_lines(d)] == ["base", "steered", "steered", "round"]
+    assert [x["kind"] for x in sh.read_lines(d)] == ["base", "steered", "resume", "steered", "round"]
     assert not (d / "rounds.torn.jsonl").exists()  # the half line was cut back, not left to be mended
 
 
