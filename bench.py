@@ -62,6 +62,8 @@ RATIOS = {  # name -> (section, numerator, denominator, field, comparison, targe
     "heal_lam0_vs_nll_mem": ("heal", "heal_loss_lam0", "nll", "peak_mb", None, None, "heal step peak mem: lam=0 / NLL"),
     "full_vs_completion_mem": ("heal", "nll_full_logsoftmax", "nll", "peak_mb", None, None,
                                "NLL step peak mem: full-seq / completion"),
+    "reader_cached_vs_plain_time": ("reader", "cached", "plain", "seconds", None, None,
+                                    "fixed reader pass: prompt KV cached / plain"),
 }
 LIMITS = {  # name -> (section, entry, field, comparison, target, when it applies, what)
     "recompiles_timed": ("generation", "compiled", "recompiles_timed", "<=", 0, lambda r: True,
@@ -299,6 +301,27 @@ def bench_eval(model, tok, n, repeats, dev):
     return dict(n=n, frames=frames, seconds=s, vignettes_per_s=n / s)
 
 
+def bench_reader(model, tok, vec, n, repeats, dev):
+    """The fixed reader's pass as measure() runs it on every line (steer_heal.read_text: ppl_base and trait_fixed of
+    n held-out plain prompts' answers, at the greedy answers' length), plain vs with the run's prompt KV cache warm
+    (every reading after the first), and the first cached call (it builds the cache and checks it on one batch)."""
+    cfg = sh.Config()
+    plain = [sh.chat(tok, u) for u in sh.HELD_OUT[cfg.eval_prompts][:n]]
+    g = torch.Generator().manual_seed(0)
+    ans = [torch.randint(0, model.config.vocab_size, (cfg.sample_tokens,), generator=g).tolist() for _ in plain]
+    kv = fast.PromptKV()
+    sync(dev)
+    t = time.perf_counter()
+    sh.read_text(model, tok, plain, ans, vec, prompt_kv=kv)
+    sync(dev)
+    first = time.perf_counter() - t
+    sh.read_text(model, tok, plain, ans, vec)  # warm-up of the plain pass
+    s = median_times(dict(plain=lambda: sh.read_text(model, tok, plain, ans, vec),
+                          cached=lambda: sh.read_text(model, tok, plain, ans, vec, prompt_kv=kv)), repeats, dev)
+    return dict(n=len(plain), answer_tokens=cfg.sample_tokens, plain=dict(seconds=s["plain"]),
+                cached=dict(seconds=s["cached"]), first_call_seconds=first, used=kv.ok, max_abs_diff=kv.err)
+
+
 def bench_round(model, tok, cfg):
     """steer_heal.run's round 0 in sequence: vector, unsteered reference + gate + dose controller (generation and
     filters; compiled with cfg.compile), heal (LoRA, KL barrier, kl_ref per cfg) and bake, eval (fast MFV + greedy
@@ -504,6 +527,9 @@ def table(r):
                        "reference_pass_cached_prompts", "kl_ref_every_step",
                        "kl_unchunked", "heal_loss_lam0", "nll", "nll_full_logsoftmax")]
     rows += [(f"eval fast vignettes/s ({e['frames']})", f"{e['vignettes_per_s']:.2f}")]
+    rt = r["reader"]
+    rows += [(f"fixed reader pass, {rt['n']} answers: plain | cached | first cached call s",
+              f"{rt['plain']['seconds']:.2f} | {rt['cached']['seconds']:.2f} | {rt['first_call_seconds']:.2f}")]
     if rd:
         rows += [(f"round ({rd['preset']}) {k} s", f"{v:.1f}") for k, v in rd["seconds"].items()] + [
             (f"round total s (bottleneck: {rd['bottleneck']})", f"{rd['total']:.1f}")]
@@ -571,6 +597,7 @@ def main(argv=None):
     res["heal"], model = bench_heal(model, tok, pairs, cfg, repeats, dev)
     print(f"  heal steps done ({time.time() - t0:.0f}s)", flush=True)
     res["eval"] = bench_eval(model, tok, a.eval_n or (16 if a.quick else None), 1 if a.quick else repeats, dev)
+    res["reader"] = bench_reader(model, tok, vec, 32 if a.quick else 64, repeats, dev)
     print(f"  eval done ({time.time() - t0:.0f}s)" + ("" if preset == "none" else f"; whole round ({preset}) next"),
           flush=True)
     res["round"] = None if preset == "none" else dict(bench_round(model, tok, round_cfg), preset=preset)  # last: bakes

@@ -165,7 +165,8 @@ def check_config(cfg):
 
 
 def prepare_run_dir(cfg, explicit):
-    """New run: refuse to clobber another run. Resume: reload the saved config, refuse changed knobs."""
+    """New run: refuse to clobber another run. Resume: reload the saved config, refuse changed knobs. Returns
+    (run_dir, cfg, the resume line for run() to append once its checks pass, or None for a new run)."""
     if cfg.resume:
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").exists():
@@ -184,18 +185,17 @@ def prepare_run_dir(cfg, explicit):
             setattr(saved, k, getattr(cfg, k))
         runio.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
         check_resume(run_dir, cfg.redo_from)
-        # on the record, every time: it supersedes an earlier stop (runio.live_lines), and says what later rounds ran
-        # with (changed) or ran again (redo_from)
-        runio.append_line(run_dir, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
-                                        **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {}))
         saved.resume = str(run_dir)
-        return run_dir, saved
+        # the resume's line, which run() appends once every check has passed: it supersedes an earlier stop
+        # (runio.live_lines), and says what later rounds ran with (changed) or ran again (redo_from)
+        return run_dir, saved, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
+                                    **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {})
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
     run_dir = Path(cfg.out) / cfg.name
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
         raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
                    "--overwrite, or pick another --name.")
-    return run_dir, cfg
+    return run_dir, cfg, None
 
 
 def check_resume(run_dir, redo_from=-1):

@@ -54,8 +54,9 @@ def write_gguf(vec, path, model_hint):
 
 def vector_meta(run_dir, cfg, lines, j, vec, model):
     """Everything needed to use vector_r<j> elsewhere: where it goes, how strong, what it came from."""
-    rnd = next((x for x in lines if x["kind"] == "round" and x["round"] == j), None)
-    steered = next((x for x in lines if x["kind"] == "steered" and x["round"] == j), None)
+    live = live_lines(lines)[::-1]  # round j's latest lines: a --redo-from ran it again
+    rnd = next((x for x in live if x["kind"] == "round" and x["round"] == j), None)
+    steered = next((x for x in live if x["kind"] == "steered" and x["round"] == j), None)
     seeded = j == 0 and getattr(cfg, "vector", "")
     return dict(
         format="steer-heal vector", run=str(run_dir), round=j, model=cfg.model or sh.EMBEDDED,

@@ -150,3 +150,59 @@ def kept_states(batch, states, n, size, dev, room=None):
             used += h.numel() * h.element_size()
             rows.append(h if used <= budget else torch.empty_like(h, device="cpu", pin_memory=True).copy_(h))
     return lambda idx: torch.cat([rows[j].to(dev, non_blocking=True) for j in idx])
+
+
+# The fixed reader's prompt KV, once per run. Every line reads its greedy answers as answers to the same plain
+# held-out prompts, under the same original model, so those prompts' keys and values are the same on every line;
+# they are about half of each reading's tokens. Kept: each prompt's KV without its last token (that token's state is
+# the first the NLL and the projection read), so a reading runs the decoder over [last prompt token] + the answer.
+
+class PromptKV:
+    """Per-prompt KV of one fixed model, by prompt ids, kept for a run (steer_heal.read_text). `ok` is None until the
+    first batch has been read both ways and compared, then whether the cached pass matched the plain one."""
+    def __init__(self):
+        self.kv, self.ok, self.err = {}, None, None
+
+    def fill(self, dec, prompts, pad_id):
+        """The KV of every prompt not held yet, in one batched forward: right-padded, so each row's real tokens (at
+        positions 0, 1, ...) never see its padding, and each row's own KV is cut out and kept."""
+        new = list(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in self.kv))
+        if not new:
+            return
+        ids = torch.full((len(new), max(len(p) - 1 for p in new)), pad_id)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(new):
+            ids[i, :len(p) - 1], attn[i, :len(p) - 1] = torch.tensor(p[:-1]), 1
+        past = dec(input_ids=ids.to(dec.device), attention_mask=attn.to(dec.device), use_cache=True).past_key_values
+        for i, p in enumerate(new):
+            self.kv[p] = [(layer.keys[i:i + 1, :, :len(p) - 1].clone(), layer.values[i:i + 1, :, :len(p) - 1].clone())
+                          for layer in past.layers]
+
+    def get(self, dec, ids):
+        return self.kv[tuple(ids)]
+
+
+def cached_batch(dec, store, prompts, answers, pad_id, config):
+    """(decoder kwargs, batch) for `answers` [token lists] after `prompts` [token lists, >= 2 each] whose KV `store`
+    (PromptKV) holds: the prompt KV left-padded to one length P, the new tokens (each prompt's last token, then the
+    answer but its last) right-padded, positions continuing each prompt's. The batch's pred / tgt / lengths are
+    make_batch's, in the new tokens' frame: pred[i, t] for t < len(answer i), tgt[i, t] = answer i's token t."""
+    from transformers import DynamicCache
+    dev = dec.device
+    store.fill(dec, prompts, pad_id)
+    kvs = [store.get(dec, p) for p in prompts]
+    P, C, B = max(len(p) - 1 for p in prompts), max(1, max(len(a) for a in answers)), len(prompts)
+    ids, tgt = torch.full((B, C), pad_id), torch.full((B, C), pad_id)
+    attn, pred = torch.zeros(B, P + C, dtype=torch.long), torch.zeros(B, C, dtype=torch.bool)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        new = ([p[-1]] + list(a[:-1]))[:max(1, len(a))]
+        ids[i, :len(new)], tgt[i, :len(a)], pred[i, :len(a)] = torch.tensor(new), torch.tensor(list(a), dtype=torch.long), True
+        attn[i, P - (len(p) - 1):P + len(new)] = 1
+    pos = torch.tensor([len(p) - 1 for p in prompts])[:, None] + torch.arange(C)
+    pad = lambda t, p: torch.nn.functional.pad(t, (0, 0, P - (len(p) - 1), 0))  # noqa: E731 (left: prompts end at P)
+    cache = DynamicCache(ddp_cache_data=[(torch.cat([pad(kv[l][0], p) for kv, p in zip(kvs, prompts)]),
+                                          torch.cat([pad(kv[l][1], p) for kv, p in zip(kvs, prompts)]))
+                                         for l in range(len(kvs[0]))], config=config)
+    kw = dict(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev), past_key_values=cache,
+              use_cache=True)
+    return kw, dict(pred=pred.to(dev), tgt=tgt.to(dev), lengths=[len(a) for a in answers])

@@ -896,24 +896,49 @@ def projection(reader, tok, prompts, answers, v0):
 
 
 @torch.no_grad()
-def read_text(reader, tok, prompts, answers, v0, batch_size=16):
+def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None):
     """One forward of the reader per batch -> (projection on v0 per answer, or None without v0; per-token NLL of
-    each answer): trait_fixed and ppl_base share the fixed reader's pass instead of reading the text twice."""
-    proj, nll = [], []
+    each answer): trait_fixed and ppl_base share the fixed reader's pass instead of reading the text twice.
+    prompt_kv (a fast.PromptKV the caller keeps for the run; only for a reader whose weights never change: the
+    fixed reader) caches each prompt's KV across calls, so a reading runs over the answer tokens only. Its first
+    batch is read both ways: the cache is used only if the two agree (to float rounding), else never again."""
+    proj, nll, dec = [], [], reader.get_decoder()
+
+    def one(b, kw):
+        out = dec(**kw, output_hidden_states=bool(v0))
+        return (list(completion_nll(reader, b, lm_head(reader, out.last_hidden_state[b["pred"]])).cpu().split(b["lengths"])),
+                project(out.hidden_states, b, v0) if v0 else [])
     for i in range(0, len(prompts), batch_size):
-        b = make_batch(tok, prompts[i:i + batch_size], answers[i:i + batch_size], reader.device)
-        out = reader.get_decoder()(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=bool(v0))
-        nll += list(completion_nll(reader, b, lm_head(reader, out.last_hidden_state[b["pred"]])).cpu().split(b["lengths"]))
-        proj += project(out.hidden_states, b, v0) if v0 else []
+        ps, cs = prompts[i:i + batch_size], answers[i:i + batch_size]
+        ids = [tok(p, add_special_tokens=False).input_ids for p in ps]
+        if prompt_kv is not None and prompt_kv.ok is not False and min(map(len, ids)) >= 2:
+            kw, b = fast.cached_batch(dec, prompt_kv, ids, cs, tok.pad_token_id, reader.config)
+            got = one(b, kw)
+            if prompt_kv.ok is None:  # the first batch of the run: also the plain pass, and compare
+                b = make_batch(tok, ps, cs, reader.device)
+                plain = one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
+                tol = 1e-3 if next(reader.parameters()).dtype == torch.float32 else 3e-2
+                prompt_kv.err = max([(x - y).abs().max().item() for x, y in zip(got[0], plain[0]) if len(x)]
+                                    + [abs(x - y) / (1 + abs(y)) for x, y in zip(got[1], plain[1])], default=0.0)
+                prompt_kv.ok = prompt_kv.err <= tol
+                log(f"  fixed reader's prompt KV cache: {'used' if prompt_kv.ok else 'NOT used'} (cached vs plain "
+                    f"pass on {len(ps)} answers: max difference {prompt_kv.err:.1e}, tolerance {tol:g})")
+                got = got if prompt_kv.ok else plain
+        else:
+            b = make_batch(tok, ps, cs, reader.device)
+            got = one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
+        nll += got[0]
+        proj += got[1]
     return (proj if v0 else None), nll
 
 
 def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None,
-                   probe=None, read_self=True):
+                   probe=None, read_self=True, prompt_kv=None):
     """Greedy answers to `users` -> (answers, readings). Each reader of the answers' text has one reading per
     prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it.
     read_self=False skips trait_self (the model reading its own states): a pass no caller of that line reads;
-    "fixed" takes it from the fixed reader's pass (the model still has the original weights)."""
+    "fixed" takes it from the fixed reader's pass (the model still has the original weights). prompt_kv: the run's
+    cache of the fixed reader's prompt KV (read_text)."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers",
@@ -924,7 +949,7 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
     if probe:
         items["probe_defer"] = probe(texts)
     with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
-        fixed, nll = read_text(model, tok, plain, ids, v0)
+        fixed, nll = read_text(model, tok, plain, ids, v0, prompt_kv=prompt_kv)
     if v0:
         items["trait_fixed"] = fixed
     if read_self == "fixed":  # the model is the original one and the prompts plain: trait_self is that same pass
@@ -959,7 +984,7 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
     ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
-                              probe=state.get("probe"),
+                              probe=state.get("probe"), prompt_kv=state.get("reader_kv"),
                               read_self="fixed" if not system and is_original(model, state["stash"]) else True)
     # per-prompt readings at the precision rounds.jsonl keeps them: a resumed run pairs with the lines read back
     # from disk, so an uninterrupted one pairs with the same numbers
@@ -971,7 +996,7 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
                 if vectors is not None and coeff else None) if kind in ("prompting", "steered") else None
     if opposite:
         _, om = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, probe=state.get("probe"),
-                               read_self=False, **opposite)  # only its items are kept
+                               read_self=False, prompt_kv=state.get("reader_kv"), **opposite)  # only its items are kept
         here = state.get("model_items") or base  # both sides against the model they are applied to (round k's start)
         opp = {key: [round(x, 4) for x in v] for key, v in om["items"].items()}  # at the same precision as both others
         dirs = {key: readers.direction(v, opp[key], here[key]) for key, v in items.items() if key in here}
@@ -1091,9 +1116,10 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
     cmp_users = list(dict.fromkeys(x["user"] for x in trained))[:8]
     raw = [x for x in trained if x["user"] in cmp_users]
     with fixed_reader(model, state["stash"]):
-        raw_fixed, raw_nll = read_text(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], state["v0"])
+        raw_fixed, raw_nll = read_text(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], state["v0"],
+                                       prompt_kv=state.get("reader_kv"))
     _, tr = answer_metrics(model, tok, cfg, state["stash"], state["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens,
-                           read_self=False) \
+                           read_self=False, prompt_kv=state.get("reader_kv")) \
         if cmp_users else (None, dict(ppl_base=None, rep=None, trait_fixed=None))
     sec["train_prompts"] = time.time() - t
     table, drops = dose_table(data["ref"] + items), drop_counts(items)
@@ -1154,7 +1180,7 @@ def one_round(model, tok, cfg, k, state, lam):
 def run(cfg, explicit=frozenset()):
     """The loop. Returns the run folder."""
     cli.check_config(cfg)
-    run_dir, cfg = cli.prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
+    run_dir, cfg, resumed = cli.prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
     cli.check_method(cfg, METHODS)  # a resumed run's method comes from its config.json
     cfg.run_dir = run_dir
     cli.read_inputs(cfg)  # every input file before the model loads; a bad one names its flag
@@ -1171,6 +1197,8 @@ def run(cfg, explicit=frozenset()):
         where = METHODS[cfg.method][1].__module__  # the script that runs this method: the command on the record
         cli.start_run_dir(run_dir, cfg, Path(__file__).name if where in ("__main__", __name__) else where + ".py")
         LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+    else:  # only now: a resume refused by a check above leaves the run's lines (and its stop) as they were
+        append_line(run_dir, resumed)
     track.start(cfg.track, run_dir, dataclasses.asdict(cfg))
     log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
@@ -1202,7 +1230,8 @@ def run(cfg, explicit=frozenset()):
             f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
     # the run's state, read and written by the stages and the readers: the original weights (stash), round 0's
     # vector and layers, the line kinds already on disk, and what later lines pair with (filled in below)
-    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows)
+    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows,
+                 reader_kv=fast.PromptKV())  # the fixed reader's prompt KV, shared by every line's reading
     if state["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
         with fixed_reader(model, stash):
             state["base_ll"] = eval_mfv.statement_loglik(model, tok, state["stmts"])

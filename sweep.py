@@ -485,7 +485,7 @@ def run_rounds(a, out, extra):
                 k = 1 + max([x["round"] for x in lines if x.get("kind") == "round"], default=-1)
                 sh.append_line(d, dict(kind="stop", round=k, run=d.name, seed=seed, method="steer-heal",
                                        reason="starved: too few survivors to heal (steer_heal exit 3, see log.txt); "
-                                              "delete this line and --resume with looser filters to retry"))
+                                              "--resume with looser filters to retry (the resume supersedes this line)"))
             elif rc:
                 raise SystemExit(f"sweep: {d} exited {rc}; the grid stops here (rerun the same command to resume)")
     if not a.dry_run:

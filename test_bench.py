@@ -40,6 +40,8 @@ def test_bench_writes_every_key_and_finite_ratios(tiny_dir, tmp_path):
         assert r["heal"][k]["seconds"] > 0 and r["heal"][k]["peak_mb"] > 0
     assert r["heal"]["cached_prompts_max_abs_diff"] < 1e-4  # the prompt-cached pass: the completion tokens' states of the plain pass
     assert r["eval"]["n"] == 4 and r["eval"]["vignettes_per_s"] > 0
+    rt = r["reader"]  # the fixed reader's prompt KV cache: used, and reads what the plain pass reads
+    assert rt["n"] == 32 and rt["used"] is True and rt["max_abs_diff"] < 1e-4 and rt["cached"]["seconds"] > 0
     assert set(r["round"]["seconds"]) == {"vector", "generate+filter", "heal", "eval"}
     assert set(r["ratios"]) == set(bench.RATIOS) and set(r["limits"]) == set(bench.LIMITS)
     for k, v in r["ratios"].items():

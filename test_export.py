@@ -304,3 +304,16 @@ def test_every_field_with_a_bad_value_exits_2_cleanly(field, argv, tiny_dir, tmp
     assert "Traceback" not in got.out + got.err
     assert not any(out.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["out"] + (["afile"] if field == "out" else []))  # no run folder anywhere
+
+
+def test_vector_meta_reads_the_rounds_latest_lines():
+    """A --redo-from ran round 0 again at another kappa: the vector's doses are the rerun's, not the first try's."""
+    from types import SimpleNamespace
+    model = SimpleNamespace(config=SimpleNamespace(model_type="llama", get_text_config=lambda: SimpleNamespace(hidden_size=4)))
+    cfg = sh.Config()
+    first = {"kind": "round", "round": 0, "doses": [0.3, 0.6], "kappa": 1.0, "status": "ok"}
+    lines = [first, {"kind": "resume", "round": -1, "redo_from": 0},
+             {"kind": "round", "round": 0, "doses": [0.15, 0.3], "kappa": 0.5, "status": "ok"}]
+    meta = export.vector_meta("r", cfg, lines, 0, {3: torch.ones(4)}, model)
+    assert meta["kappa"] == 0.5 and meta["doses"] == [0.15, 0.3]
+    assert export.vector_meta("r", cfg, [first], 0, {3: torch.ones(4)}, model)["kappa"] == 1.0

@@ -717,19 +717,3 @@ def test_plot_without_tinymfv_draws_the_personas_first_two_readers_in_a_and_c(tm
     xs, ys = panel_c.lines[0].get_data()
     assert list(xs) == list(trait) and list(ys) == list(trait.values())
 
-
-def test_sweep_run_state_reads_the_live_lines(tmp_path):
-    """sweep.run_state: a run stopped, then resumed past its stop, is not done until its rounds are; rounds a
-    --redo-from discarded do not count."""
-    import sweep
-    d = tmp_path / "r"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    ok = lambda k: {"kind": "round", "round": k, "status": "ok"}  # noqa: E731
-    write = lambda xs: (d / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in xs))  # noqa: E731
-    write([ok(0), {"kind": "stop", "round": 1, "reason": "aborted"}])
-    assert sweep.run_state(d, 2) == "done"
-    write([ok(0), {"kind": "stop", "round": 1, "reason": "aborted"}, {"kind": "resume", "round": -1}])
-    assert sweep.run_state(d, 2) == "resume"
-    write([ok(0), ok(1), {"kind": "resume", "round": -1, "redo_from": 1}])
-    assert sweep.run_state(d, 2) == "resume"

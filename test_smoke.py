@@ -8,6 +8,7 @@ import torch
 
 import fast
 import readers
+import runio
 import cli
 import eval_mfv
 import models
@@ -263,6 +264,42 @@ def test_fixed_reader_reads_the_same_ids_the_same_whichever_model_made_them(tiny
         assert met["items"]["trait_fixed"] == pytest.approx(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0))
     assert met["trait_self"] == pytest.approx(readers.mean(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0)))
 
+
+
+def test_the_fixed_readers_prompt_kv_cache_reads_what_the_plain_pass_reads(tiny):
+    """read_text with the run's cache of the fixed reader's prompt KV (fast.PromptKV): the same NLL and projection
+    per answer as the plain pass, for prompts and answers of different lengths (one empty) mixed in a batch; a second
+    reading of the same prompts runs the decoder over the answers only; a cache whose first-batch check fails (here
+    wrong keys and values) is never used, and the reading is the plain one."""
+    model, tok = tiny
+    g = torch.Generator().manual_seed(1)
+    v0 = {1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)}
+    users = ["Should I obey?", "Write a haiku about the sea and the wind.", "Hi.", "Tell me a story about a dragon."]
+    prompts = [sh.chat(tok, u) for u in users]
+    answers = [torch.randint(5, 1000, (n,), generator=g).tolist() for n in (7, 12, 0, 3)]
+    want_p, want_n = sh.read_text(model, tok, prompts, answers, v0, batch_size=3)
+    kv = fast.PromptKV()
+    got_p, got_n = sh.read_text(model, tok, prompts, answers, v0, batch_size=3, prompt_kv=kv)
+    assert kv.ok and kv.err < 1e-4 and len(kv.kv) == 4
+    assert got_p == pytest.approx(want_p, abs=1e-4) and got_p != pytest.approx([0.0] * 4)
+    assert all(x.tolist() == pytest.approx(y.tolist(), abs=1e-4) for x, y in zip(got_n, want_n))
+    assert [len(x) for x in got_n] == [7, 12, 0, 3]
+    seen = []
+    hook = model.get_decoder().register_forward_hook(lambda m, a, kw, out: seen.append(kw["input_ids"].shape[1]),
+                                                     with_kwargs=True)
+    try:
+        again = sh.read_text(model, tok, prompts, answers[::-1], v0, batch_size=3, prompt_kv=kv)
+    finally:
+        hook.remove()
+    assert seen == [12, 7] and len(kv.kv) == 4  # the answers' lengths, no prompt token: the cache held them all
+    assert again[0] == pytest.approx(sh.read_text(model, tok, prompts, answers[::-1], v0)[0], abs=1e-4)
+
+    class Wrong(fast.PromptKV):
+        def get(self, dec, ids):
+            return [(k + 1.0, v) for k, v in super().get(dec, ids)]
+    bad = Wrong()
+    assert sh.read_text(model, tok, prompts, answers, v0, batch_size=3, prompt_kv=bad)[0] == pytest.approx(want_p, abs=0)
+    assert bad.ok is False and bad.err > 1e-3
 
 
 def test_trait_self_on_the_original_weights_is_the_fixed_readers_pass(tiny):
@@ -521,6 +558,23 @@ def test_model_without_chat_template_and_occupied_folder(tiny_dir, tiny_run, tmp
     assert "--resume" in capsys.readouterr().out and (tiny_run / "report.md").exists()
     assert _run(["--resume", str(tiny_run), "--lam", "5"]) == 2
     assert "--lam" in capsys.readouterr().out
+
+
+def test_a_refused_resume_leaves_the_runs_lines_and_its_stop(tiny_run, tmp_path, capsys):
+    """The resume line is written only once every check has passed: a resume that exits 2 on one (here its persona
+    statements file, read after the config) leaves the lines as they were, so the run's stop still stands."""
+    import shutil
+    d = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, d)
+    sh.append_line(d, dict(kind="stop", round=1, run=d.name, seed=42, method="steer-heal", reason="test"))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["config"]["statements"] = str(tmp_path / "moved.jsonl")
+    (d / "config.json").write_text(json.dumps(cfg))
+    before = (d / "rounds.jsonl").read_text()
+    assert _run(["--resume", str(d)]) == 2
+    assert "moved.jsonl" in capsys.readouterr().out
+    assert (d / "rounds.jsonl").read_text() == before
+    assert runio.live_lines(sh.read_lines(d))[-1]["kind"] == "stop"
 
 
 @needs_eval_data

@@ -197,6 +197,22 @@ def test_run_state_skips_done_and_resumes_unfinished(tmp_path):
     assert sweep.run_state(tmp_path / "short", 2) == "done" and sweep.run_state(tmp_path / "short", 4) == "resume"
 
 
+def test_sweep_run_state_reads_the_live_lines(tmp_path):
+    """sweep.run_state: a run stopped, then resumed past its stop, is not done until its rounds are; rounds a
+    --redo-from discarded do not count."""
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    ok = lambda k: {"kind": "round", "round": k, "status": "ok"}  # noqa: E731
+    write = lambda xs: (d / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in xs))  # noqa: E731
+    write([ok(0), {"kind": "stop", "round": 1, "reason": "aborted"}])
+    assert sweep.run_state(d, 2) == "done"
+    write([ok(0), {"kind": "stop", "round": 1, "reason": "aborted"}, {"kind": "resume", "round": -1}])
+    assert sweep.run_state(d, 2) == "resume"
+    write([ok(0), ok(1), {"kind": "resume", "round": -1, "redo_from": 1}])
+    assert sweep.run_state(d, 2) == "resume"
+
+
 def test_a_starved_run_is_recorded_and_a_crash_stops_the_grid(tmp_path, monkeypatch, capsys):
     """steer_heal exits 3 when too few survivors are left to heal: a result (a stop line, the grid goes on, never
     retried); any other failure stops the grid, so hours are not spent on a broken setup."""
