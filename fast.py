@@ -3,7 +3,8 @@
 --compile's generation: a static KV cache, a compiled decode step, and one persistent steering slot per model.
 The steered band's hidden states from a forward stopped above it (states_upto).
 The KL barrier: the reference's states kept once per heal (kept_states), its [N, V] log-softmax computed in slices
-and never held at once (ChunkedKL). steer_heal.py calls these (this file never imports it); read it for the
+and never held at once (ChunkedKL).
+The fixed reader's prompt KV, computed once per run and shared by every line's reading (PromptKV, cached_batch). steer_heal.py calls these (this file never imports it); read it for the
 algorithm, this file for why the fast path is shaped the way it is.
 """
 import contextlib
