@@ -175,6 +175,12 @@ class PromptKV:
         for i, p in enumerate(new):
             ids[i, :len(p) - 1], attn[i, :len(p) - 1] = torch.tensor(p[:-1]), 1
         past = dec(input_ids=ids.to(dec.device), attention_mask=attn.to(dec.device), use_cache=True).past_key_values
+        window = getattr(dec.config, "sliding_window", None) or float("inf")
+        windowed = any(type(layer).__name__ != "DynamicLayer" for layer in past.layers)
+        if (windowed and ids.shape[1] >= window) or \
+                not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in past.layers):
+            # a recurrent / shared / windowed layer's cache is not a per-token KV that can be cut by row and length
+            raise ValueError(f"{[type(layer).__name__ for layer in past.layers][:3]}... cache layers: no per-token KV")
         for i, p in enumerate(new):
             self.kv[p] = [(layer.keys[i:i + 1, :, :len(p) - 1].clone(), layer.values[i:i + 1, :, :len(p) - 1].clone())
                           for layer in past.layers]

@@ -299,7 +299,14 @@ def test_the_fixed_readers_prompt_kv_cache_reads_what_the_plain_pass_reads(tiny)
             return [(k + 1.0, v) for k, v in super().get(dec, ids)]
     bad = Wrong()
     assert sh.read_text(model, tok, prompts, answers, v0, batch_size=3, prompt_kv=bad)[0] == pytest.approx(want_p, abs=0)
-    assert bad.ok is False and bad.err > 1e-3
+    assert bad.ok is False and bad.err > 1e-3 and bad.kv == {}
+
+    class NoKV(fast.PromptKV):  # a model whose cache is no per-token KV (recurrent or shared layers): fill refuses
+        def fill(self, dec, prompts, pad_id):
+            raise ValueError("no per-token KV")
+    none = NoKV()
+    assert sh.read_text(model, tok, prompts, answers, v0, batch_size=3, prompt_kv=none)[0] == pytest.approx(want_p, abs=0)
+    assert none.ok is False
 
 
 def test_trait_self_on_the_original_weights_is_the_fixed_readers_pass(tiny):
