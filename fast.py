@@ -4,8 +4,9 @@
 The steered band's hidden states from a forward stopped above it (states_upto).
 The KL barrier: the reference's states kept once per heal (kept_states), its [N, V] log-softmax computed in slices
 and never held at once (ChunkedKL).
-The fixed reader's prompt KV, computed once per run and shared by every line's reading (PromptKV, cached_batch). steer_heal.py calls these (this file never imports it); read it for the
-algorithm, this file for why the fast path is shaped the way it is.
+The fixed reader's prompt KV, computed once per run and shared by every line's reading (PromptKV, cached_batch).
+steer_heal.py calls these (this file never imports it); read it for the algorithm, this file for why the fast path
+is shaped the way it is.
 """
 import contextlib
 
@@ -187,6 +188,20 @@ class PromptKV:
 
     def get(self, dec, ids):
         return self.kv[tuple(ids)]
+
+    def judge(self, got, plain, exact):
+        """The first batch, read cached (got) and plain, each (per-token NLL per answer, projection per answer): sets
+        err (the largest relative difference of a reading: an answer's mean NLL, or its projection) and ok (err within
+        the readings' own precision: 1e-3 where the matmuls are exact float32, 3e-2 under TF32 or half precision);
+        a rejected cache is emptied. Returns the tolerance."""
+        tol = 1e-3 if exact else 3e-2
+        rel = lambda x, y: abs(x - y) / (1 + abs(y))  # noqa: E731
+        self.err = max([rel(x.mean().item(), y.mean().item()) for x, y in zip(got[0], plain[0]) if len(x)]
+                       + [rel(x, y) for x, y in zip(got[1], plain[1])], default=0.0)
+        self.ok = self.err <= tol
+        if not self.ok:
+            self.kv = {}
+        return tol
 
 
 def cached_batch(dec, store, prompts, answers, pad_id, config):

@@ -922,20 +922,12 @@ def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None):
         if got is not None and prompt_kv.ok is None:  # the run's first batch: also the plain pass, and compare
             b = make_batch(tok, ps, cs, reader.device)
             plain = one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
-            # the readings' own precision: each answer's mean NLL (ppl_base) and projection, relative; looser where
-            # the matmuls are (TF32 on a GPU, or half precision)
-            exact = next(reader.parameters()).dtype == torch.float32 and not (
-                reader.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
-            tol = 1e-3 if exact else 3e-2
-            prompt_kv.err = max([abs(x.mean().item() - y.mean().item()) / (1 + abs(y.mean().item()))
-                                 for x, y in zip(got[0], plain[0]) if len(x)]
-                                + [abs(x - y) / (1 + abs(y)) for x, y in zip(got[1], plain[1])], default=0.0)
-            prompt_kv.ok = prompt_kv.err <= tol
+            tol = prompt_kv.judge(got, plain, exact=next(reader.parameters()).dtype == torch.float32 and not (
+                reader.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32))
             log(f"  fixed reader's prompt KV cache: {'used' if prompt_kv.ok else 'NOT used'} (cached vs plain "
                 f"pass on {len(ps)} answers: largest relative difference of a reading {prompt_kv.err:.1e}, "
                 f"tolerance {tol:g})")
-            if not prompt_kv.ok:
-                got, prompt_kv.kv = plain, {}
+            got = got if prompt_kv.ok else plain
         if got is None:
             b = make_batch(tok, ps, cs, reader.device)
             got = one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
