@@ -171,6 +171,7 @@ def prepare_run_dir(cfg, explicit):
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").exists():
             raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
+        runio.lock(run_dir, runio.log)  # one writer per run folder, before anything here is written (exit 2 if held)
         try:
             saved = runio.load_config(run_dir, type(cfg))
         except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
@@ -192,7 +193,8 @@ def prepare_run_dir(cfg, explicit):
                                     **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {})
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
     run_dir = Path(cfg.out) / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+    runio.lock(run_dir, runio.log)  # made with the folder; released (and an empty folder removed) if the run never starts
+    if any(p.name != runio.LOCK_NAME for p in run_dir.iterdir()) and not cfg.overwrite:
         raise Stop(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, replace it with "
                    "--overwrite, or pick another --name.")
     return run_dir, cfg, None
@@ -229,8 +231,8 @@ def write_failed(e, run_dir, script="steer_heal.py"):
 
 def start_run_dir(run_dir, cfg, script="steer_heal.py"):
     """Called once the model has loaded, so a typo in --model leaves no half-made run folder."""
-    shutil.rmtree(run_dir, ignore_errors=True)  # only reached for a new run (empty, or --overwrite)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runio.clear_run_dir(run_dir)  # only reached for a new run (empty, or --overwrite); the lock stays
     import peft, transformers
     meta = dict(config=dataclasses.asdict(cfg), argv=[script, *runio.LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
@@ -314,6 +316,7 @@ def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="s
             for s in cfg.seeds:
                 run(dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}"), explicit)
                 runio.LOG["file"] = None
+                runio.unlock()
             report.write_report(group)
         else:
             run(cfg, explicit)
@@ -331,6 +334,8 @@ def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="s
     if msg:
         with contextlib.suppress(runio.WriteFailed):  # log.txt may be on the full disk too: printed all the same
             runio.log("\n" + msg)
+    runio.unlock()  # after log.txt's last line (an exit that never gets here: atexit)
+    if msg:
         sys.exit(code)
 
 

@@ -7,8 +7,9 @@ resume would trust. Stdlib only: report.py and plot.py read runs without torch.
 - atomic / write_text: a whole file or folder is written under a temporary name, fsynced, then renamed.
 - read_jsonl: the rows, and each unreadable line named by its number (never skipped in silence).
 - WriteFailed: any write that did not complete, naming the path and the free space (steer_heal.py exits 4).
+- lock / unlock: one writer per run folder (<run>/.lock); readers (report, plot, export) take none.
 """
-import contextlib, dataclasses, errno, hashlib, json, math, os, shutil, time
+import atexit, contextlib, dataclasses, errno, hashlib, json, math, os, shutil, socket, sys, time
 from pathlib import Path
 
 import track  # samples.md is mirrored to --track (track imports nothing of the project)
@@ -174,6 +175,122 @@ class Stop(Exception):
     def __init__(self, msg, code=2):
         super().__init__(msg)
         self.code = code
+
+
+# ---- one writer per run folder: two processes appending to one rounds.jsonl interleave their lines and overwrite
+# each other's round_<k>/ (a cluster that requeues a preempted job while the first still drains does exactly this).
+# The lock is a file made with O_CREAT|O_EXCL, so of two processes only one makes it; it names its holder, so a lock
+# left by a process that died (SIGKILL, power) is recognised: on this host by its pid, elsewhere by its SLURM job.
+LOCK_NAME = ".lock"
+LOCKS = {}  # run folder -> (the lock file this process holds, whether taking it made the folder)
+
+
+def proc_start(pid):
+    """When process `pid` started (clock ticks since boot, from /proc), or None where /proc has no such field: a pid
+    that is alive but started at another time is a new process that reused a dead holder's number."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def holder_gone(h):
+    """Why the process that wrote lock contents `h` is known to have ended, or "" (alive, or not knowable here)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if h.get("host") != socket.gethostname():  # a pid on another host cannot be checked from here...
+        return (f"it was an earlier attempt of this SLURM job ({job}), requeued since" if job and h.get("job") == job
+                else "")  # ...except SLURM's: a requeued job keeps its id and runs only once the old attempt ended
+    try:
+        os.kill(h["pid"], 0)
+    except ProcessLookupError:
+        return "that process is no longer running"
+    except PermissionError:  # alive, under another user
+        return ""
+    start = proc_start(h["pid"])
+    return "its pid now belongs to another process" if start and h.get("proc_start") not in (None, start) else ""
+
+
+def lock(run_dir, log=print):
+    """Take <run_dir>/.lock before anything of the run is written (made with the folder if need be). A lock whose
+    holder has ended is taken over with one log line; a live holder, or one on another host, is Stop (exit 2)
+    naming it and the way out. Released by unlock() and at exit."""
+    run_dir = Path(os.path.abspath(run_dir))
+    if run_dir in LOCKS:
+        return
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+              argv=[Path(sys.argv[0]).name, *sys.argv[1:]], job=os.environ.get("SLURM_JOB_ID", ""),
+              proc_start=proc_start(os.getpid()))
+    for _ in range(3):  # a stale lock removed, then made again: at most a couple of tries
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raw = read_lock(path)
+            if raw is None:
+                continue  # released between the two calls: try again
+            h = parse(raw) if raw.strip() else {}
+            h = h if isinstance(h, dict) and isinstance(h.get("pid"), int) else {}  # a holder killed mid-write
+            gone = "its holder died before naming itself" if not h else (
+                "it is this process's own" if h["pid"] == me["pid"] and h.get("host") == me["host"] else holder_gone(h))
+            if not gone:
+                cmd = " ".join(h.get("argv") or ["?"])
+                where = "this host" if h.get("host") == me["host"] else f"another host, {h.get('host')}"
+                raise Stop(f"{run_dir} is being written by another process: pid {h['pid']} on {where}, started "
+                           f"{h.get('started')}, running `{cmd}` (two writers would interleave rounds.jsonl and "
+                           "overwrite each other's rounds). Wait for it to end" + (
+                               f" (or stop it: kill {h['pid']}), then run again." if where == "this host" else
+                               f", then run again; if it has ended (ssh {h.get('host')} ps -p {h['pid']}), delete "
+                               f"{path} and run again."))
+            if read_lock(path) != raw:  # taken over by another process since it was read: look again
+                continue
+            path.unlink(missing_ok=True)
+            if h and gone != "it is this process's own":
+                log(f"  {path}: taken over from pid {h['pid']} on {h.get('host')} (started {h.get('started')}, "
+                    f"`{' '.join(h.get('argv') or [])}`): {gone}")
+            continue
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            write_all(f, (json.dumps(me) + "\n").encode())
+        if not LOCKS:
+            atexit.register(unlock)
+        LOCKS[run_dir] = (path, made)
+        return
+    raise Stop(f"{path}: could not be taken (other processes keep taking it). Run again once they have ended.")
+
+
+def read_lock(path):
+    """A lock file's bytes (None if there is none). Empty: its maker is between making and writing it, or died
+    there; a tenth of a second tells which."""
+    for wait in (0.1, 0):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if raw.strip() or not wait:
+            return raw
+        time.sleep(wait)
+
+
+def unlock(run_dir=None):
+    """Release this process's lock on run_dir (all its locks if None): the lock file goes (only if still ours), and
+    the folder too if taking the lock made it and nothing else was written there (a run refused before it began)."""
+    for d in [Path(os.path.abspath(run_dir))] if run_dir is not None else list(LOCKS):
+        path, made = LOCKS.pop(d, (None, False))
+        if path is None:
+            continue
+        with contextlib.suppress(OSError):
+            if (parse(path.read_bytes()) or {}).get("pid") == os.getpid():
+                path.unlink()
+            if made and not any(d.iterdir()):
+                d.rmdir()
+
+
+def clear_run_dir(run_dir):
+    """Empty a run folder for a new run (--overwrite), keeping this process's lock."""
+    for p in Path(run_dir).iterdir():
+        if p.name != LOCK_NAME:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 # ---- the run's own files: its log, its rounds.jsonl lines, its config, the rounds a resume or load trusts
