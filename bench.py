@@ -3,6 +3,7 @@
     python bench.py --quick                          # embedded SmolLM2-135M, reduced sizes, CPU
     python bench.py --arch qwen2.5-1.5b --device cuda --gen-batch 128   # GPU: random-weight Qwen2.5-1.5B shape, bf16
     python bench.py --gpu-check                      # GPU: every GPU target, PASS/FAIL each, in under 5 minutes
+    python bench.py --quick --script my_idea.py      # your copy of steer_heal.py's functions, timed the same way
 
 Medians over --repeats after a warm-up, at the default generation length (Config.max_new_tokens) unless
 --new-tokens: steered generation tokens/s batched vs one prompt at a time (eager, dynamic cache); static cache +
@@ -21,8 +22,9 @@ if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars a
 import torch
 import eval_mfv
 import fast
+import cli
 import models
-import steer_heal as sh
+import steer_heal as sh  # the default --script; main() rebinds it to the one given
 
 VIGNETTES = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
 ARCHS = {  # random-weight models of a real shape (GPU timing without downloading weights)
@@ -565,11 +567,14 @@ def parse(argv=None):
     p.add_argument("--gpu-check", action="store_true", help="every GPU target, PASS/FAIL each, in under 5 minutes on "
                    "a random-weight Qwen2.5-1.5B shape; with --device cpu a dry run on a tiny shape")
     p.add_argument("--out", default="", help="JSON path (default results/bench_<device>.json; gpu_check_<device>.json)")
+    p.add_argument("--script", default="steer_heal.py", help="the experiment file timed (a copy: my_idea.py)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
+    global sh
     a = parse(argv)
+    sh = cli.load_script(a.script)
     repeats = a.repeats or (2 if a.quick else 5)
     if a.threads:  # on a shared, busy CPU, 1 thread avoids OpenMP threads waiting on each other
         torch.set_num_threads(a.threads)

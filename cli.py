@@ -164,15 +164,20 @@ def check_config(cfg):
                    "Use --device cpu or install a CUDA build of torch.")
 
 
-def prepare_run_dir(cfg, explicit):
-    """New run: refuse to clobber another run. Resume: reload the saved config, refuse changed knobs. Returns
-    (run_dir, cfg, the resume line for run() to append once its checks pass, or None for a new run)."""
+def prepare_run_dir(cfg, explicit, script="steer_heal.py"):
+    """New run: refuse to clobber another run. Resume: refuse a run that another script made (script: the file
+    that runs, a copy's name), reload the saved config, refuse changed knobs. Returns (run_dir, cfg, the resume
+    line for run() to append once its checks pass, or None for a new run)."""
     if cfg.resume:
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").exists():
             raise Stop(f"--resume {run_dir}: no config.json there, so it is not a steer_heal run folder.")
         runio.lock(run_dir, runio.log)  # one writer per run folder, before anything here is written (exit 2 if held)
         try:
+            made, command = runio.made_by(run_dir)  # its pipeline and knobs are that file's, not necessarily this one's
+            if made != script:
+                raise Stop(f"--resume {run_dir}: the run was made by {made}, not {script}, so this file's stages and "
+                           f"knobs may not be the ones it ran. Continue it with: python {command} --resume {run_dir}")
             saved = runio.load_config(run_dir, type(cfg))
         except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
             raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
@@ -224,17 +229,20 @@ def write_failed(e, run_dir, script="steer_heal.py"):
     if not isinstance(e, runio.WriteFailed) and e.errno not in runio.WRITE_ERRNOS:
         raise e
     e = e if isinstance(e, runio.WriteFailed) else runio.WriteFailed(e.filename or run_dir or ".", e)
-    return (f"{Path(script).stem}: {e}. Nothing half-written is kept. Free some space, then "
+    return (f"{Path(script.split()[0]).stem}: {e}. Nothing half-written is kept. Free some space, then "
             + (f"continue with: python {script} --resume {run_dir}"
                if run_dir and (run_dir / "config.json").exists() else "run the same command again."))
 
 
 def start_run_dir(run_dir, cfg, script="steer_heal.py"):
-    """Called once the model has loaded, so a typo in --model leaves no half-made run folder."""
+    """Called once the model has loaded, so a typo in --model leaves no half-made run folder. script: the file whose
+    pipeline runs (a copy's name; a resume checks it); argv: the command, as main() was given it (rivals.py
+    --script my_idea.py ...)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     runio.clear_run_dir(run_dir)  # only reached for a new run (empty, or --overwrite); the lock stays
     import peft, transformers
-    meta = dict(config=dataclasses.asdict(cfg), argv=[script, *runio.LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    command = (runio.LOG.get("command") or script).split()
+    meta = dict(config=dataclasses.asdict(cfg), script=script, argv=[*command, *runio.LOG["argv"]], started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                               python=sys.version.split()[0]),
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -300,9 +308,10 @@ def read_inputs(cfg):
 
 def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="steer_heal.py"):
     """run(cfg, explicit) once, or once per --seeds seed (sibling folders) and then the group's report. Exit codes:
-    2 bad input (Stop), 3 starved, 4 a failed write (full disk), 130 interrupted (SIGTERM too)."""
+    2 bad input (Stop), 3 starved, 4 a failed write (full disk), 130 interrupted (SIGTERM too). METHODS: the rows
+    run() may run (the script's, plus rivals.py's when it calls); script: the command, for hints and config.json."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
-    runio.LOG["argv"] = list(sys.argv[1:] if argv is None else argv)
+    runio.LOG.update(argv=list(sys.argv[1:] if argv is None else argv), command=script)
     grad = torch.is_grad_enabled()
     runio.LOG.update(run_dir=None, file=None)  # a previous call's run (tests call main repeatedly)
     code = msg = None
@@ -310,18 +319,18 @@ def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="s
         cfg, explicit = parse_args(Config, PRESETS, PERSONAS, doc, argv)  # the running script's Config: a copy's own
         check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
         if METHODS is not None:
-            check_method(cfg, METHODS)
+            check_method(cfg, METHODS, script.split()[0])
         if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
             group = Path(cfg.out) / (cfg.name or cfg.persona)
             for s in cfg.seeds:
-                run(dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}"), explicit)
+                run(dataclasses.replace(cfg, seed=s, seeds=(), out=str(group), name=f"seed{s}"), explicit, METHODS)
                 runio.LOG["file"] = None
                 runio.unlock()
             report.write_report(group)
         else:
-            run(cfg, explicit)
+            run(cfg, explicit, METHODS)
     except Stop as e:
-        code, msg = e.code, f"{Path(script).stem}: {e}"
+        code, msg = e.code, f"{Path(script.split()[0]).stem}: {e}"
     except KeyboardInterrupt:
         where = runio.LOG["run_dir"]
         code, msg = 130, ("interrupted. Everything completed so far is on disk"
@@ -348,7 +357,36 @@ def check_targets(model, cfg):
                    f"they hold {' '.join(sorted(names)) or 'none'} (or give all-linear, the default).")
 
 
-def check_method(cfg, METHODS):
+def check_method(cfg, METHODS, script="steer_heal.py"):
     if cfg.method not in METHODS:
+        mine = "" if script == "steer_heal.py" else f" --script {script}"
         raise Stop(f"--method {cfg.method}: this script runs {', '.join(METHODS)}; prompt-bake and online run through "
-                   f"rivals.py (python rivals.py --method {cfg.method} ..., and --resume there too)")
+                   f"rivals.py (python rivals.py{mine} --method {cfg.method} ..., and --resume there too)")
+
+
+# --- companions (rivals, export, bench, compare_generators): the experiment file they serve ------------------
+
+def load_script(path="steer_heal.py"):
+    """The experiment file a companion runs (its --script: steer_heal.py, or a copy such as my_idea.py), loaded by
+    path, so the companion uses that file's Config, stages, METHODS and functions. A bare name that is not in the
+    working folder is looked for beside this file. Loaded once: a module of that name from the same file is reused
+    (so --script steer_heal.py is the `steer_heal` every import names)."""
+    p = Path(path)
+    if not p.exists() and p.name == path:
+        p = Path(__file__).resolve().parent / p
+    if not p.is_file() or p.suffix != ".py":
+        raise Stop(f"--script {path}: not a Python file; give a copy of steer_heal.py (cp steer_heal.py my_idea.py).")
+    p, name = p.resolve(), p.stem
+    mod = sys.modules.get(name)
+    if mod is not None:
+        if Path(getattr(mod, "__file__", None) or "").resolve() == p:
+            return mod
+        raise Stop(f"--script {path}: a module named {name} is already loaded from {mod.__file__}; rename the copy.")
+    spec = importlib.util.spec_from_file_location(name, p)
+    mod = sys.modules[name] = importlib.util.module_from_spec(spec)  # before it runs: its dataclasses look it up
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod

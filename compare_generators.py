@@ -3,6 +3,7 @@ backtrack-and-replay vs cosine gate, at the same nominal doses, prompts and seed
 
     python compare_generators.py                  # embedded model, writes results/generators_<device>.json
     python compare_generators.py --model ID --n 64 --doses 0.4 0.8
+    python compare_generators.py --script my_idea.py   # the generators of your copy of steer_heal.py
 
     python compare_generators.py --options decay --n 64 --doses 0.6 1.2 1.8 2.4 3.0 --out results/filter_q0   # Q0
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+import cli
 import readers
-import steer_heal as sh
+import steer_heal as sh  # the default --script; main() rebinds it to the one given
 
 # Every option sets every generator knob: Config()'s defaults change over time and must not leak in.
 PLAIN = dict(steer_decay=0.0, steer_decay_t=16.0, backtrack=False, backtrack_window=16, backtrack_scale=0.5,
@@ -98,6 +100,7 @@ def compare(model, tok, cfg, doses, n, seed=0, options=tuple(OPTIONS)):
 
 
 def main():
+    global sh
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="")
     p.add_argument("--n", type=int, default=32, help="prompts per (option, dose)")
@@ -106,7 +109,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS), help="generators to compare")
     p.add_argument("--out", default="results")
+    p.add_argument("--script", default="steer_heal.py", help="the experiment file whose generators run (my_idea.py)")
     a = p.parse_args()
+    sh = cli.load_script(a.script)
     model, tok = sh.load_model(a.model)
     cfg = sh.Config(max_new_tokens=a.max_new_tokens)
     t = time.time()

@@ -1,6 +1,6 @@
 """export.py: a run's baked model as a plain transformers folder, and its steering vectors for other tools.
 
-    python export.py results/<run> OUT [--round k] [--overwrite]
+    python export.py results/<run> OUT [--round k] [--overwrite] [--script my_idea.py]
 
 OUT/           base + rounds <= k merged (default: every completed round under the ppl ceiling; a round past it
                is merged only when --round names it): safetensors weights, tokenizer,
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+import cli
 import models
-import steer_heal as sh
+import steer_heal as sh  # the default --script
 from runio import live_lines, rounds_to_load
 
 HOOK_POINT = ("output of the decoder blocks in `layers` (0-based; transformers hidden_states[l + 1]; "
@@ -159,8 +160,9 @@ decayed its doses over generated tokens, so start below them.
 
 # -------------------------------------------------------------------------------------------------
 
-def export(run_dir, out, upto_round=None, overwrite=False, device="auto"):
-    """Writes OUT (see the module docstring) atomically; returns it."""
+def export(run_dir, out, upto_round=None, overwrite=False, device="auto", script=None):
+    """Writes OUT (see the module docstring) atomically; returns it. script: the experiment module that made the run
+    (cli.load_script of --script; default steer_heal), whose load_run and Config read it."""
     from transformers import AutoTokenizer
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.json").exists() or not (run_dir / "rounds.jsonl").exists():
@@ -177,7 +179,7 @@ def export(run_dir, out, upto_round=None, overwrite=False, device="auto"):
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise sh.Stop(f"OUT {out} is inside the run folder {run_dir}; write the export somewhere else.")
     meta, lines = json.loads((run_dir / "config.json").read_text()), sh.read_lines(run_dir)
-    model, _, cfg = sh.load_run(run_dir, upto_round, device)  # says which rounds, if one is over the ceiling
+    model, _, cfg = (script or sh).load_run(run_dir, upto_round, device)  # names the rounds if one is over the ceiling
     tok = AutoTokenizer.from_pretrained(cfg.model or models.embedded_model_path())  # as shipped: no padding changes
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")  # a crash never leaves a half-written OUT
     shutil.rmtree(tmp, ignore_errors=True)
@@ -204,9 +206,10 @@ def main(argv=None):
     p.add_argument("--round", type=int, default=None, help="merge rounds <= this one (default: every completed round)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to merge")
+    p.add_argument("--script", default="steer_heal.py", help="the experiment file that made the run (my_idea.py)")
     a = p.parse_args(argv)
     try:
-        out = export(a.run, a.out, a.round, a.overwrite, a.device)
+        out = export(a.run, a.out, a.round, a.overwrite, a.device, cli.load_script(a.script))
     except sh.Stop as e:
         print(f"export: {e}")
         sys.exit(e.code)

@@ -1,23 +1,25 @@
 """rivals.py: the rivals of steer-heal through the same loop, filters, readers and report: prompt baking and an
-on-policy online method. A method is three stages (vector, collect, heal) with steer_heal's signatures; this file
-writes them and adds their rows to steer_heal.METHODS, then runs steer_heal's main().
+on-policy online method. A method is three stages (vector, collect, heal) with the script's signatures; this file
+writes them, and runs the script's main() with its METHODS and these rows (rival_rows).
 
     python rivals.py --method prompt-bake     # any steer_heal.py flag works here too
     python rivals.py --method online --online-steps 12
     python rivals.py --resume results/<run>   # a rival's run resumes here, not in steer_heal.py
+    python rivals.py --script my_idea.py --method online   # the rivals inside your copy of steer_heal.py
 
-A rival of your own: copy this file, write its stages, add a row to METHODS below.
+--script FILE: the experiment file whose pipeline, Config and functions the rivals run (default steer_heal.py);
+a run made with --script resumes with the same --script. A rival of your own: write its stages (calling sh.*,
+the script's functions), add its row to rival_rows below (docs/COPYING.md).
 """
 import math
+import sys
 from pathlib import Path
 
 import torch
 
-import steer_heal
-from steer_heal import (GEN_PROMPTS, Stop, adapter_off, chat, completion_logits, drop_counts, generate, heal,
-                        heal_loss, kl_per_position, log, make_batch, mid_dose, new_adapter, projection, read_text,
-                        regularised, score, seed_of, split_survivors, summary, train_adapter, unsteered_reference,
-                        vector_stage)
+import cli
+import steer_heal as sh  # the script the stages call; rival_rows() points it at the one given by --script
+from runio import Stop, log
 
 
 # -------------------------------------------------------------------------------------------------
@@ -34,23 +36,24 @@ def collect_teacher(model, tok, vec, cfg, k, state):
     steer-heal's budget (a probe_n batch, then gen_batch top-ups until min_train survive, at most
     max_batches) and the same filters, scored as answers to the plain prompt the student will see.
     Recorded as dose 1.0 (the whole persona prompt) beside the unsteered dose 0."""
-    data = unsteered_reference(model, tok, cfg, k)
-    g = torch.Generator().manual_seed(seed_of(cfg, k, "samples"))
-    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
+    data = sh.unsteered_reference(model, tok, cfg, k)
+    g = torch.Generator().manual_seed(sh.seed_of(cfg, k, "samples"))
+    order = [sh.GEN_PROMPTS[i] for i in torch.randperm(len(sh.GEN_PROMPTS), generator=g)]
     items, n = [], cfg.probe_n
     for b in range(cfg.max_batches + 1):
         users = [order[(len(items) + i) % len(order)] for i in range(n)]
-        got = generate(model, tok, [chat(tok, u, cfg.pos) for u in users], cfg, desc=f"teacher samples {b + 1}")
+        got = sh.generate(model, tok, [sh.chat(tok, u, cfg.pos) for u in users], cfg, desc=f"teacher samples {b + 1}")
         for x, u in zip(got, users):
-            x.update(user=u, dose=1.0, kappa=1.0, teacher_prompt=x["prompt"], prompt=chat(tok, u))
-        items += data["sink"](score(model, tok, got, cfg, data["gate"]))
+            x.update(user=u, dose=1.0, kappa=1.0, teacher_prompt=x["prompt"], prompt=sh.chat(tok, u))
+        items += data["sink"](sh.score(model, tok, got, cfg, data["gate"]))
         n = cfg.gen_batch
         if sum(x["kept"] for x in items) >= cfg.min_train:
             break
     kept = [x for x in items if x["kept"]]
     if len(kept) < cfg.min_train:
         raise Stop(f"Starved: {len(kept)} of {len(items)} teacher samples survived the filters, fewer than --min-train "
-                   f"{cfg.min_train} (dropped by {drop_counts(items)}). Loosen the filters or raise --max-batches.", code=3)
+                   f"{cfg.min_train} (dropped by {sh.drop_counts(items)}). Loosen the filters or raise --max-batches.",
+                   code=3)
     return dict(data, kept=kept, items=items, teacher=dict(system=cfg.pos, title=f"round {k} teacher (persona prompt)"))
 
 
@@ -59,16 +62,16 @@ def distill_task(pm, tok, mb, dev):
     teacher = the same weights with the adapter off, reading the completion after its persona prompt
     (x["teacher_prompt"]); the student reads it after the plain prompt. Both batches hold the same completion
     ids row by row, so their completion positions line up one to one."""
-    tb = make_batch(tok, [x["teacher_prompt"] for x in mb], [x["ids"] for x in mb], dev)
+    tb = sh.make_batch(tok, [x["teacher_prompt"] for x in mb], [x["ids"] for x in mb], dev)
     with torch.no_grad(), pm.disable_adapter():
-        teacher = completion_logits(pm, tb).float().log_softmax(-1)
-    return "distill_kl", lambda logp: kl_per_position(logp, teacher, "fwd").mean()
+        teacher = sh.completion_logits(pm, tb).float().log_softmax(-1)
+    return "distill_kl", lambda logp: sh.kl_per_position(logp, teacher, "fwd").mean()
 
 
 def heal_distill(model, tok, vec, data, cfg, k, stash, lam):
     """prompt-bake: KL(teacher || student) on the teacher's samples + barrier."""
-    val, train = split_survivors(data, cfg, k)
-    return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam, task=distill_task)
+    val, train = sh.split_survivors(data, cfg, k)
+    return sh.heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam, task=distill_task)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -76,8 +79,8 @@ def heal_distill(model, tok, vec, data, cfg, k, stash, lam):
 
 def collect_online(model, tok, vec, cfg, k, state):
     """online: only the unsteered reference here; heal_online generates as it trains."""
-    data = unsteered_reference(model, tok, cfg, k)
-    m = mid_dose(cfg, 1.0)
+    data = sh.unsteered_reference(model, tok, cfg, k)
+    m = sh.mid_dose(cfg, 1.0)
     return dict(data, teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
 
 
@@ -103,9 +106,9 @@ def online_reward(pm, tok, items, vec, cfg, gate, ref_proj):
     (0 = an average unsteered answer), minus the incoherence the filters measure: the tail NLL beyond the ppl
     gate, in nats, plus 1 for a loop (repetition > --rep-max). Narrating the persona is not penalised (it is
     on-trait text; the filters' narration rule is for steer-heal's training data). Sets x["reward"]."""
-    with adapter_off(pm):  # one pass gives both the projection and the NLL the filters score
-        proj, nll = read_text(pm, tok, [x["prompt"] for x in items], [x["ids"] for x in items], vec)
-        score(pm, tok, items, cfg, gate, nll=nll)
+    with sh.adapter_off(pm):  # one pass gives both the projection and the NLL the filters score
+        proj, nll = sh.read_text(pm, tok, [x["prompt"] for x in items], [x["ids"] for x in items], vec)
+        sh.score(pm, tok, items, cfg, gate, nll=nll)
     mu = sum(ref_proj) / len(ref_proj)
     sd = max(1e-6, (sum((p - mu) ** 2 for p in ref_proj) / max(1, len(ref_proj) - 1)) ** 0.5)
     for x, p in zip(items, proj):
@@ -125,18 +128,18 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
     loss = -mean over completion tokens of A * log p + the same KL barrier as steer-heal. The vector is never
     added to the student: it only defines the reward. Then bake as steer-heal does."""
     B, G, steps = cfg.online_batch, cfg.online_group, cfg.online_steps
-    pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
-    g = torch.Generator().manual_seed(seed_of(cfg, k, "samples"))
-    order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
+    pm, ref_ctx, params, opt, sched, dev = sh.new_adapter(model, cfg, k, stash, steps)
+    g = torch.Generator().manual_seed(sh.seed_of(cfg, k, "samples"))
+    order = [sh.GEN_PROMPTS[i] for i in torch.randperm(len(sh.GEN_PROMPTS), generator=g)]
     ref = [x for x in data["ref"] if x["ids"]]
     with pm.disable_adapter():  # the reward's zero and unit: the starting model's own unsteered samples
-        ref_proj = projection(pm, tok, [x["prompt"] for x in ref], [x["ids"] for x in ref], vec)
+        ref_proj = sh.projection(pm, tok, [x["prompt"] for x in ref], [x["ids"] for x in ref], vec)
     spec = {}
 
     def step_losses(s, want_kl):
         users = [order[(s * B + i) % len(order)] for i in range(B) for _ in range(G)]
         pm.eval()
-        items = generate(pm, tok, [chat(tok, u) for u in users], cfg, desc=f"online r{k} step {s + 1}")
+        items = sh.generate(pm, tok, [sh.chat(tok, u) for u in users], cfg, desc=f"online r{k} step {s + 1}")
         for x, u in zip(items, users):
             x.update(user=u, dose=0.0, kappa=1.0)
         data["sink"](online_reward(pm, tok, items, vec, cfg, data["gate"], ref_proj))
@@ -157,25 +160,47 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
 
         def thunk(idx):
             mb = [items[i] for i in idx]
-            b = make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
-            loss, st_ = heal_loss(pm, b, cfg, lam, ref_ctx, want_kl, pg_task(b, adv[idx]))
-            return regularised(pm, tok, cfg, loss, st_, s, data["anchor"], spec, dev)
+            b = sh.make_batch(tok, [x["prompt"] for x in mb], [x["ids"] for x in mb], dev)
+            loss, st_ = sh.heal_loss(pm, b, cfg, lam, ref_ctx, want_kl, pg_task(b, adv[idx]))
+            return sh.regularised(pm, tok, cfg, loss, st_, s, data["anchor"], spec, dev)
         return [lambda idx=live[i:i + cfg.train_batch]: thunk(idx) for i in range(0, len(live), cfg.train_batch)]
 
-    hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"online r{k}")
+    hist, nonfinite, status = sh.train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"online r{k}")
     data.update(kept=[x for x in data["items"] if x["kept"]], kappa=1.0)
     if status != "ok":
         return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
     r = [x["reward"] for x in data["items"] if x["ids"]]  # an empty completion was never trained on
-    return pm, summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok",
+    return pm, sh.summary(hist, steps=steps, lam=lam, tau=cfg.tau, nonfinite=nonfinite, status="ok",
                        reward=sum(r) / len(r) if r else math.nan)
 
 
-METHODS = {  # --method -> (vector stage, collect stage, heal stage)
-    "prompt-bake": (no_vector, collect_teacher, heal_distill),
-    "online": (vector_stage, collect_online, heal_online),
-}
-steer_heal.METHODS.update(METHODS)
+def rival_rows(script):
+    """The rivals' rows for `script`'s pipeline (steer_heal or a copy of it, loaded by cli.load_script): their
+    stages call that script's functions from then on. Nothing is added to the script's own METHODS."""
+    global sh
+    sh = script
+    return {  # --method -> (vector stage, collect stage, heal stage)
+        "prompt-bake": (no_vector, collect_teacher, heal_distill),
+        "online": (script.vector_stage, collect_online, heal_online),
+    }
+
+
+def main(argv=None):
+    """--script FILE (default steer_heal.py) picks the experiment; every other flag is that script's."""
+    argv, path = list(sys.argv[1:] if argv is None else argv), "steer_heal.py"
+    for i, a in enumerate(argv):  # taken out here: the script's own parser does not know it
+        if a == "--script" or a.startswith("--script="):
+            path, argv = a[9:] or (argv[i + 1:] or [""])[0], argv[:i] + argv[i + 1 + (a == "--script"):]
+            break
+    try:
+        script = cli.load_script(path)
+    except Stop as e:
+        print(f"rivals: {e}")
+        sys.exit(e.code)
+    default = Path(script.__file__).resolve() == Path(cli.__file__).resolve().parent / "steer_heal.py"
+    script.main(argv, doc=__doc__, script="rivals.py" + ("" if default else f" --script {path}"),
+                methods={**script.METHODS, **rival_rows(script)})  # its --help: this docstring; its hints: this command
+
 
 if __name__ == "__main__":
-    steer_heal.main(doc=__doc__, script=Path(__file__).name)  # this file's --help, and its name in resume hints
+    main()

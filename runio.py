@@ -294,7 +294,7 @@ def clear_run_dir(run_dir):
 
 
 # ---- the run's own files: its log, its rounds.jsonl lines, its config, the rounds a resume or load trusts
-LOG = {"file": None, "run_dir": None, "argv": []}
+LOG = {"file": None, "run_dir": None, "argv": [], "command": ""}  # command: the script main() runs as (config.json's argv)
 
 
 def log(msg=""):
@@ -359,11 +359,30 @@ def completed_rounds(run_dir):
     return done
 
 
+def made_by(run_dir):
+    """(the experiment file that made a run, the command that continues it): config.json's script, and its argv's
+    head (rivals.py [--script FILE]). Older runs recorded no script: argv[0]'s, rivals.py's being steer_heal.py."""
+    meta = json.loads((Path(run_dir) / "config.json").read_text())
+    argv = [str(a) for a in meta.get("argv") or ["steer_heal.py"]]
+    made = meta.get("script") or (argv[0] if argv[0] != "rivals.py" else "steer_heal.py")
+    return made, " ".join(argv[:3] if argv[1:2] == ["--script"] else argv[:1])
+
+
 def load_config(run_dir, Config):
-    """config.json as the running script's Config (a copy of steer_heal.py passes its own)."""
+    """config.json as the running script's Config (a copy of steer_heal.py passes its own). A field it does not
+    know is refused, naming the script that made the run (whose Config had it): dropped, the run would go on
+    without a knob it ran with."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     types = {f.name: f.type for f in dataclasses.fields(Config)}
-    return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items() if k in types})
+    unknown = [k for k in saved if k not in types]
+    if unknown:
+        made, command = made_by(run_dir)
+        mine = Path(getattr(sys.modules.get(Config.__module__), "__file__", "?")).name
+        them = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise Stop(f"{run_dir}/config.json has {them}, which {mine}'s Config does not know: the run was made by "
+                   f"{made}, whose Config had {'it' if len(unknown) == 1 else 'them'}. Read it with that script: "
+                   f"python {command} --resume {run_dir}; export.py and rivals.py take --script {made}.")
+    return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items()})
 
 
 def check_adapters(run_dir, rounds):

@@ -1106,7 +1106,7 @@ def heal_survivors(model, tok, vec, data, cfg, k, stash, lam):
     return heal(model, tok, train, val, data["anchor"], cfg, k, stash, lam)
 
 
-METHODS = {  # --method -> (vector stage, collect stage, heal stage); rivals.py adds prompt-bake and online
+METHODS = {  # --method -> (vector stage, collect stage, heal stage); rivals.py runs main() with these and its own
     "steer-heal": (vector_stage, collect_steered, heal_survivors),
 }
 
@@ -1140,9 +1140,9 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
     return line
 
 
-def one_round(model, tok, cfg, k, state, lam):
-    """vector -> collect -> (steered line) -> heal -> bake -> measure. Returns (model, round line or None)."""
-    vector_of, collect_of, heal_of = METHODS[cfg.method]
+def one_round(model, tok, cfg, k, state, lam, stages):
+    """vector -> collect -> (steered line) -> heal -> bake -> measure, by `stages`. Returns (model, line or None)."""
+    vector_of, collect_of, heal_of = stages
     sec, t = {}, time.time()
     vec, info = vector_of(model, tok, cfg, k, state)
     sec["vector"], t = time.time() - t, time.time()
@@ -1180,11 +1180,12 @@ def one_round(model, tok, cfg, k, state, lam):
     return model, line
 
 
-def run(cfg, explicit=frozenset()):
-    """The loop. Returns the run folder."""
+def run(cfg, explicit=frozenset(), methods=None):
+    """The loop, by methods[cfg.method]'s stages (default METHODS; rivals.py adds its rows). Returns the run folder."""
+    methods = methods or METHODS
     cli.check_config(cfg)
-    run_dir, cfg, resumed = cli.prepare_run_dir(cfg, explicit)  # on resume: its files checked (a bad one is exit 2)
-    cli.check_method(cfg, METHODS)  # a resumed run's method comes from its config.json
+    run_dir, cfg, resumed = cli.prepare_run_dir(cfg, explicit, Path(__file__).name)  # resume: files checked (exit 2)
+    cli.check_method(cfg, methods, Path(__file__).name)  # a resumed run's method comes from its config.json
     cfg.run_dir = run_dir
     cli.read_inputs(cfg)  # every input file before the model loads; a bad one names its flag
     if cfg.vector:  # (vectors, metadata); on resume the copy the run saved, in case the original moved
@@ -1197,8 +1198,7 @@ def run(cfg, explicit=frozenset()):
     if cfg.vector:
         check_vector(cfg.seed_vector[0], model, cfg.vector)
     if not cfg.resume:
-        where = METHODS[cfg.method][1].__module__  # the script that runs this method: the command on the record
-        cli.start_run_dir(run_dir, cfg, Path(__file__).name if where in ("__main__", __name__) else where + ".py")
+        cli.start_run_dir(run_dir, cfg, Path(__file__).name)  # this file and the command, on the record
         LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
     else:  # only now: a resume refused by a check above leaves the run's lines (and its stop) as they were
         append_line(run_dir, resumed)
@@ -1264,7 +1264,7 @@ def run(cfg, explicit=frozenset()):
         torch.manual_seed(seed_of(cfg, k, "round"))
         shutil.rmtree(run_dir / f"round_{k}", ignore_errors=True)  # leftovers of a crashed attempt
         log(f"\n== round {k} ({cfg.method})")
-        model, line = one_round(model, tok, cfg, k, state, lam=cfg.lam * (1 + k) ** cfg.lam_round_pow)
+        model, line = one_round(model, tok, cfg, k, state, cfg.lam * (1 + k) ** cfg.lam_round_pow, methods[cfg.method])
         if line is None:
             break
         if line["status"] == "over_ceiling":
@@ -1280,10 +1280,10 @@ def run(cfg, explicit=frozenset()):
     return run_dir
 
 
-def main(argv=None, doc=__doc__, script=Path(__file__).name):
+def main(argv=None, doc=__doc__, script=Path(__file__).name, methods=None):
     """Flags from THIS file's Config (a copy's own), then run() once, or once per --seeds seed and the group's
-    report; every failure is an exit code and one sentence (cli.main). doc and script: the running file's (rivals.py)."""
-    cli.main(run, Config, PRESETS, PERSONAS, doc, argv, METHODS, script=script)
+    report; every failure is an exit code and one sentence (cli.main). rivals.py passes its doc, script, methods."""
+    cli.main(run, Config, PRESETS, PERSONAS, doc, argv, methods or METHODS, script=script)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ ONLINE = ["--online-batch", "2", "--online-group", "3", "--online-steps", "2"]
 @needs_eval_data
 @pytest.mark.parametrize("method", ["prompt-bake", "online"])
 def test_quick_run_writes_the_same_files_and_names_the_method(method, tiny_dir, tmp_path):
-    sh.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "r", *TINY_FLAGS, "--method", method, *ONLINE])
+    rivals.main(["--model", tiny_dir, "--out", str(tmp_path), "--name", "r", *TINY_FLAGS, "--method", method, *ONLINE])
     run = tmp_path / "r"
     for f in ["config.json", "rounds.jsonl", "completions_r0.jsonl", "samples.md", "report.md", "log.txt",
               "vector_r0.pt", "round_0/adapter/adapter_config.json", "round_0/adapter/adapter_model.safetensors"]:
@@ -183,11 +183,14 @@ def test_quick_run_writes_the_same_files_and_names_the_method(method, tiny_dir, 
     model, tok, cfg = sh.load_run(run)  # plain peft adapters, baked on load
     assert cfg.method == method and sh.fingerprint(model, tok) == pytest.approx(r["fingerprint"], abs=2e-4)
     assert method in (run / "report.md").read_text()
-    assert json.loads((run / "config.json").read_text())["argv"][0] == "rivals.py"  # the command that reruns it
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["argv"][0] == "rivals.py" and meta["script"] == "steer_heal.py"  # the command, the pipeline it ran
 
 
-def test_steer_heal_alone_names_the_script_that_runs_a_rival(monkeypatch, capsys):
-    monkeypatch.delitem(sh.METHODS, "online")  # as when steer_heal.py runs without rivals.py imported
+def test_steer_heal_alone_names_the_script_that_runs_a_rival(capsys):
+    """rivals.py registers nothing into the core when imported (this file imports it): its rows reach a pipeline
+    only through rivals.main, so steer_heal.py alone refuses a rival and names the command that runs it."""
+    assert set(sh.METHODS) == {"steer-heal"}
     with pytest.raises(SystemExit) as e:
         sh.main(["--method", "online", "--rounds", "1"])
     assert e.value.code == 2 and "python rivals.py --method online" in capsys.readouterr().out
@@ -205,9 +208,9 @@ def test_rivals_py_help_is_its_own_and_flags_are_steer_heals():
 @needs_eval_data
 def test_resumed_online_run_matches_an_uninterrupted_one(tiny_dir, tmp_path):
     flags = ["--model", tiny_dir, "--out", str(tmp_path), *TINY_FLAGS, "--no-baselines", "--method", "online", *ONLINE]
-    sh.main(flags + ["--name", "full", "--rounds", "2"])
-    sh.main(flags + ["--name", "part", "--rounds", "1"])
-    sh.main(["--resume", str(tmp_path / "part"), "--rounds", "2"])
+    rivals.main(flags + ["--name", "full", "--rounds", "2"])
+    rivals.main(flags + ["--name", "part", "--rounds", "1"])
+    rivals.main(["--resume", str(tmp_path / "part"), "--rounds", "2"])
     a, b = sh.read_lines(tmp_path / "full"), sh.read_lines(tmp_path / "part")
     assert [x["kind"] for x in b if x["kind"] != "resume"] == [x["kind"] for x in a]
     assert [x["kind"] for x in b].count("resume") == 1  # the resume is on the record, once
