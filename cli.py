@@ -24,7 +24,7 @@ CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "fl
 RESUME_OK = {"rounds", "device", "compile", "resume", "track"}  # flags that may differ on --resume without changing the experiment
 # ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
 RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
-                 "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch"}
+                 "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch", "loop_max", "topic_q"}
 
 
 def _help_comments(Config):
@@ -137,6 +137,9 @@ def check_config(cfg):
                              ("--ppl-mult", cfg.ppl_mult, cfg.ppl_mult > 0, "> 0"),
                              ("--rep-max", cfg.rep_max, 0 < cfg.rep_max <= 1, "in (0, 1]"),
                              ("--comp-min", cfg.comp_min, 0 <= cfg.comp_min < 1, "in [0, 1)"),
+                             ("--loop-max", cfg.loop_max, 0 < cfg.loop_max <= 1, "in (0, 1]"),
+                             ("--topic-q", cfg.topic_q, 0 <= cfg.topic_q < 1, "in [0, 1) (0 = off)"),
+                             ("--tau-round-pow", cfg.tau_round_pow, math.isfinite(cfg.tau_round_pow), "finite"),
                              ("--min-words", cfg.min_words, cfg.min_words >= 0, ">= 0"),
                              ("--gen-pass-target", cfg.gen_pass_target, 0 < cfg.gen_pass_target <= 1, "in (0, 1]"),
                              ("--max-batches", cfg.max_batches, cfg.max_batches >= 0, ">= 0"),

@@ -17,14 +17,13 @@ import re
 import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
 import statistics
 
-from readers import paired_ci  # the one bootstrap rule (readers.py imports nothing of the project)
+from readers import PAIRED, paired_ci  # the readers table and the one bootstrap rule (readers.py imports nothing of the project)
 
 PPL_CEIL = 2.0      # config ppl_ceil when a run lacks it: the loop is incoherent past this × base ppl_base
 EPS = 0.01          # nats; the half-width used when a tinymfv line carries no eval_ci
 N_FOUNDATIONS = 7   # 1/7 is a lower bound on top1_chance (the most common of 7 labels), for runs that lack it
 # the trait readers of runs older than config `readers` (the seed persona's; the sign = its direction, less deferent)
 OLD_READERS = [("persona_gap", 1), ("trait_fixed", 1), ("auth_nats", -1)]
-PAIRED = ("sentiment", "probe_defer", "trait_fixed", "ppl_base", "persona_gap")  # lines carry <key>_ci: paired vs base
 # new field name -> the name older runs wrote (docs/CONTRACT.md)
 OLD = {"answer_mass": "coherence", "trait_self": "trait_proj", "train_ppl_base": "healed_ppl_base",
        "train_rep": "healed_rep"}
@@ -44,8 +43,8 @@ def read_jsonl(path, problems=None):
 KINDS = {"base", "prompting", "steering_only", "steered", "round", "lam0", "stop", "resume"}  # docs/CONTRACT.md
 SHAPES = {dict: ("eval_ci", "nats", "p", "heal", "dropped_by", "vector_norms", "seconds", "changed", "adapter_sha256",
                  "direction", "items", "opposite"),
-          list: ("dose_table", "doses", "persona_gap_ci", "opposite_persona_gap_ci", "fingerprint", "probes",
-                 *(f"{k}_ci" for k in ("sentiment", "probe_defer", "trait_fixed", "ppl_base"))),
+          list: ("dose_table", "doses", "opposite_persona_gap_ci", "fingerprint", "probes", "answers",
+                 "opposite_answers", *(f"{k}_ci" for k in PAIRED)),
           str: ("status", "reason", "method", "run", "time", "eval_backend", "eval_frames")}
 RANGES = {**dict.fromkeys(("top1", "top1_chance", "answer_mass", "coherence", "persona_yes_frac",
                            "persona_yesno_match", "kept_frac"), (0, 1)),  # fractions
@@ -117,6 +116,14 @@ def read_run(run_dir):
         lines += [ln] if ln else []
     for ln in runio.live_lines(lines):  # what a resume superseded (a stop; with --redo-from j, rounds >= j) is gone
         merged.setdefault((ln["kind"], ln["round"]), {}).update(ln)
+    again = os.path.join(run_dir, "reread.jsonl")  # report.py --reread: the text readers again, from the stored answers
+    reread = [x for x in runio.read_jsonl(again)[0] if (x.get("kind"), x.get("round")) in merged] \
+        if os.path.exists(again) else []
+    for x in reread:
+        ln = merged[(x["kind"], x["round"])]
+        ln.update({k: v for k, v in x.items() if k not in ("items", "direction")})
+        ln["items"] = dict(ln.get("items") or {}, **x.get("items", {}))
+        ln["direction"] = dict(ln.get("direction") or {}, **x.get("direction", {}))
     torn = runio.count_lines(os.path.join(run_dir, "rounds.torn.jsonl"))
     problems += [f"rounds.torn.jsonl: {torn} torn line(s) a resume moved out of rounds.jsonl (a write cut short), "
                  "kept there, read by nothing"] * bool(torn)
@@ -133,7 +140,7 @@ def read_run(run_dir):
     method = cfg.get("method") or next((v["method"] for v in merged.values() if v.get("method")), DEFAULT_METHOD)
     return {"dir": run_dir, "name": os.path.basename(os.path.normpath(run_dir)), "argv": conf.get("argv"),
             "cfg": cfg, "method": str(method), "problems": problems,
-            "rounds": by_round("round"), "steered": steered,
+            "rounds": by_round("round"), "steered": steered, "reread": bool(reread),
             "steer_ref": steered.get(0) or last("steering_only"),
             **{k: last(k) for k in ("base", "prompting", "steering_only", "lam0", "stop")}}
 
@@ -385,13 +392,20 @@ def decide(results):
         return "not measured in this run"
     if not ok:
         return "not measurable"
-    return "unclear" if {"yes", "no"} <= {x[1] for x in ok} else ok[0][1]
+    words = {x[1] for x in ok}
+    return "unclear" if "no" in words and words & set(YES) else ok[0][1]
+
+
+YES = ("yes", "keeps moving", "moved, then stopped")  # the positive words: one reader saying one and another "no" = unclear
 
 
 def readers_text(results):
     """Which reader decided (the first of this persona's readers that passes its checks) and what each said."""
     ok = [x for x in results if x[3]]
     lead = f"decided by {ok[0][0]}" if ok else "no reader of this persona passes its checks"
+    if len({x[1] for x in ok}) > 1:  # the readers that may decide disagree: say so, and why the first one decides
+        lead += (f" (the readers disagree: {', '.join(f'{x[0]} {x[1]}' for x in ok)}; the first readable one in this "
+                 "persona's order decides, and a yes against a no is unclear)")
     return f"{lead}. " + "; ".join(f"{x[0]}: {x[1]} — {x[2]}" for x in results)
 
 

@@ -10,22 +10,26 @@ it), then its tables. What a line says and how sure (reading the files, old fiel
 the direction rule): evidence.py; this file holds the checks that read it (Q0-Q3, vs prompting) and the report.
 """
 import argparse
+import dataclasses
+import importlib.util
+import json
 import math
 import os
 import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
 import statistics
 import sys
 
-from evidence import (at_chance, base_of, ceiling, cell, chance, ci_of, decide, delta, evaluated, fiv, fmt, get, has,
+from readers import COHERENCE, READERS, TRAIT  # the one readers table (readers.py is stdlib-only at import)
+from evidence import (YES, at_chance, base_of, ceiling, cell, chance, ci_of, decide, delta, evaluated, fiv, fmt, get, has,
                       last_of, mean, method_of, no_noise, pair, read_jsonl, read_run, readers_of, readers_text,
                       round_at, seed_dirs, side, unreadable)
 
 MIN_KEPT = 8        # fewer survivors than this in a round is too little to heal on
 PPL_TOL = 1.25      # healed round-0 ppl_base may be 25% above the base line's (same prompts, both greedy)
 RETAIN = 0.5        # the healed model must keep half of steering's trait shift to count as carried
-SHOWN = ["sentiment", "probe_defer", "persona_gap", "trait_fixed", "auth_nats", "care_nats"]  # every trait reader
-LABEL = {"persona_gap": "Δgap", "trait_fixed": "Δtrait_fixed", "auth_nats": "Δauth", "ppl_base": "Δppl_base",
-         "sentiment": "Δsentiment", "probe_defer": "Δprobe_defer", "care_nats": "Δcare"}
+SHOWN = TRAIT  # every trait reader (readers.READERS)
+LABEL = {k: r["label"] for k, r in READERS.items()}
+TOPIC_AUC_MIN = 0.75  # on_topic decides only where answers are told from answers to other prompts this well (base line)
 # --method of steer_heal.py (config.json `method`; older runs lack it: steer-heal). What each one's lines are:
 METHODS = {"steer-heal": "the iterative loop: steer, filter, heal, bake, once per round",
            "prompt-bake": "prompt baking (Bhargava et al. 2024): the persona-prompted model is the teacher, distilled "
@@ -35,7 +39,7 @@ METHODS = {"steer-heal": "the iterative loop: steer, filter, heal, bake, once pe
                      "a round is --online-steps optimizer steps"}
 SECTIONS = ["Q0 can we filter?", "Q1 can we heal?", "Q2 coherent over the loop?",
             "Q3 does the trait keep moving?", "vs prompting baseline"]
-MEASURED = ("yes", "no", "unclear")  # the words a reader gives when it can be read
+MEASURED = ("yes", "no", "unclear", "keeps moving", "moved, then stopped")  # the words of a reader that can be read
 
 
 def table(header, rows):
@@ -99,9 +103,9 @@ def ppl_rises(comps, d_lo, d_hi):
 
 def q0_one(run):
     rows = [[r["round"], get(d, "dose"), get(d, "n"), get(d, "kept"), get(d, "kept_frac"), get(d, "ppl_tail"),
-             get(d, "rep"), " ".join(f"{k}:{v}" for k, v in (d.get("dropped_by") or {}).items() if v) or "—"]
-            for r in run["rounds"] for d in (r.get("dose_table") or []) if isinstance(d, dict)]
-    body = table(["round", "dose", "n", "kept", "kept frac", "ppl tail", "rep", "dropped by"], rows)
+             get(d, "rep"), get(d, "topic"), " ".join(f"{k}:{v}" for k, v in (d.get("dropped_by") or {}).items() if v)
+             or "—"] for r in run["rounds"] for d in (r.get("dose_table") or []) if isinstance(d, dict)]
+    body = table(["round", "dose", "n", "kept", "kept frac", "ppl tail", "rep", "on topic", "dropped by"], rows)
     r0 = (run["rounds"] or [{}])[0]
     # the borderline pair of round 0: the kept one with the highest tail ppl, the ppl-dropped one with the lowest
     comps = [c for c in read_jsonl(os.path.join(run["dir"], "completions_r0.jsonl")) if get(c, "ppl_tail")]
@@ -157,14 +161,69 @@ def retention(runs, key, sgn, r0):
                        + (", and the healed Δ outside noise" if word == "unclear" else "") + f"); {nums}"), True
 
 
+def topic_margin(runs):
+    """(margin, why) for on_topic: TOPIC margin x the base line's gap between answers to their own prompt and to other
+    prompts (what an answer to another question reads), or (None, why it cannot decide)."""
+    b = [r["base"] or {} for r in runs]
+    auc, own, other = ([get(x, k) for x in b] for k in ("on_topic_auc", "on_topic", "on_topic_other"))
+    if None in auc + own + other:
+        return None, "on_topic not measured in this run"
+    if min(auc) < TOPIC_AUC_MIN:
+        return None, (f"on_topic not measurable: on the base line an answer is nearer its own prompt than another's "
+                      f"with AUC {fmt(min(auc), 3)} < {TOPIC_AUC_MIN} (chance 0.5)")
+    gap = mean([o - x for o, x in zip(own, other)])
+    return READERS["on_topic"]["margin"] * gap, (f"validity AUC {fmt(min(auc), 3)} (chance 0.5); margin "
+                                                 f"{READERS['on_topic']['margin']:g} × the base's own−other gap {fmt(gap, 3)}")
+
+
+def coherent(runs, pick, ppl_tol):
+    """Each coherence reader's answer to "are `pick`'s greedy answers as coherent as the base model's?", as
+    [(key, word, text)]: ppl_base as a ratio to base (≤ ppl_tol, worst seed); degenerate and on_topic as paired
+    changes vs base with their noise (evidence.delta), 'yes' when the whole interval is within the reader's margin
+    (readers.READERS), 'no' when all of it is past the margin, else 'unclear'. A reader the run lacks is left out."""
+    out = []
+    ratios = [get(pick(r), "ppl_base") / get(r["base"], "ppl_base") for r in runs
+              if pick(r) and get(pick(r), "ppl_base") and get(r["base"], "ppl_base")]
+    if ratios:
+        w = max(ratios)
+        out.append(("ppl_base", "yes" if w <= ppl_tol else "no", f"×{fmt(w, 3)} of base (≤ ×{fmt(ppl_tol)}"
+                    + ", worst seed" * (len(runs) > 1) + ")"))
+    for key in (k for k in COHERENCE if k != "ppl_base"):
+        iv = delta(runs, pick, base_of, key) if has(runs, [pick, base_of], key) else None
+        if iv is None:
+            continue
+        m, why = topic_margin(runs) if key == "on_topic" else (READERS[key]["margin"], f"margin {READERS[key]['margin']:g}")
+        if m is None:
+            out.append((key, "not measurable", f"{LABEL[key]} {fiv(iv)}; {why}"))
+            continue
+        w = READERS[key]["worse"]
+        lo, hi = sorted((w * iv[1], w * iv[2])) if iv[1] is not None else (None, None)
+        word = "unclear" if lo is None else "yes" if hi <= m else "no" if lo > m else "unclear"
+        out.append((key, word, f"{LABEL[key]} {fiv(iv)} (worse is {'up' if w > 0 else 'down'}; tolerated "
+                               f"{'+' if w > 0 else '−'}{fmt(m, 3)}: {why})"))
+    return out
+
+
+def coherence_word(res):
+    """One word from coherent()'s readers: no if any says no (naming it), yes if every measured one says yes."""
+    words = [w for _, w, _ in res if w != "not measurable"]
+    return "no" if "no" in words else "yes" if words and all(w == "yes" for w in words) else "unclear"
+
+
+def coherence_text(res):
+    bad = [k for k, w, _ in res if w == "no"]
+    return (f"NOT coherent by {', '.join(bad)}" if bad else "") + ("; " if bad else "") + "; ".join(
+        f"{k}: {w} — {t}" for k, w, t in res)
+
+
 def q1_heal(runs):
     r0, steer = round_at(0), lambda r: r["steer_ref"]
     steer_name = ("teacher r0 (persona as system prompt)" if ref_word(runs) == "the teacher" else
                   "steered r0 (steering only)")
     lines = [("base", base_of), (steer_name, steer), ("healed round 0", r0),
              ("λ=0 round 0", lambda r: r["lam0"])]
-    cols = ["sentiment", "probe_defer", "persona_gap", "trait_fixed", "auth_nats", "care_nats", "ppl_base", "answer_mass",
-            "rep", "trait_self"]
+    cols = ["sentiment", "probe_defer", "persona_gap", "trait_fixed", "auth_nats", "care_nats", "ppl_base", "degenerate",
+            "on_topic", "kl_base", "answer_mass", "rep", "trait_self"]
     body = table(["line"] + cols, [[name] + [cell(runs, pick, k) for k in cols] for name, pick in lines
                                    if any(pick(r) for r in runs)])
     # context only: the survivors were SAMPLED under steering, the healed answers are greedy, and the prompts
@@ -189,11 +248,14 @@ def q1_heal(runs):
         body.append("\nλ=0 ablation: not run; rerun with --ablate-lam0")
     if not any(r0(r) for r in runs):
         return "not measured in this run", "no round line yet", body, []
-    # fluency, like with like: greedy answers to the same held-out prompts, healed round 0 vs the base line
+    # fluency, like with like: greedy answers to the same held-out prompts, healed round 0 vs the base line, read by
+    # every coherence reader (ppl_base alone calls a loop fluent: a loop is more probable under the base model)
     ratios = [x for x in (get(r0(r), "ppl_base") / get(r["base"], "ppl_base") if r0(r) and get(r0(r), "ppl_base")
                           and get(r["base"], "ppl_base") else None for r in runs) if x is not None]
     worst = max(ratios) if ratios else None
-    fluent = None if worst is None else worst <= PPL_TOL
+    coh = coherent(runs, r0, PPL_TOL)
+    cw = coherence_word(coh) if coh else None
+    fluent = None if cw is None or cw == "unclear" else cw == "yes"
     res = [x for x in (retention(runs, k, s, r0) for k, s in readers_of(runs)) if x]
     ret = decide(res)
     nums = [("healed/base ppl_base", worst), ("base ppl_base", get(runs[0]["base"], "ppl_base")),
@@ -202,11 +264,10 @@ def q1_heal(runs):
         sh, hh = delta(runs, steer, base_of, k), delta(runs, r0, base_of, k)
         if sh and hh:
             nums += [(f"{LABEL[k]} steering", sh[0]), (f"{LABEL[k]} healed", hh[0])]
-    flu = ("ppl_base missing on the base or round-0 line" if fluent is None else
-           f"healed round-0 ppl_base {fmt(cell(runs, r0, 'ppl_base'))} "
-           f"vs base {fmt(get(runs[0]['base'], 'ppl_base'))} (×{fmt(worst, 3)}{', worst seed' * (len(runs) > 1)}; "
-           f"fluent if ≤ ×{PPL_TOL}, greedy answers to the same held-out prompts): "
-           + ("fluent" if fluent else "NOT fluent"))
+    flu = ("ppl_base missing on the base or round-0 line" if cw is None else
+           ("fluent" if fluent else "NOT fluent" if fluent is False else "unclear") + " (healed round 0 vs base, greedy "
+           "answers to the same held-out prompts; fluent needs every coherence reader within its margin): "
+           + coherence_text(coh))
     why = f"fluency: {flu}. Retention: {ret}" + (f" — {readers_text(res)}" if res else " — no trait reader")
     word = ("no" if fluent is False or ret == "no" else "unclear" if fluent is None else
             "yes" if ret == "yes" else "not measurable" if ret in ("not measurable", "not measured in this run")
@@ -216,20 +277,23 @@ def q1_heal(runs):
 
 def q2_one(run):
     base, (cmult, ceil) = run["base"], ceiling(run)
-    rows = [["base", get(base, "ppl_base"), 1.0 if get(base, "ppl_base") else None, get(base, "answer_mass"),
-             get(base, "rep")] + [None] * 4]
+    rows = [["base", get(base, "ppl_base"), 1.0 if get(base, "ppl_base") else None, get(base, "degenerate"),
+             get(base, "on_topic"), get(base, "kl_base"), get(base, "answer_mass"), get(base, "rep")] + [None] * 4]
     rows += [[r["round"], get(r, "ppl_base"), get(r, "ppl_base") / get(base, "ppl_base")
-              if None not in (get(r, "ppl_base"), get(base, "ppl_base")) else None, get(r, "answer_mass"),
-              get(r, "rep"),
+              if None not in (get(r, "ppl_base"), get(base, "ppl_base")) else None, get(r, "degenerate"),
+              get(r, "on_topic"), get(r, "kl_base"), get(r, "answer_mass"), get(r, "rep"),
               get(r, "kept") / get(r, "generated") if get(r, "kept") is not None and get(r, "generated") else None,
               get(r, "heal", "kl_agg"), (r.get("heal") or {}).get("barrier_active"), r.get("status")]
              for r in run["rounds"]]
     body = [f"ceiling = ppl_ceil {fmt(cmult)}" + " (default; not in config)" * (get(run["cfg"], "ppl_ceil") is None)
             + f" × base ppl_base {fmt(get(base, 'ppl_base'))} = {fmt(ceil)}. ppl_base: perplexity under the base "
             "model of each line's greedy answers to the held-out prompts. answer_mass (probability on the seven "
-            "answer digits; older runs call it coherence) is shown but decides nothing: steering raises it.", ""]
-    body += table(["round", "ppl_base", "× base", "answer_mass", "rep", "kept frac", "kl_agg", "barrier", "status"],
-                  rows)
+            "answer digits; older runs call it coherence) is shown but decides nothing: steering raises it. "
+            "Coherent over the loop = every round under the ceiling AND its degenerate share and on_topic within their "
+            "margins vs base (as Q1's fluency); kl_base (mean per-token KL to the base model over the answers) is a "
+            "cost, shown.", ""]
+    body += table(["round", "ppl_base", "× base", "degenerate", "on_topic", "kl_base", "answer_mass", "rep",
+                   "kept frac", "kl_agg", "barrier", "status"], rows)
     stop = f"; loop stopped early: {run['stop'].get('reason')}" if run["stop"] else ""
     ppl = [(r["round"], get(r, "ppl_base")) for r in run["rounds"] if get(r, "ppl_base") is not None]
     if not ppl:
@@ -244,6 +308,15 @@ def q2_one(run):
                         f"(ppl_ceil {fmt(cmult)} × base {fmt(get(base, 'ppl_base'))})") if over else
                  ("yes", f"max ppl_base {fmt(worst[1])} (round {worst[0]}) ≤ ceiling {fmt(ceil)} "
                          f"(ppl_ceil {fmt(cmult)} × base {fmt(get(base, 'ppl_base'))}) over {len(ppl)} rounds"))
+    # the text readers of coherence, every round (the ceiling is ppl_base's; theirs are their margins)
+    per = [(r["round"], [x for x in coherent([run], round_at(r["round"]), cmult) if x[0] != "ppl_base"])
+           for r in evaluated(run)]
+    per = [(k, res) for k, res in per if res]
+    bad = [(k, res) for k, res in per if coherence_word(res) == "no"]
+    if per:
+        why += "; " + "; ".join(f"round {k}: {coherence_text(res)}" for k, res in (bad or per[-1:]))
+        words = [coherence_word(res) for _, res in per]
+        word = "no" if bad else word if word != "yes" else "yes" if all(w == "yes" for w in words) else "unclear"
     return word, why + stop, body, nums
 
 
@@ -275,12 +348,16 @@ def trajectory(runs, key, sgn):
             + (f" (round {', '.join(map(str, over))} past the ppl ceiling: not counted)" if over else ""))
     at = at_chance(runs, key)
     fs = side(final, sgn)
+    # three answers: the last round's step beyond noise the persona's way (keeps moving); beyond noise overall but
+    # the last step within noise or back (moved, then stopped); not beyond noise overall (no)
     word, note = (("not measurable", f" ({at[1]})") if at[0] else
                   ("not measurable", f" ({no_noise(runs, key)})") if fs is None else
                   ("no", " — inside the noise") if fs == 0 else ("no", " — moved the wrong way") if fs < 0 else
-                  ("unclear", " — one round only") if len(ks) < 2 else
-                  ("unclear", " — not monotone (a step goes back beyond noise)") if -1 in sides else
-                  ("yes", "; monotone"))
+                  ("unclear", " — one round only: moved, but whether it keeps moving needs a second") if len(ks) < 2 else
+                  ("keeps moving", " — the last round's step is beyond noise"
+                   + (" (not monotone: an earlier step goes back beyond noise)" if -1 in sides else "")) if sides[-1] == 1
+                  else ("moved, then stopped", " — the last round's step is "
+                        + ("back beyond noise" if sides[-1] == -1 else "within noise")))
     return key, word, text + note, word in MEASURED
 
 
@@ -336,7 +413,8 @@ def vs_reader(runs, key, sgn):
 def vs_prompting(runs):
     group, pr = len(runs) > 1, lambda r: r["prompting"]
     lines = [("base", base_of), ("prompting", pr), ("healed, last round", last_of)]
-    cols = ["sentiment", "probe_defer", "auth_nats", "care_nats", "persona_gap", "trait_fixed", "ppl_base", "answer_mass"]
+    cols = ["sentiment", "probe_defer", "auth_nats", "care_nats", "persona_gap", "trait_fixed", "ppl_base", "degenerate",
+            "on_topic", "kl_base"]
     body = table(["line"] + cols, [[name] + [cell(runs, p, k) for k in cols] for name, p in lines
                                    if any(p(r) for r in runs)])
     body += ["", "Δ vs base (this persona's directions: " + ", ".join(f"{k} {'↑' if s > 0 else '↓'}" for k, s in readers_of(runs)) + ")"
@@ -355,9 +433,13 @@ def vs_prompting(runs):
     # a loop past the coherence ceiling does not win whatever its trait says
     over = [r["name"] for r in runs if None not in (ceiling(r)[1], get(last_of(r), "ppl_base"))
             and get(last_of(r), "ppl_base") > ceiling(r)[1]]
-    word = "no" if over else decide(res)
+    # nor does one whose answers loop or stopped answering the question, whatever its trait says
+    coh = [x for x in coherent(runs, last_of, ceiling(runs[0])[0]) if x[0] != "ppl_base"]
+    broken = [k for k, w, _ in coh if w == "no"]
+    word = "no" if over or broken else decide(res)
     return word, readers_text(res) + (f" — the loop's last round is past the ppl ceiling ({', '.join(over)})"
-                                      if over else ""), body, nums
+                                      if over else "") + (f" — the loop's last round is not coherent: "
+                                                          f"{coherence_text(coh)}" if broken else ""), body, nums
 
 
 CHECKS = [q0_filter, q1_heal, q2_coherent, q3_trait, vs_prompting]
@@ -397,13 +479,17 @@ def header(runs, title):
             f"- tinymfv reader (auth_nats): {chance(runs)[1]}"
             + "; verdicts resting on it alone are not measurable" * bool(chance(runs)[0]),
             *validity(runs),
+            *(["- re-read: the text readers' numbers come from reread.jsonl (report.py --reread: the stored answers "
+               "read again, no model), over the stored lines'"] * any(r.get("reread") for r in runs)),
             "- yes/no persona form: " + (f"at chance on the base line (a constant answer in: {', '.join(yn)})" if yn else
                                           "not at chance on the base line" if any(get(x["base"], "persona_yesno")
                                                                                    is not None for x in runs)
                                           else "not in this run"),
-            f"- fluency (Q1): healed round-0 ppl_base ≤ {PPL_TOL} × base ppl_base; coherence (Q2): every round's "
-            f"ppl_base ≤ ppl_ceil {fmt(cmult)} × base ppl_base"
-            + " (ppl_ceil not in config: default)" * (get(cfg, "ppl_ceil") is None),
+            f"- fluency (Q1): healed round 0 vs base, every coherence reader: ppl_base ≤ {PPL_TOL} × base, the "
+            f"degenerate share up by less than {READERS['degenerate']['margin']:g}, on_topic down by less than "
+            f"{READERS['on_topic']['margin']:g} × the base's own−other gap, each with its paired noise; coherence (Q2): "
+            f"every round's ppl_base ≤ ppl_ceil {fmt(cmult)} × base and the same two margins"
+            + " (ppl_ceil not in config: default)" * (get(cfg, "ppl_ceil") is None) + "; " + topic_margin(runs)[1],
             ""]
 
 
@@ -470,15 +556,86 @@ def write_report(run_dir):
     return text
 
 
+# ---- --reread: a finished run's stored answers read again by a script's text readers (no model)
+def load_script(path):
+    """The experiment file whose text readers re-read the answers (steer_heal.py, or a copy), loaded by path: its
+    text_items(), Config and HELD_OUT. Only --reread loads it (it imports torch); the report itself stays stdlib."""
+    p = path if os.path.exists(path) else os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
+    if not p.endswith(".py") or not os.path.isfile(p):
+        raise ValueError(f"--script {path}: not a Python file")
+    name = os.path.splitext(os.path.basename(p))[0]
+    mod = sys.modules.get(name)
+    if mod is not None and os.path.abspath(getattr(mod, "__file__", "")) == os.path.abspath(p):
+        return mod
+    spec = importlib.util.spec_from_file_location(name, p)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reread(run_dir, script="steer_heal.py"):
+    """Every line's stored greedy answers (and its opposite's) read again by `script`'s text readers
+    (text_items: sentiment, degenerate, on_topic, and any reader a copy adds there) -> <run>/reread.jsonl, one row
+    per line, which the report then reads over the stored readings (evidence.read_run). Returns the rows of what
+    moved: (line, reader, stored mean, re-read mean, largest per-prompt difference; None = a reader the line lacked)."""
+    sh = load_script(script)
+    conf = json.load(open(os.path.join(run_dir, "config.json")))
+    types = {f.name: f.type for f in dataclasses.fields(sh.Config)}
+    cfg = sh.Config(**{k: tuple(v) if types[k] is tuple else v for k, v in conf["config"].items() if k in types})
+    users = sh.HELD_OUT[cfg.eval_prompts]
+    rows, moved, prev = [], [], None
+    lines = [ln for ln in runio.live_lines(runio.read_jsonl(os.path.join(run_dir, "rounds.jsonl"))[0])
+             if isinstance(ln.get("answers"), list)]
+    if not lines:
+        raise ValueError(f"{run_dir}: no line stores its answers (runs before the coherence readers kept 6 as text, in "
+                         "samples.md): rerun it to re-read it")
+    base = None
+    for ln in lines:
+        read = lambda ans: sh.text_items(cfg, [users[a["id"]] for a in ans], [a["text"] for a in ans])
+        items, validity = read(ln["answers"])
+        means = {k: sum(v) / len(v) for k, v in items.items()}
+        items = {k: [round(x, 4) for x in v] for k, v in items.items()}
+        row = dict(kind=ln["kind"], round=ln["round"], **means, **validity, items=items)
+        base = base or (items if ln["kind"] == "base" else None)
+        if base and ln["kind"] != "base":
+            row.update({f"{k}_ci": sh.readers.paired_ci(v, base[k]) for k, v in items.items() if k in base})
+        if isinstance(ln.get("opposite_answers"), list) and ln["opposite_answers"]:
+            opp = {k: [round(x, 4) for x in v] for k, v in read(ln["opposite_answers"])[0].items()}
+            here = prev or base
+            row["direction"] = dict(ln.get("direction") or {}, **{k: sh.readers.direction(v, opp[k], here[k])
+                                                                    for k, v in items.items() if k in here})
+        if ln["kind"] in ("base", "round"):
+            prev = items
+        for k, v in items.items():
+            old = (ln.get("items") or {}).get(k)
+            diff = max(abs(a - b) for a, b in zip(v, old)) if isinstance(old, list) and len(old) == len(v) else None
+            moved.append((f"{ln['kind']} r{ln['round']}", k, get(ln, k), means[k], diff))
+        rows.append(row)
+    runio.write_text(os.path.join(run_dir, "reread.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    return moved
+
+
 def main(argv=None):
     """Each folder's report.md. Exit 2 (a message, no traceback) for a folder that is not a run; methods compared:
-    report_methods.py."""
+    report_methods.py. --reread first re-reads each run's stored answers with --script's text readers."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders or group folders (with seed<k>/ run folders)")
+    ap.add_argument("--reread", action="store_true", help="re-read every line's stored greedy answers with the "
+                    "script's text readers (no model), write <run>/reread.jsonl, and say what moved")
+    ap.add_argument("--script", default="steer_heal.py", help="with --reread: the experiment file whose text_items() "
+                    "reads (a copy of steer_heal.py with a new text reader adds its reader to every line)")
     args = ap.parse_args(argv)
     code, good = 0, []
     for d in args.runs:
         try:
+            if args.reread:
+                for r in seed_dirs(d) or [d]:
+                    moved = reread(r, args.script)
+                    print(f"{r}: re-read {len({m[0] for m in moved})} lines with {args.script}'s text readers")
+                    for line, k, old, new, diff in moved:
+                        print(f"  {line:14s} {k:12s} stored {fmt(old):>8s}  re-read {fmt(new):>8s}  "
+                              + ("new reader" if diff is None else f"largest per-prompt difference {diff:.2g}"))
             write_report(d)
             print(os.path.join(d, "report.md"))
             good.append(d)

@@ -99,6 +99,8 @@ class Config:
     tail_frac: float = 0.25  # perplexity is judged on this last fraction of completion tokens
     ppl_mult: float = 3.0  # drop when tail ppl > ppl_mult x median tail ppl of unsteered samples
     rep_max: float = 0.3  # drop when the most repeated word/char n-gram covers more than this fraction
+    loop_max: float = 0.5  # drop when word 4-grams said twice or more cover more than this share of the words (phrase loops)
+    topic_q: float = 0.0  # on-topic gate: drop below this quantile of the unsteered samples' MiniLM cosine to their prompt; 0 = off
     comp_min: float = 0.3  # drop when zlib compressed/raw size is below this (low-entropy loops)
     min_words: int = 5  # drop completions shorter than this
     # dose controller
@@ -122,6 +124,7 @@ class Config:
     val_frac: float = 0.15  # survivors held out for validation NLL
     lam: float = 1.0  # barrier weight: loss = NLL + lam_r * relu(D - tau)
     tau: float = 0.5  # barrier threshold on the aggregated per-token KL, nats
+    tau_round_pow: float = 0.0  # tau_r = tau * (1 + round)^pow: a barrier loosened round by round
     kl_dir: str = "rev"  # rev = KL(student||ref) | fwd = KL(ref||student)
     kl_agg: str = "rmse"  # mean | rmse | p95 | max over completion positions of a sequence
     kl_ref: str = "base"  # base = original weights | prev = this round's starting model
@@ -461,9 +464,16 @@ def refuses(text):
     return bool(REFUSAL.search(text))
 
 
-def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None):
+def text_scores(text, persona):
+    """The filters' scores that read the words alone (no model): every measured line's degenerate share reads them too."""
+    return dict(rep=repetition(text), loop=readers.loop_share(text), comp=compress_ratio(text),
+                narr=narrates(text, persona), refuse=refuses(text))
+
+
+def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None, topic_gate=-math.inf):
     """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model; `nll`
-    (per-token NLL per item, from a pass the caller already ran) skips the forward. The pass's states at the
+    (per-token NLL per item, from a pass the caller already ran) skips the forward; `topic` (MiniLM cosine of the
+    completion to its user turn) where the item has one. The pass's states at the
     completion tokens go to each kept item's x["h_last"] (a CPU copy of its own rows), with the prompt and ids they
     belong to in x["h_last_of"]: the barrier's reference states when the scoring model is the reference (heal)."""
     states = []
@@ -472,9 +482,11 @@ def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None):
     for x, n in zip(items, nll):
         tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
         x.update(n_tokens=len(x["ids"]), ppl=math.exp(min(n.mean(), 700)) if len(n) else math.inf,  # no overflow
-                 ppl_tail=math.exp(min(tail.mean(), 700)), rep=repetition(x["text"]), comp=compress_ratio(x["text"]),
-                 narr=narrates(x["text"], cfg.pos), refuse=refuses(x["text"]))
-    judge(items, cfg, ppl_gate)
+                 ppl_tail=math.exp(min(tail.mean(), 700)), **text_scores(x["text"], cfg.pos))
+    asked = [x for x in items if x.get("user")]
+    for x, c in zip(asked, readers.on_topic([x["user"] for x in asked], [x["text"] for x in asked])[0] if asked else []):
+        x["topic"] = round(c, 4)
+    judge(items, cfg, ppl_gate, topic_gate)
     for x, h in zip(items, states or [None] * len(items)):
         for key in ("h_last", "h_last_of"):  # an earlier pass's states are not this one's
             x.pop(key, None)
@@ -483,19 +495,31 @@ def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None):
     return items
 
 
-def fails(x, cfg, ppl_gate=math.inf):
-    """THE filter: the names of the filters a scored completion fails, in the order judge() reports them.
-    Backtracking asks it too (for the two a rewind can fix: ppl, rep)."""
-    return [name for name, bad in (
-        ("short", len(x["text"].split()) < cfg.min_words), ("refuse", x["refuse"]), ("narr", x["narr"]),
-        ("rep", x["rep"] > cfg.rep_max), ("comp", x["comp"] < cfg.comp_min),
-        ("ppl", not x["ppl_tail"] <= ppl_gate)) if bad]  # NaN fails too
+# THE filter, one row each, in the order a dropped completion's why_dropped names them: (name, reads the words alone,
+# the knob that sets its limit, fails(x, cfg, ppl_gate, topic_gate)). The words-alone rows are also every measured
+# line's degenerate share. Adding a filter = a row here + its score in text_scores() / score().
+FILTERS = [
+    ("short", True, "min_words", lambda x, cfg, g, tg: len(x["text"].split()) < cfg.min_words),
+    ("refuse", True, None, lambda x, cfg, g, tg: x["refuse"]),
+    ("narr", True, None, lambda x, cfg, g, tg: x["narr"]),
+    ("rep", True, "rep_max", lambda x, cfg, g, tg: x["rep"] > cfg.rep_max),
+    ("loop", True, "loop_max", lambda x, cfg, g, tg: x.get("loop", 0.0) > cfg.loop_max),
+    ("comp", True, "comp_min", lambda x, cfg, g, tg: x["comp"] < cfg.comp_min),
+    ("topic", False, "topic_q", lambda x, cfg, g, tg: x.get("topic") is not None and x["topic"] < tg),
+    ("ppl", False, "ppl_mult", lambda x, cfg, g, tg: not x["ppl_tail"] <= g),  # NaN fails too
+]
 
 
-def judge(items, cfg, ppl_gate=math.inf):
+def fails(x, cfg, ppl_gate=math.inf, topic_gate=-math.inf, words_only=False):
+    """The names of the filters a scored completion fails, in FILTERS' order. Backtracking asks it too (for those a
+    rewind can fix: ppl, rep); words_only: only the filters that read the words alone (the degenerate share)."""
+    return [name for name, words, _, bad in FILTERS if (words or not words_only) and bad(x, cfg, ppl_gate, topic_gate)]
+
+
+def judge(items, cfg, ppl_gate=math.inf, topic_gate=-math.inf):
     """The verdict from the stored scores: re-gating needs no second forward pass."""
     for x in items:
-        x["why_dropped"] = next(iter(fails(x, cfg, ppl_gate)), "")
+        x["why_dropped"] = next(iter(fails(x, cfg, ppl_gate, topic_gate)), "")
         x["kept"] = not x["why_dropped"]
     return items
 
@@ -507,7 +531,8 @@ def dose_table(items):
         rows.append(dict(dose=round(d, 4), n=len(xs), kept=sum(x["kept"] for x in xs),
                          kept_frac=sum(x["kept"] for x in xs) / len(xs),
                          ppl_tail=sum(min(x["ppl_tail"], 1e4) for x in xs) / len(xs),
-                         rep=sum(x["rep"] for x in xs) / len(xs), dropped_by=drop_counts(xs)))
+                         rep=sum(x["rep"] for x in xs) / len(xs), topic=readers.mean([x.get("topic") for x in xs]),
+                         dropped_by=drop_counts(xs)))
     return rows
 
 
@@ -545,7 +570,19 @@ def calibrate_gate(model, tok, cfg, seed, n):
     return ref, gate
 
 
-def collect(model, tok, vectors, cfg, gate, seed, sink):
+def topic_gate_of(ref, cfg):
+    """The on-topic gate (--topic-q): that quantile of the unsteered samples' cosine to their prompt, so about that
+    share of the model's own answers would be dropped (-inf = off)."""
+    cos = sorted(x["topic"] for x in ref if x.get("topic") is not None)
+    if not cfg.topic_q or not cos:
+        return -math.inf
+    g = cos[min(len(cos) - 1, int(cfg.topic_q * len(cos)))]
+    log(f"  on-topic gate = the {cfg.topic_q:g} quantile of {len(cos)} unsteered samples' cosine to their prompt = {g:.3f} "
+        f"(their median {cos[len(cos) // 2]:.3f})")
+    return g
+
+
+def collect(model, tok, vectors, cfg, gate, seed, sink, topic_gate=-math.inf):
     g = torch.Generator().manual_seed(seed)
     order = [GEN_PROMPTS[i] for i in torch.randperm(len(GEN_PROMPTS), generator=g)]
     cursor = [0]
@@ -557,7 +594,7 @@ def collect(model, tok, vectors, cfg, gate, seed, sink):
         items = generate(model, tok, [chat(tok, u) for u in users], cfg, vectors, doses, desc=what, gate=gate)
         for x, u, d in zip(items, users, doses):
             x.update(user=u, dose=d, kappa=kappa)
-        sink(score(model, tok, items, cfg, gate))
+        sink(score(model, tok, items, cfg, gate, topic_gate=topic_gate))
         return items
 
     kappa, items, probes = 1.0, [], []
@@ -691,7 +728,7 @@ def spectral_penalty(pm, state, iters=3):
     return torch.stack(vals).mean()
 
 
-def heal_loss(model, b, cfg, lam, ref_ctx, want_kl=True, task=None):
+def heal_loss(model, b, cfg, lam, ref_ctx, want_kl=True, task=None, tau=None):
     """Returns (loss, stats). loss = task + lam * mean_seq relu(D - tau); task = (name, fn(logp) -> scalar), the data
     term on the student's completion log-probs: None = the completion NLL (steer-heal), else prompt-bake's or online's
     (distill_task, pg_task). At lam == 0 the loss is exactly the task; the KL is computed only when `want_kl` asks, for
@@ -700,11 +737,12 @@ def heal_loss(model, b, cfg, lam, ref_ctx, want_kl=True, task=None):
     name, data = ("nll", -logp.gather(1, b["tgt"][b["pred"]][:, None]).mean()) if task is None else (task[0], task[1](logp))
     if not lam and not want_kl:
         return data, {name: data.item()}
+    tau = cfg.tau if tau is None else tau
     kl = barrier_kl(model, b, logp if lam else logp.detach(), ref_ctx, cfg.kl_dir)
     D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
-    loss = data + lam * F.relu(D - cfg.tau).mean() if lam else data
+    loss = data + lam * F.relu(D - tau).mean() if lam else data
     return loss, {name: data.item(), "kl_agg": D.mean().item(), "kl_mean": kl.mean().item(),
-                  "barrier_active": (D > cfg.tau).float().mean().item()}
+                  "barrier_active": (D > tau).float().mean().item()}
 
 
 def new_adapter(model, cfg, k, stash, steps):
@@ -814,7 +852,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
         ref_h, ref_from = fast.kept_states(batch, lambda b: reference_states(pm, b, ref_ctx), len(train),
                                            cfg.train_batch, dev), "pass"
     ref_s = time.time() - t
-    spec = {}
+    spec, tau = {}, cfg.tau * (1 + k) ** cfg.tau_round_pow
 
     def val_nll():
         if not val:
@@ -827,7 +865,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     def step_losses(s, want_kl):
         def thunk(idx):
             b, mb = dict(batch(idx), ref_h=ref_h(idx)), [train[j] for j in idx]
-            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, want_kl, task and task(pm, tok, mb, dev))
+            loss, st = heal_loss(pm, b, cfg, lam, ref_ctx, want_kl, task and task(pm, tok, mb, dev), tau)
             return regularised(pm, tok, cfg, loss, st, s, anchor, spec, dev)
         return [lambda idx=idx: thunk(idx) for idx in micro[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]]
 
@@ -835,7 +873,7 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     hist, nonfinite, status = train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, f"heal r{k}")
     if status != "ok":
         return pm, dict(steps=steps, nonfinite=nonfinite, status=status)
-    return pm, summary(hist, steps=steps, val_nll_before=before, val_nll=val_nll(), lam=lam, tau=cfg.tau,
+    return pm, summary(hist, steps=steps, val_nll_before=before, val_nll=val_nll(), lam=lam, tau=tau,
                        nonfinite=nonfinite, status="ok", ref_states=ref_from, ref_pass_s=round(ref_s, 2))
 
 
@@ -936,22 +974,57 @@ def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None):
     return (proj if v0 else None), nll
 
 
+def text_items(cfg, users, texts, probe=None):
+    """({reader: [one reading per answer]}, validity) for every reader of the answers' WORDS alone, instruments
+    outside the model: sentiment (VADER), probe_defer (MiniLM probe), degenerate (1 = a words-alone filter would drop
+    it: short, refusal, narration, repetition, phrase loop, low compression), on_topic (MiniLM cosine of the answer to
+    its own prompt; validity = how often an answer is nearer its own prompt than another's). `report.py --reread`
+    calls this on a finished run's stored answers, so a copy's new text reader re-reads old runs without a model."""
+    items = dict(sentiment=readers.sentiment(texts))
+    if probe:
+        items["probe_defer"] = probe(texts)
+    items["degenerate"] = [float(bool(fails(dict(text=t, **text_scores(t, cfg.pos)), cfg, words_only=True)))
+                           for t in texts]
+    items["on_topic"], topic = readers.on_topic(users, texts)
+    return items, dict(on_topic_auc=topic["auc"], on_topic_other=topic["other"])
+
+
+@torch.no_grad()
+def kl_to_base(model, tok, prompts, plain, answers, stash, vectors=None, coeff=0.0, cfg=None, batch_size=16):
+    """[N] mean per-token KL(line's model || original model) over each answer's tokens, in nats: the line's model
+    as the line ran it (its prompt, under the hook at its dose: every position at the full dose, the length decay not
+    replayed) against the original weights after the plain prompt. A cost axis any model has (issue 34)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        cs = answers[i:i + batch_size]
+        b = make_batch(tok, prompts[i:i + batch_size], cs, model.device)
+        with (steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None
+              else contextlib.nullcontext()):
+            lp = completion_logits(model, b).float().log_softmax(-1)
+        with fixed_reader(model, stash):
+            lq = completion_logits(model, make_batch(tok, plain[i:i + batch_size], cs, model.device)).float().log_softmax(-1)
+        out += [x.mean().item() if len(x) else 0.0 for x in kl_per_position(lp, lq).cpu().split(b["lengths"])]
+    return out
+
+
 def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None,
-                   probe=None, read_self=True, prompt_kv=None):
-    """Greedy answers to `users` -> (answers, readings). Each reader of the answers' text has one reading per
+                   probe=None, read_self=True, prompt_kv=None, read_kl=False):
+    """Greedy answers to `users` -> (answers, readings). Each reader of the answers has one reading per
     prompt in readings["items"] (paired CIs and direction checks pair by prompt) and its mean beside it.
     read_self=False skips trait_self (the model reading its own states): a pass no caller of that line reads;
     "fixed" takes it from the fixed reader's pass (the model still has the original weights). prompt_kv: the run's
-    cache of the fixed reader's prompt KV (read_text)."""
+    cache of the fixed reader's prompt KV (read_text). read_kl: kl_base per answer (0 for the original model)."""
     prompts = [chat(tok, u, system) for u in users]
     ans = generate(model, tok, prompts, cfg, vectors, [coeff] * len(prompts) if vectors is not None else None,
                    greedy=True, max_new_tokens=max_new_tokens or cfg.sample_tokens, desc="greedy answers",
                    batch_size=cfg.eval_batch)
     ids, texts, plain = [a["ids"] for a in ans], [a["text"] for a in ans], [chat(tok, u) for u in users]
     # read without the hook: otherwise the steered lines' states contain coeff*v by construction
-    items = dict(sentiment=readers.sentiment(texts))  # instruments outside the model first
-    if probe:
-        items["probe_defer"] = probe(texts)
+    items, validity = text_items(cfg, users, texts, probe)  # instruments outside the model first
+    if read_kl == "zero":
+        items["kl_base"] = [0.0] * len(users)
+    elif read_kl:
+        items["kl_base"] = kl_to_base(model, tok, prompts, plain, ids, stash, vectors, coeff, cfg)
     with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
         fixed, nll = read_text(model, tok, plain, ids, v0, prompt_kv=prompt_kv)
     if v0:
@@ -961,7 +1034,7 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
     else:
         self_ = readers.mean(projection(model, tok, prompts, ids, v0)) if v0 and read_self else None
     items["ppl_base"] = [math.exp(n.mean()) for n in nll]
-    return ans, dict({k: readers.mean(v) for k, v in items.items()}, trait_self=self_, items=items,
+    return ans, dict({k: readers.mean(v) for k, v in items.items()}, trait_self=self_, items=items, **validity,
                      rep=sum(repetition(t) for t in texts) / len(texts))
 
 
@@ -987,9 +1060,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     ev = mfv(model, tok, cfg, system, vectors, coeff)
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
+    original = not system and vectors is None and is_original(model, state["stash"])
     ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
                               probe=state.get("probe"), prompt_kv=state.get("reader_kv"),
-                              read_self="fixed" if not system and is_original(model, state["stash"]) else True)
+                              read_self="fixed" if not system and is_original(model, state["stash"]) else True,
+                              read_kl="zero" if original else True)
     # per-prompt readings at the precision rounds.jsonl keeps them: a resumed run pairs with the lines read back
     # from disk, so an uninterrupted one pairs with the same numbers
     items = {key: [round(x, 4) for x in v] for key, v in met["items"].items()}
@@ -999,11 +1074,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     opposite = (dict(system=cfg.opp) if system and cfg.opp else dict(vectors=vectors, coeff=-coeff)
                 if vectors is not None and coeff else None) if kind in ("prompting", "steered") else None
     if opposite:
-        _, om = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, probe=state.get("probe"),
+        oa, om = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, probe=state.get("probe"),
                                read_self=False, prompt_kv=state.get("reader_kv"), **opposite)  # only its items are kept
         here = state.get("model_items") or base  # both sides against the model they are applied to (round k's start)
         opp = {key: [round(x, 4) for x in v] for key, v in om["items"].items()}  # at the same precision as both others
-        dirs = {key: readers.direction(v, opp[key], here[key]) for key, v in items.items() if key in here}
+        dirs = {key: readers.direction(v, opp[key], here[key]) for key, v in items.items() if key in here and key in opp}
         if "system" in opposite and per:  # persona statements: persona vs opposite prompt, paired by statement
             o = persona_reading(model, tok, cfg, state, cfg.opp)
             sign = eval_mfv.statement_signs(state["stmts"])
@@ -1011,10 +1086,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
                                        opposite=o["persona_gap"] - state["base_gap"],
                                        diff_ci=eval_mfv.gap_ci(per["_ll"], sign, o["_ll"], cfg.seed),
                                        opposite_ci=o["persona_gap_ci"])
-        extra.update(direction=dirs, opposite={key: om[key] for key in items})
+        extra.update(direction=dirs, opposite={key: om[key] for key in items if key in om},
+                     opposite_answers=answers_of(oa))
         log(f"  direction check ({'opposite persona' if 'system' in opposite else f'vector at dose {-coeff:+.3f}'}): "
             + "; ".join(f"{key} {d['persona']:+.3f} vs opposite {d['opposite']:+.3f} (persona - opposite CI "
-                        f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key != "ppl_base"))
+                        f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key in readers.TRAIT))
     per.pop("_ll", None)
     if kind in ("base", "round"):
         state["model_items"] = items  # the current model, unsteered: the next steered line's direction check is against it
@@ -1022,9 +1098,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     if kind == "round" and met["ppl_base"] > state.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
         extra["status"] = "over_ceiling"
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
-    line["items"] = items
+    line["items"], line["answers"] = items, answers_of(ans)  # every answer: any text reader can re-read the run
     ci = lambda key: (f" [Δ {line[key + '_ci'][0]:+.3f}, {line[key + '_ci'][1]:+.3f}]" if line.get(key + "_ci") else "")
-    log(f"[{kind} r{k}] sentiment {met['sentiment']:+.3f}{ci('sentiment')}"
+    log(f"[{kind} r{k}] sentiment {met['sentiment']:+.3f}{ci('sentiment')} | coherence: ppl_base {met['ppl_base']:.2f}"
+        f"{ci('ppl_base')} degenerate {met['degenerate']:.3f}{ci('degenerate')} on_topic {met['on_topic']:.3f}"
+        f"{ci('on_topic')} (own vs other prompt AUC {met['on_topic_auc'] or math.nan:.3f}) kl_base {met['kl_base']:.4f} |"
         + (f" probe_defer {met['probe_defer']:.3f}{ci('probe_defer')}" if "probe_defer" in met else "")
         + f" trait_fixed {met.get('trait_fixed') or 0:.3f}{ci('trait_fixed')} ppl_base {met['ppl_base']:.2f} "
         f"rep {met['rep']:.3f} | persona_gap {per.get('persona_gap', math.nan):.4f}{ci('persona_gap')} | "
@@ -1033,6 +1111,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     append_line(cfg.run_dir, line)
     runio.write_samples(cfg.run_dir, title, ans[:6], users[:6])
     return line
+
+
+def answers_of(ans):
+    """A line's greedy answers as stored: prompt id (its index in the held-out pool), text, token count."""
+    return [dict(id=i, text=a["text"], n_tokens=len(a["ids"])) for i, a in enumerate(ans)]
 
 
 def split_by_prompt(kept, frac, seed):
@@ -1071,13 +1154,18 @@ def unsteered_reference(model, tok, cfg, k):
     path.unlink(missing_ok=True)
 
     def sink(items):
-        runio.append_jsonl(path, [dict(round=k, **{key: x[key] for key in (
-            "user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "comp", "narr",
-            "refuse", "kept", "why_dropped", "rewinds")}) for x in items], log)
+        runio.append_jsonl(path, [dict(round=k, **{key: x.get(key) for key in COMPLETION_KEYS}) for x in items], log)
         return items
     ref, gate = calibrate_gate(model, tok, cfg, seed_of(cfg, k, "gate"), cfg.probe_n)
-    return dict(ref=sink(ref), gate=gate, sink=sink, anchor=[x for x in ref if x["kept"]], items=[], kept=[],
-                kappa=1.0, probes=[])
+    topic_gate = topic_gate_of(ref, cfg)
+    judge(ref, cfg, gate, topic_gate)
+    return dict(ref=sink(ref), gate=gate, topic_gate=topic_gate, sink=sink, anchor=[x for x in ref if x["kept"]],
+                items=[], kept=[], kappa=1.0, probes=[])
+
+
+# what completions_r<k>.jsonl keeps of each scored completion: every filter's score, so any gate can be re-judged
+COMPLETION_KEYS = ("user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "loop", "comp",
+                   "narr", "refuse", "topic", "kept", "why_dropped", "rewinds")
 
 
 def mid_dose(cfg, kappa):
@@ -1088,7 +1176,8 @@ def collect_steered(model, tok, vec, cfg, k, state):
     """steer-heal: steered samples at the dose controller's doses, filtered; the survivors are the data.
     `teacher` is the intervention the heal is asked to carry: the hook at the middle dose."""
     data = unsteered_reference(model, tok, cfg, k)
-    kept, items, kappa, probes = collect(model, tok, vec, cfg, data["gate"], seed_of(cfg, k, "samples"), data["sink"])
+    kept, items, kappa, probes = collect(model, tok, vec, cfg, data["gate"], seed_of(cfg, k, "samples"), data["sink"],
+                                         data["topic_gate"])
     m = mid_dose(cfg, kappa)
     return dict(data, kept=kept, items=items, kappa=kappa, probes=probes,
                 teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
@@ -1169,7 +1258,7 @@ def one_round(model, tok, cfg, k, state, lam, stages):
         log(f"  round {k} {stats['status']}: keeping the previous round's model and stopping")
         return pm.unload(), None
     log(f"  healed in {sec['heal']:.0f}s: val nll {stats.get('val_nll_before', math.nan):.3f} -> "
-        f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {cfg.tau}), barrier active "
+        f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {stats.get('tau', cfg.tau):.3g}), barrier active "
         f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}" + (
         f"; reference states from {'the filter' if stats['ref_states'] == 'filter' else 'a pass'} "
         f"({stats['ref_pass_s']:.1f}s)" if "ref_states" in stats else ""))

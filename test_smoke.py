@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 TINY_FLAGS = ["--rounds", "1", "--n-contexts", "4", "--alphas", "0.5", "1.0", "--max-new-tokens", "12",
               "--probe-n", "6", "--gen-batch", "6", "--min-train", "4", "--max-batches", "2", "--epochs", "1",
               "--train-batch", "4", "--eval-n", "6", "--sample-tokens", "8", "--ppl-mult", "100", "--min-words", "1",
-              "--rep-max", "1.0", "--comp-min", "0", "--persona-n", "16"]
+              "--rep-max", "1.0", "--loop-max", "1.0", "--comp-min", "0", "--persona-n", "16"]
 # the love persona skips the deference statements by default; the tests read them too, where the shared data is
 TINY_FLAGS += ["--statements", str(eval_mfv.STATEMENTS)] if eval_mfv.STATEMENTS.exists() else []
 
