@@ -372,16 +372,18 @@ def load_config(run_dir, Config):
     """config.json as the running script's Config (a copy of steer_heal.py passes its own). A field it does not
     know is refused, naming the script that made the run (whose Config had it): dropped, the run would go on
     without a knob it ran with."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    meta = json.loads((Path(run_dir) / "config.json").read_text())
+    saved, types = meta["config"], {f.name: f.type for f in dataclasses.fields(Config)}
     unknown = [k for k in saved if k not in types]
     if unknown:
         made, command = made_by(run_dir)
         mine = Path(getattr(sys.modules.get(Config.__module__), "__file__", "?")).name
-        them = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise Stop(f"{run_dir}/config.json has {them}, which {mine}'s Config does not know: the run was made by "
-                   f"{made}, whose Config had {'it' if len(unknown) == 1 else 'them'}. Read it with that script: "
-                   f"python {command} --resume {run_dir}; export.py and rivals.py take --script {made}.")
+        them, it = ", ".join("--" + k.replace("_", "-") for k in unknown), "it" if len(unknown) == 1 else "them"
+        raise Stop(f"{run_dir}/config.json has {them}, which {mine}'s Config does not know: " + (
+            f"the run was made by {made}, whose Config had {it}. Read it with that script: python {command} --resume "
+            f"{run_dir}; export.py and rivals.py take --script {made}." if made != mine else
+            f"the run was made by an earlier {made} (started {meta.get('started', '?')}) that had {it}. Read it with "
+            f"that version (git log -- {made}), or delete {it} from config.json if the run did not depend on {it}."))
     return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items()})
 
 
