@@ -378,7 +378,7 @@ def load_script(path="steer_heal.py"):
     if not p.exists() and p.name == path:
         p = Path(__file__).resolve().parent / p
     if not p.is_file() or p.suffix != ".py":
-        raise Stop(f"--script {path}: not a Python file; give a copy of steer_heal.py (cp steer_heal.py my_idea.py).")
+        raise Stop(f"--script {path}: no such Python file; give a copy of steer_heal.py (cp steer_heal.py my_idea.py).")
     p, name = p.resolve(), p.stem
     mod = sys.modules.get(name)
     if mod is not None:

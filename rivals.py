@@ -189,8 +189,11 @@ def main(argv=None):
     """--script FILE (default steer_heal.py) picks the experiment; every other flag is that script's."""
     argv, path = list(sys.argv[1:] if argv is None else argv), "steer_heal.py"
     for i, a in enumerate(argv):  # taken out here: the script's own parser does not know it
-        if a == "--script" or a.startswith("--script="):
-            path, argv = a[9:] or (argv[i + 1:] or [""])[0], argv[:i] + argv[i + 1 + (a == "--script"):]
+        if a == "--script":
+            path, argv = (argv[i + 1:] or [""])[0], argv[:i] + argv[i + 2:]
+            break
+        if a.startswith("--script="):
+            path, argv = a.split("=", 1)[1], argv[:i] + argv[i + 1:]
             break
     try:
         script = cli.load_script(path)
