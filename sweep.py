@@ -17,13 +17,15 @@ A reader decides only when it passes evidence.py's checks and λ=0 moved it beyo
     python sweep.py --settings lam0 rmse_lam1 --seeds 0    # a slice
     python sweep.py --summarize           # summary.md, summary.json + frontier.png from sweep.jsonl, no model
 
-The crux over rounds: whole steer_heal runs (warmth persona), one per (setting, seed), one at a time, into
-results/crux_rounds/<setting>/seed<k>/; resumable (done runs are skipped, unfinished ones --resume'd):
+The crux over rounds: whole steer_heal runs (warmth persona), one per (setting, seed), into
+results/crux_rounds/<setting>/seed<k>/ through grid.py's launchers (one at a time by default; --launcher local
+--jobs N; --launcher slurm ...); resumable (done runs are skipped, unfinished ones --resume'd):
 
     python sweep.py --over-rounds [--settings lam0 rmse ...] [--seeds 0 1 2] [--rounds 4] [-- steer_heal flags]
+    python sweep.py --over-rounds --launcher slurm --partition gpu --time 60 --mem 32 -- --device cuda
     python sweep.py --over-rounds --summarize    # summary.md, summary.json, frontier.png from the runs, no model
 """
-import argparse, json, math, os, statistics, subprocess, sys, time
+import argparse, json, math, statistics, sys, time
 from pathlib import Path
 
 import torch
@@ -35,6 +37,7 @@ import report  # LABEL, and each setting's group report
 import runio
 import readers
 import models
+import grid  # the one driver of grids of whole runs (--over-rounds)
 import steer_heal as sh
 
 # name -> heal overrides. Every regulariser the seed names, each alone, at two or more strengths.
@@ -116,16 +119,17 @@ def main(argv=None):
                                                   f"rounds: {', '.join(ROUND_SETTINGS)} (default all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--summarize", action="store_true", help="only write summary.md, summary.json and frontier.png")
-    ap.add_argument("--over-rounds", action="store_true", help="the crux over rounds: whole steer_heal runs, one "
-                                                               "at a time, into OUT/<setting>/seed<k>/")
+    ap.add_argument("--over-rounds", action="store_true", help="the crux over rounds: whole steer_heal runs into "
+                                                               "OUT/<setting>/seed<k>/, through grid.py's --launcher")
     ap.add_argument("--rounds", type=int, default=4, help="--over-rounds: rounds per run (fewer if the ppl ceiling "
                                                           "stops it)")
     ap.add_argument("--dry-run", action="store_true", help="--over-rounds: print the commands, run nothing")
+    grid.add_launcher_args(ap)  # --over-rounds: --launcher serial|local|slurm|submitit-local, --jobs, SLURM's flags
     a = ap.parse_args(argv)
-    grid = ROUND_SETTINGS if a.over_rounds else SETTINGS
-    a.settings = a.settings or list(grid)
-    if set(a.settings) - set(grid):
-        ap.error(f"--settings {' '.join(sorted(set(a.settings) - set(grid)))}: choose from {', '.join(grid)}")
+    known = ROUND_SETTINGS if a.over_rounds else SETTINGS
+    a.settings = a.settings or list(known)
+    if set(a.settings) - set(known):
+        ap.error(f"--settings {' '.join(sorted(set(a.settings) - set(known)))}: choose from {', '.join(known)}")
     out = Path(a.out or ("results/crux_rounds" if a.over_rounds else "results/crux"))
     if not a.dry_run:
         out.mkdir(parents=True, exist_ok=True)
@@ -428,7 +432,7 @@ def frontier(out, base, by, passes):
     plt.close(fig)
 
 
-# ---- the crux over rounds: whole steer_heal runs, one at a time ------------------------------------------------
+# ---- the crux over rounds: whole steer_heal runs, a grid for grid.py ------------------------------------------
 # name -> steer_heal flags. λ=0 (NLL only) is the reference; the barrier and the rivals at the issue's strengths.
 ROUND_SETTINGS = {
     "lam0": ["--lam", "0"],
@@ -446,50 +450,30 @@ SAME = {"seed", "seeds", "name", "out", "resume", "overwrite", "rounds", "lam", 
         "anchor_nll", "kl_ref", "device", "compile"}  # config keys runs of one grid may differ in
 
 
-def run_state(d, rounds):
-    """'new' (no run there), 'done' (stopped, or `rounds` rounds completed) or 'resume'."""
-    if not (d / "config.json").exists():
-        return "new"
-    lines = evidence.read_jsonl(str(d / "rounds.jsonl"))
-    if any(x.get("kind") == "stop" for x in runio.live_lines(lines)):
-        return "done"
-    ok = {k for k, x in runio.round_lines(lines).items() if x.get("status") == "ok"}
-    return "done" if len(ok) >= rounds else "resume"
+run_state = grid.run_state  # 'new', 'resume' or 'done': the driver's rule, one place
+
+
+def round_grid(a, out, extra):
+    """The crux over rounds as grid.py's data: one job per (setting, seed), seed-major (a grid stopped early still
+    has every setting at its first seeds); `extra` flags go to new runs only (--resume refuses flags that change a
+    run)."""
+    return dict(out=str(out), seeds=a.seeds, rounds=a.rounds, flags=ROUND_FLAGS,
+                settings={name: dict(script=str(STEER_HEAL), flags=[*ROUND_SETTINGS[name], *extra])
+                          for name in a.settings})
 
 
 def run_rounds(a, out, extra):
-    """Every (setting, seed) run not yet done, one at a time (two processes on two cores run 5-15x slower), in a
-    subprocess each (a crash or a kill leaves the others intact); then the summary. A run killed midway resumes
-    with steer_heal --resume; `extra` flags go to new runs only (--resume refuses flags that change a run)."""
-    env = dict(os.environ, **({k: str(a.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if a.threads else {}))
-    for seed in a.seeds:  # seed-major: a grid stopped early still has every setting at its first seeds
-        for name in a.settings:
-            d = out / name / f"seed{seed}"
-            state = run_state(d, a.rounds)
-            if state == "done":
-                print(f"[sweep] {d}: done, skipped")
-                continue
-            cmd = ([sys.executable, os.path.relpath(STEER_HEAL)]
-                   + (["--resume", str(d), "--rounds", str(a.rounds)] if state == "resume" else
-                      [*ROUND_FLAGS, *ROUND_SETTINGS[name], "--seed", str(seed), "--rounds", str(a.rounds),
-                       "--out", str(out / name), "--name", f"seed{seed}", *extra]
-                      + ["--overwrite"] * (d.exists() and any(d.iterdir()))))  # no config.json: nothing to keep
-            print(f"[sweep] {state} {d}: {' '.join(cmd[1:])}", flush=True)
-            if a.dry_run:
-                continue
-            t = time.time()
-            rc = subprocess.call(cmd, env=env)
-            print(f"[sweep] {d}: exit {rc} after {time.time() - t:.0f}s", flush=True)
-            if rc == 3:  # starved: a result, not a crash; on the record, so the grid goes on and does not retry it
-                lines = evidence.read_jsonl(str(d / "rounds.jsonl"))
-                k = 1 + max([x["round"] for x in lines if x.get("kind") == "round"], default=-1)
-                sh.append_line(d, dict(kind="stop", round=k, run=d.name, seed=seed, method="steer-heal",
-                                       reason="starved: too few survivors to heal (steer_heal exit 3, see log.txt); "
-                                              "--resume with looser filters to retry (the resume supersedes this line)"))
-            elif rc:
-                raise SystemExit(f"sweep: {d} exited {rc}; the grid stops here (rerun the same command to resume)")
-    if not a.dry_run:
-        return summarize_rounds(out, a.rounds)
+    """Every (setting, seed) run not yet done, through grid.py's --launcher (serial by default: two processes on two
+    cores run 5-15x slower), a subprocess each (a crash or a kill leaves the others intact) that resumes a half-done
+    run; a starved run (exit 3) is a result, on the record; after a crash no new run starts (--keep-going). Then the
+    summary, from whatever has finished."""
+    left = grid.launch(grid.jobs_of(round_grid(a, out, extra)), a, out / "grid_logs")
+    if a.dry_run or a.no_wait:
+        return
+    summarize_rounds(out, a.rounds)
+    if left:
+        raise SystemExit(f"sweep: {left} run(s) failed or did not run (listed above, each failure with its log); "
+                         "rerun the same command to resume")
 
 
 def seed_of(run):

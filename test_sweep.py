@@ -213,23 +213,35 @@ def test_sweep_run_state_reads_the_live_lines(tmp_path):
     assert sweep.run_state(d, 2) == "resume"
 
 
+# a stand-in for steer_heal.py: gets through round 0, then starves (lam0: exit 3) or crashes (exit 1)
+FAKE_RUN = """import json, sys
+from pathlib import Path
+out, name = sys.argv[sys.argv.index("--out") + 1], sys.argv[sys.argv.index("--name") + 1]
+d = Path(out) / name
+d.mkdir(parents=True)
+(d / "config.json").write_text(json.dumps(dict(config=dict(rounds=4, method="steer-heal"))))
+(d / "rounds.jsonl").write_text(json.dumps(dict(kind="round", round=0, status="ok")) + "\\n")
+sys.exit(3 if Path(out).name == "lam0" else 1)
+"""
+
+
 def test_a_starved_run_is_recorded_and_a_crash_stops_the_grid(tmp_path, monkeypatch, capsys):
     """steer_heal exits 3 when too few survivors are left to heal: a result (a stop line, the grid goes on, never
-    retried); any other failure stops the grid, so hours are not spent on a broken setup."""
-    calls = []
-
-    def fake(cmd, env):  # a run that gets through round 0, then starves (or crashes)
-        d = Path(cmd[cmd.index("--out") + 1]) / cmd[cmd.index("--name") + 1]
-        make_run(d, 0, *trajectory(0.1, 0.1, 0, rounds=1))
-        calls.append(d.parent.name)
-        return 3 if d.parent.name == "lam0" else 1
-    monkeypatch.setattr(sweep.subprocess, "call", fake)
-    with pytest.raises(SystemExit, match="rmse/seed0 exited 1"):
-        sweep.main(["--over-rounds", "--out", str(tmp_path), "--settings", "lam0", "rmse", "mean", "--seeds", "0"])
-    assert calls == ["lam0", "rmse"]  # mean never started
-    stop = json.loads((tmp_path / "lam0" / "seed0" / "rounds.jsonl").read_text().splitlines()[-1])
+    retried); any other failure starts no new run, so hours are not spent on a broken setup, and is named with
+    its log."""
+    fake = tmp_path / "fake_steer_heal.py"
+    fake.write_text(FAKE_RUN)
+    monkeypatch.setattr(sweep, "STEER_HEAL", fake)
+    monkeypatch.setattr(sweep, "summarize_rounds", lambda out, want: None)  # the fake rows hold no readings
+    out = tmp_path / "g"
+    with pytest.raises(SystemExit, match="2 run"):
+        sweep.main(["--over-rounds", "--out", str(out), "--settings", "lam0", "rmse", "mean", "--seeds", "0"])
+    said = capsys.readouterr().out
+    assert "failed: rmse/seed0 (failed; exit 1" in said and f"log {out / 'grid_logs' / 'rmse.seed0.log'}" in said
+    assert "not run: mean/seed0" in said and not (out / "mean").exists()  # mean never started
+    stop = json.loads((out / "lam0" / "seed0" / "rounds.jsonl").read_text().splitlines()[-1])
     assert stop["kind"] == "stop" and stop["round"] == 1 and stop["reason"].startswith("starved")
-    assert sweep.run_state(tmp_path / "lam0" / "seed0", 4) == "done"
+    assert sweep.run_state(out / "lam0" / "seed0", 4) == "done"
 
 
 # ---- the driver end to end on a tiny random model -----------------------------------------------------------------
