@@ -22,8 +22,8 @@ if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars a
 import torch
 import eval_mfv
 import fast
-import cli
 import models
+import runio
 import steer_heal as sh  # the default --script; main() rebinds it to the one given
 
 VIGNETTES = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
@@ -574,7 +574,7 @@ def parse(argv=None):
 def main(argv=None):
     global sh
     a = parse(argv)
-    sh = cli.load_script(a.script)
+    sh = runio.load_script(a.script)
     repeats = a.repeats or (2 if a.quick else 5)
     if a.threads:  # on a shared, busy CPU, 1 thread avoids OpenMP threads waiting on each other
         torch.set_num_threads(a.threads)

@@ -365,31 +365,3 @@ def check_method(cfg, METHODS, script="steer_heal.py"):
         mine = "" if script == "steer_heal.py" else f" --script {script}"
         raise Stop(f"--method {cfg.method}: this script runs {', '.join(METHODS)}; prompt-bake and online run through "
                    f"rivals.py (python rivals.py{mine} --method {cfg.method} ..., and --resume there too)")
-
-
-# --- companions (rivals, export, bench, compare_generators): the experiment file they serve ------------------
-
-def load_script(path="steer_heal.py"):
-    """The experiment file a companion runs (its --script: steer_heal.py, or a copy such as my_idea.py), loaded by
-    path, so the companion uses that file's Config, stages, METHODS and functions. A bare name that is not in the
-    working folder is looked for beside this file. Loaded once: a module of that name from the same file is reused
-    (so --script steer_heal.py is the `steer_heal` every import names)."""
-    p = Path(path)
-    if not p.exists() and p.name == path:
-        p = Path(__file__).resolve().parent / p
-    if not p.is_file() or p.suffix != ".py":
-        raise Stop(f"--script {path}: no such Python file; give a copy of steer_heal.py (cp steer_heal.py my_idea.py).")
-    p, name = p.resolve(), p.stem
-    mod = sys.modules.get(name)
-    if mod is not None:
-        if Path(getattr(mod, "__file__", None) or "").resolve() == p:
-            return mod
-        raise Stop(f"--script {path}: a module named {name} is already loaded from {mod.__file__}; rename the copy.")
-    spec = importlib.util.spec_from_file_location(name, p)
-    mod = sys.modules[name] = importlib.util.module_from_spec(spec)  # before it runs: its dataclasses look it up
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return mod

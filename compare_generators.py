@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-import cli
 import readers
+import runio
 import steer_heal as sh  # the default --script; main() rebinds it to the one given
 
 # Every option sets every generator knob: Config()'s defaults change over time and must not leak in.
@@ -111,7 +111,7 @@ def main():
     p.add_argument("--out", default="results")
     p.add_argument("--script", default="steer_heal.py", help="the experiment file whose generators run (my_idea.py)")
     a = p.parse_args()
-    sh = cli.load_script(a.script)
+    sh = runio.load_script(a.script)
     model, tok = sh.load_model(a.model)
     cfg = sh.Config(max_new_tokens=a.max_new_tokens)
     t = time.time()

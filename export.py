@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-import cli
 import models
+import runio
 import steer_heal as sh  # the default --script
 from runio import live_lines, rounds_to_load
 
@@ -162,7 +162,7 @@ decayed its doses over generated tokens, so start below them.
 
 def export(run_dir, out, upto_round=None, overwrite=False, device="auto", script=None):
     """Writes OUT (see the module docstring) atomically; returns it. script: the experiment module that made the run
-    (cli.load_script of --script; default steer_heal), whose load_run and Config read it."""
+    (runio.load_script of --script; default steer_heal), whose load_run and Config read it."""
     from transformers import AutoTokenizer
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.json").exists() or not (run_dir / "rounds.jsonl").exists():
@@ -209,7 +209,7 @@ def main(argv=None):
     p.add_argument("--script", default="steer_heal.py", help="the experiment file that made the run (my_idea.py)")
     a = p.parse_args(argv)
     try:
-        out = export(a.run, a.out, a.round, a.overwrite, a.device, cli.load_script(a.script))
+        out = export(a.run, a.out, a.round, a.overwrite, a.device, runio.load_script(a.script))
     except sh.Stop as e:
         print(f"export: {e}")
         sys.exit(e.code)

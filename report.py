@@ -11,7 +11,6 @@ the direction rule): evidence.py; this file holds the checks that read it (Q0-Q3
 """
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -557,29 +556,12 @@ def write_report(run_dir):
 
 
 # ---- --reread: a finished run's stored answers read again by a script's text readers (no model)
-def load_script(path):
-    """The experiment file whose text readers re-read the answers (steer_heal.py, or a copy), loaded by path: its
-    text_items(), Config and HELD_OUT. Only --reread loads it (it imports torch); the report itself stays stdlib."""
-    p = path if os.path.exists(path) else os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
-    if not p.endswith(".py") or not os.path.isfile(p):
-        raise ValueError(f"--script {path}: not a Python file")
-    name = os.path.splitext(os.path.basename(p))[0]
-    mod = sys.modules.get(name)
-    if mod is not None and os.path.abspath(getattr(mod, "__file__", "")) == os.path.abspath(p):
-        return mod
-    spec = importlib.util.spec_from_file_location(name, p)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def reread(run_dir, script="steer_heal.py"):
     """Every line's stored greedy answers (and its opposite's) read again by `script`'s text readers
     (text_items: sentiment, degenerate, on_topic, and any reader a copy adds there) -> <run>/reread.jsonl, one row
     per line, which the report then reads over the stored readings (evidence.read_run). Returns the rows of what
     moved: (line, reader, stored mean, re-read mean, largest per-prompt difference; None = a reader the line lacked)."""
-    sh = load_script(script)
+    sh = runio.load_script(script)  # text_items(), Config and HELD_OUT; only --reread loads it (it imports torch)
     conf = json.load(open(os.path.join(run_dir, "config.json")))
     types = {f.name: f.type for f in dataclasses.fields(sh.Config)}
     cfg = sh.Config(**{k: tuple(v) if types[k] is tuple else v for k, v in conf["config"].items() if k in types})
@@ -639,7 +621,7 @@ def main(argv=None):
             write_report(d)
             print(os.path.join(d, "report.md"))
             good.append(d)
-        except ValueError as e:
+        except (ValueError, runio.Stop) as e:
             print(f"report.py: {e}", file=sys.stderr)
             code = 2
         except runio.WriteFailed as e:  # a full disk: no half-written report.md

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-import cli
+import runio
 import steer_heal as sh  # the script the stages call; rival_rows() points it at the one given by --script
 from runio import Stop, log
 
@@ -175,7 +175,7 @@ def heal_online(model, tok, vec, data, cfg, k, stash, lam):
 
 
 def rival_rows(script):
-    """The rivals' rows for `script`'s pipeline (steer_heal or a copy of it, loaded by cli.load_script): their
+    """The rivals' rows for `script`'s pipeline (steer_heal or a copy of it, loaded by runio.load_script): their
     stages call that script's functions from then on. Nothing is added to the script's own METHODS."""
     global sh
     sh = script
@@ -196,11 +196,11 @@ def main(argv=None):
             path, argv = a.split("=", 1)[1], argv[:i] + argv[i + 1:]
             break
     try:
-        script = cli.load_script(path)
+        script = runio.load_script(path)
     except Stop as e:
         print(f"rivals: {e}")
         sys.exit(e.code)
-    default = Path(script.__file__).resolve() == Path(cli.__file__).resolve().parent / "steer_heal.py"
+    default = Path(script.__file__).resolve() == Path(runio.__file__).resolve().parent / "steer_heal.py"
     script.main(argv, doc=__doc__, script="rivals.py" + ("" if default else f" --script {path}"),
                 methods={**script.METHODS, **rival_rows(script)})  # its --help: this docstring; its hints: this command
 

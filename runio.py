@@ -8,8 +8,10 @@ resume would trust. Stdlib only: report.py and plot.py read runs without torch.
 - read_jsonl: the rows, and each unreadable line named by its number (never skipped in silence).
 - WriteFailed: any write that did not complete, naming the path and the free space (steer_heal.py exits 4).
 - lock / unlock: one writer per run folder (<run>/.lock); readers (report, plot, export) take none.
+- made_by / load_config / load_script: which experiment file made a run, its config as that file's Config, and
+  the file itself loaded by path (a companion's --script).
 """
-import atexit, contextlib, dataclasses, errno, hashlib, json, math, os, shutil, socket, sys, time
+import atexit, contextlib, dataclasses, errno, hashlib, importlib.util, json, math, os, shutil, socket, sys, time
 from pathlib import Path
 
 import track  # samples.md is mirrored to --track (track imports nothing of the project)
@@ -385,6 +387,33 @@ def load_config(run_dir, Config):
             f"the run was made by an earlier {made} (started {meta.get('started', '?')}) that had {it}. Read it with "
             f"that version (git log -- {made}), or delete {it} from config.json if the run did not depend on {it}."))
     return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items()})
+
+
+def load_script(path="steer_heal.py"):
+    """The experiment file a companion runs (its --script: steer_heal.py, or a copy such as my_idea.py), loaded by
+    path, so the companion uses that file's Config, stages, METHODS and functions (rivals, export, bench,
+    compare_generators, report --reread). A bare name that is not in the working folder is looked for beside this
+    file. Loaded once: a module of that name from the same file is reused (so --script steer_heal.py is the
+    `steer_heal` every import names). Loading it imports torch; this file stays stdlib."""
+    p = Path(path)
+    if not p.exists() and p.name == path:
+        p = Path(__file__).resolve().parent / p
+    if not p.is_file() or p.suffix != ".py":
+        raise Stop(f"--script {path}: no such Python file; give a copy of steer_heal.py (cp steer_heal.py my_idea.py).")
+    p, name = p.resolve(), p.stem
+    mod = sys.modules.get(name)
+    if mod is not None:
+        if Path(getattr(mod, "__file__", None) or "").resolve() == p:
+            return mod
+        raise Stop(f"--script {path}: a module named {name} is already loaded from {mod.__file__}; rename the copy.")
+    spec = importlib.util.spec_from_file_location(name, p)
+    mod = sys.modules[name] = importlib.util.module_from_spec(spec)  # before it runs: its dataclasses look it up
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
 
 
 def check_adapters(run_dir, rounds):

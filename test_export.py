@@ -255,6 +255,7 @@ BAD = {  # field -> flags with a value out of its range (or unusable), one per C
     "backtrack_scale": ["--backtrack-scale", "2"], "backtrack_retries": ["--backtrack-retries", "-1"],
     "tail_frac": ["--tail-frac", "0"], "ppl_mult": ["--ppl-mult", "inf"], "rep_max": ["--rep-max", "0"],
     "comp_min": ["--comp-min", "1"], "min_words": ["--min-words", "-1"], "probe_n": ["--probe-n", "0"],
+    "loop_max": ["--loop-max", "0"], "topic_q": ["--topic-q", "1"], "tau_round_pow": ["--tau-round-pow", "nan"],
     "gen_pass_target": ["--gen-pass-target", "0"], "kappa_decay": ["--kappa-decay", "1"],
     "kappa_min": ["--kappa-min", "0"], "min_train": ["--min-train", "1"], "max_batches": ["--max-batches", "-1"],
     "lora_r": ["--lora-r", "0"], "lora_alpha": ["--lora-alpha", "0"], "lora_targets": ["--lora-targets", "no_such_proj"],
