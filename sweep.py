@@ -225,10 +225,15 @@ def gate(ok_why, pairs, key, sgn):
 
 
 def frac(num, den):
-    """num / den's mean as a fraction ± its half-width: (Δ S−Z, lo, hi) over λ=0's own shift (Δ Z−base)."""
+    """num / den's mean as a fraction ± its half-width: (Δ S−Z, lo, hi) over λ=0's own shift (Δ Z−base, lo, hi). The
+    denominator is uncertain too (λ=0's shift, by ~20% in results/crux_rounds): its noise is in the half-width (delta
+    method, the two taken as independent): h = sqrt(h_num² + r² h_den²) / |den|. None without an interval on either."""
     if not num or not den or not den[0]:
         return None
-    return num[0] / den[0], (None if num[1] is None else (num[2] - num[1]) / 2 / abs(den[0]))
+    r = num[0] / den[0]
+    if num[1] is None or den[1] is None:
+        return r, None
+    return r, math.hypot((num[2] - num[1]) / 2, r * (den[2] - den[1]) / 2) / abs(den[0])
 
 
 def bet(pairs, key, sgn):
@@ -497,178 +502,554 @@ def finished(run, want):
     return f"ran all {len(run['rounds'])} rounds" if len(run["rounds"]) >= want else "in progress"
 
 
+# ---- the crux over rounds: the trait at equal cost, and how far each setting gets before it breaks (issue 34) ------
+# Compared round by round, a setting that is merely slower than λ=0 walks λ=0's own curve and looks as if it removed
+# incoherence first (λ=0's trait flattens while its ppl jumps). So a setting is compared with λ=0 of the same seed at
+# equal COST: the trait interpolated along each run's path base → r0 → r1 ..., on every cost reader below, only where
+# both paths reach the cost (no extrapolation); and by how much trait (and KL) each holds before the ceiling stops it.
+COSTS = {  # cost reader -> what its axis is (higher = costlier); per point of a path: cost_of()
+    "ppl_base": "ppl_base: perplexity of the greedy held-out answers under the base model",
+    "degenerate": "degenerate: share of the greedy answers the training filters would drop, or that loop",
+    "on_topic": "on-topic drop: the base's mean MiniLM cosine of answer to prompt minus the line's",
+    "kl_base": "kl_base: mean per-token KL(model ‖ base) over the greedy answers, nats",
+    "cum_kl": "cumulative KL: kl_base summed over rounds 0..k, nats (shown, decides nothing: a sum of each round's "
+              "distance to the base grows with the rounds taken along the same curve, so λ=0 slowed down 'travels' "
+              "twice the KL: it fails that null)",
+}
+DECIDE = ("ppl_base", "degenerate", "on_topic", "kl_base")  # the cost readers the verdict reads (not cum_kl)
+NOT_MEASURED = "not measured in these runs"
+SKIP = ("not measured", "not comparable", "not measurable", NOT_MEASURED)  # words that are not a verdict
+BETS = ("more trait than λ=0 at equal cost", "less trait than λ=0 at equal cost", "mixed across cost readers",
+        "the same trait as λ=0 at equal cost within noise", "not comparable", NOT_MEASURED, "not measurable",
+        "not measured")  # a setting's one word over the cost readers (summary.json settings.<name>.bet)
+N_BOOT = 2000
+
+
+def cost_of(run, name):
+    """The cost of each point of the run's path (its base line, then each round line; None where not measured).
+    kl_base is 0 on the base line by definition; cum_kl is kl_base summed over rounds 0..k."""
+    b, rs = run["base"], run["rounds"]
+    g = evidence.get
+    if name == "on_topic":
+        ob = g(b, "on_topic")
+        return [None if ob is None or g(x, "on_topic") is None else ob - g(x, "on_topic") for x in [b] + rs]
+    if name in ("kl_base", "cum_kl"):
+        ks = [g(r, "kl_base") for r in rs]
+        zero = 0.0 if any(k is not None for k in ks) else g(b, "kl_base")
+        if name == "kl_base":
+            return [zero] + ks
+        out, tot = [zero], zero
+        for k in ks:
+            tot = None if tot is None or k is None else tot + k
+            out.append(tot)
+        return out
+    return [g(x, name) for x in [b] + rs]
+
+
+def cost_items(run, name):
+    """The per-prompt costs at each point of the run's path, as cost_of() (None where a line carries no items)."""
+    b, rs = run["base"], run["rounds"]
+    it = evidence.items_of
+    if name == "on_topic":
+        ib = it(b, "on_topic")
+        return [None if not ib or not it(x, "on_topic") or len(it(x, "on_topic")) != len(ib) else
+                [u - v for u, v in zip(ib, it(x, "on_topic"))] for x in [b] + rs]
+    if name in ("kl_base", "cum_kl"):
+        ks = [it(r, "kl_base") for r in rs]
+        n = next((len(k) for k in ks if k), None)
+        zero = it(b, "kl_base") or (None if n is None else [0.0] * n)
+        if name == "kl_base":
+            return [zero] + ks
+        out, tot = [zero], zero
+        for k in ks:
+            tot = None if tot is None or k is None or len(k) != len(tot) else [u + v for u, v in zip(tot, k)]
+            out.append(tot)
+        return out
+    return [it(x, name) for x in [b] + rs]
+
+
+def trait_of(run, key):
+    """[(Δkey vs base, the per-prompt Δ or None)] for each point of the run's path (the base line: 0); for a cost
+    reader (COSTS), its cost and per-prompt costs instead."""
+    if key in COSTS:
+        return list(zip(cost_of(run, key), cost_items(run, key)))
+    b = run["base"]
+    ib = evidence.items_of(b, key)
+    out = []
+    for x in [b] + run["rounds"]:
+        ix = evidence.items_of(x, key)
+        out.append((evidence.shift(x, b, key),
+                    [u - v for u, v in zip(ix, ib)] if ix and ib and len(ix) == len(ib) else None))
+    return out
+
+
+def path(run, key, cost="ppl_base"):
+    """The run's path through (cost, Δkey vs base): [(cost, Δ, per-prompt Δ or None, round)] from the base line
+    (round -1) through every measured round, past the ceiling too (at equal cost the ceiling does not matter)."""
+    rounds = [-1] + [r["round"] for r in run["rounds"]]
+    return [(c, d, its, k) for c, (d, its), k in zip(cost_of(run, cost), trait_of(run, key), rounds)
+            if c is not None and d is not None]
+
+
 def path_of(run, key):
     """The run's path through (ppl_base, Δreader vs base), from the base model through each round."""
-    b = run["base"]
-    pts = [(evidence.get(b, "ppl_base"), 0.0)] + [(evidence.get(r, "ppl_base"), evidence.shift(r, b, key)) for r in run["rounds"]]
-    return [p for p in pts if None not in p]
+    return [(c, d) for c, d, *_ in path(run, key)]
 
 
-def best_at(path, p):
-    """The most trait a path reached while its ppl was at most p (points, and segments crossing p interpolated):
-    the frontier at that ppl. None if no point is that coherent."""
-    got = [y for x, y in path if x <= p]
-    for (x0, y0), (x1, y1) in zip(path, path[1:]):
-        if min(x0, x1) < p < max(x0, x1):
-            got.append(y0 + (y1 - y0) * (p - x0) / (x1 - x0))
-    return max(got) if got else None
+def frontier_at(pts, level, sgn=1):
+    """The most trait (sgn: the persona's way) a path held at a cost of at most `level`: its points at or under it,
+    and its segments crossing it, interpolated. (Δ, {point index: weight}) or None when no point is that cheap.
+    The weights say how to interpolate anything read at the points (the per-prompt readings) the same way."""
+    got = [(p[1], {j: 1.0}) for j, p in enumerate(pts) if p[0] <= level]
+    for j in range(len(pts) - 1):
+        (x0, y0), (x1, y1) = pts[j][:2], pts[j + 1][:2]
+        if min(x0, x1) < level < max(x0, x1):
+            w = (level - x0) / (x1 - x0)
+            got.append((y0 + (y1 - y0) * w, {j: 1 - w, j + 1: w}))
+    return max(got, key=lambda g: sgn * g[0]) if got else None
 
 
-def further(runs_s, runs_z, key, sgn, ok_why, want):
-    """Does the setting let the loop go further than λ=0? (a) rounds under the ppl ceiling, (b) the trait at equal
-    ppl: per seed, the frontier of each at the highest ppl both reached, the difference beyond its noise (the seeds'
-    spread, or the lines' paired CIs). Returns a dict: rounds word, trait word, numbers."""
-    zs = {seed_of(r): r for r in runs_z}
-    both = [(r, zs[seed_of(r)]) for r in runs_s if seed_of(r) in zs]
-    if not both:
-        return dict(rounds="not measured", trait="not measured", why="no seed run in both")
-    ns, nz = [under_ceiling(s) for s, _ in both], [under_ceiling(z) for _, z in both]
-    ended = [finished(r, want) for pr in both for r in pr]
-    if any(e == "in progress" for e in ended):
-        rw = "not yet decided (runs in progress)"
-    elif all(not r["stop"] for pr in both for r in pr):
-        rw = "not decided by the ceiling (every run stayed under it for all its rounds: run more rounds)"
-    elif ns == nz:
-        rw = "as far"
-    elif min(ns) >= max(nz):
-        rw = "further"
-    elif max(ns) <= min(nz):
-        rw = "not as far"
-    else:
-        rw = "mixed across seeds"
-    ds, hs, level = [], [], []
-    for s, z in both:
-        ps, pz = path_of(s, key), path_of(z, key)
-        if len(ps) < 2 or len(pz) < 2:
+def best_at(pts, p):
+    """The most trait a path reached while its cost was at most p (the frontier at p); None if no point is that
+    coherent."""
+    got = frontier_at(pts, p)
+    return None if got is None else got[0]
+
+
+def per_prompt(pts, weights):
+    """The per-prompt Δ at a frontier point: the points' per-prompt readings with the weights of the means."""
+    its = [pts[j][2] for j in weights]
+    if any(x is None for x in its) or len({len(x) for x in its}) != 1:
+        return None
+    return [sum(w * pts[j][2][i] for j, w in weights.items()) for i in range(len(its[0]))]
+
+
+def boot(d, seed=0):
+    """95% bootstrap CI of mean(d), resampling the prompts (numpy: this is called some hundreds of times)."""
+    import numpy as np
+    a = np.asarray(d, dtype=float)
+    m = a[np.random.default_rng(seed).integers(0, len(a), (N_BOOT, len(a)))].mean(axis=1)
+    return float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
+
+
+def paired(per_seed):
+    """One difference over seeds from [(seed, Δ, per-prompt Δ or None)]: d (the mean over seeds), ci (the paired 95%
+    bootstrap over prompts of the seeds' mean, each prompt resampled in every seed at once; None without per-prompt
+    readings), per seed its Δ and sign (+ / − when its own paired CI excludes 0, 0 when it holds 0, ? without
+    per-prompt readings), spread (the seeds' min–max), and the noise the verdict reads: the paired CI widened to at
+    least the mean ± the seeds' spread (evidence.py's rule for groups: seeds differ by more than the bootstrap says);
+    side +1 / -1 when that lies above / below 0, 0 when it holds 0, None without a noise estimate."""
+    if not per_seed:
+        return None
+    ds, its = [d for _, d, _ in per_seed], [i for _, _, i in per_seed]
+    m, sp = statistics.fmean(ds), evidence.rng(ds)
+    ok = all(i is not None for i in its) and len({len(i) for i in its}) == 1
+    ci = boot([statistics.fmean(col) for col in zip(*its)]) if ok else None
+    signs = []
+    for d, i in zip(ds, its):
+        c = boot(i) if i else None
+        signs.append("?" if c is None else "+" if c[0] > 0 else "−" if c[1] < 0 else "0")
+    noise = ((min(ci[0], m - sp), max(ci[1], m + sp)) if ci else (m - sp, m + sp) if len(ds) > 1 and sp > 0 else None)
+    side = None if noise is None else 1 if noise[0] > 0 else -1 if noise[1] < 0 else 0
+    return dict(d=m, ci=ci, noise=noise, side=side, spread=sp, seeds=[s for s, _, _ in per_seed], per_seed=ds,
+                signs=signs)
+
+
+def diff_text(p, nd=3):
+    """'Δ, paired CI [lo, hi], per seed a (+), b (0) ..., spread s' of a paired() result."""
+    if not p:
+        return "—"
+    ci = f", paired CI [{p['ci'][0]:+.{nd}f}, {p['ci'][1]:+.{nd}f}]" if p["ci"] else ", no per-prompt readings"
+    sp = f", spread {p['spread']:.{nd}f}" if len(p["per_seed"]) > 1 else ""
+    seeds = ", ".join(f"{d:+.{nd}f} ({s})" for d, s in zip(p["per_seed"], p["signs"]))
+    return f"{p['d']:+.{nd}f}{ci}, per seed {seeds}{sp}"
+
+
+def compare_at(paths, levels, sgn, label, cost):
+    """Setting vs λ=0 at one cost level per seed ({seed: level}): the frontier of each path there, per prompt with the
+    same weights as the means, paired by seed and prompt. A seed whose paths do not both reach its level (no
+    extrapolation) makes the level not comparable."""
+    per, short = [], []
+    for seed, (ps, pz) in paths.items():
+        lv = levels.get(seed)
+        a = b = None
+        flat = any(max(p[0] for p in q) <= q[0][0] for q in (ps, pz))  # this cost never rose: it saw nothing
+        if lv is not None and not flat and max(p[0] for p in ps) >= lv and max(p[0] for p in pz) >= lv:
+            a, b = frontier_at(ps, lv, sgn), frontier_at(pz, lv, sgn)
+        if a is None or b is None:
+            short.append(seed)
             continue
-        p = min(max(x for x, _ in ps), max(x for x, _ in pz))
-        ds.append(sgn * (best_at(ps, p) - best_at(pz, p)))
-        level.append(p)
-        h = [evidence.half(r, key) for r in (s["rounds"][-1], z["rounds"][-1])]
-        hs.append(None if None in h else math.hypot(*h))
-    band = None if not ds else max(evidence.rng(ds), statistics.fmean(hs) if hs and None not in hs else 0.0)
-    if not ok_why[0]:
-        tw = "not measurable"
-    elif not ds:
-        tw = "not measured"
-    elif not band:
-        tw = "not measurable"  # one seed and no paired interval
-    else:
-        m = statistics.fmean(ds)
-        tw = ("more trait at equal ppl" if m > band else "less trait at equal ppl" if m < -band else
-              "the same trait at equal ppl within noise")
-    return dict(rounds=rw, trait=tw, under_ceiling=[ns, nz], ended=ended, d_trait=ds and statistics.fmean(ds),
-                band=band, level=level and statistics.fmean(level), key=key)
+        ia, ib = per_prompt(ps, a[1]), per_prompt(pz, b[1])
+        per.append((seed, sgn * (a[0] - b[0]), None if None in (ia, ib) or len(ia) != len(ib) else
+                    [sgn * (x - y) for x, y in zip(ia, ib)]))
+    lvs = [v for k, v in levels.items() if k in paths and v is not None]
+    out = dict(label=label, level=statistics.fmean(lvs) if lvs else None, of=len(paths), n=len(per))
+    if short:
+        return dict(out, word="not comparable", why=f"{len(per)} of {len(paths)} seeds' paths both reach it (and rise "
+                                                     "above the base's cost)")
+    p = paired(per)
+    word = ("not measurable" if p["side"] is None else f"more trait at equal {cost}" if p["side"] > 0 else
+            f"less trait at equal {cost}" if p["side"] < 0 else f"the same trait at equal {cost} within noise")
+    return dict(out, word=word, why=diff_text(p), **{k: p[k] for k in ("d", "ci", "noise", "signs", "per_seed",
+                                                                      "spread", "seeds")})
 
 
-def over_rounds(word_by_round):
-    """One word for the bet over rounds: the same in every round compared, else mixed (each round's listed)."""
-    words = [w for w in word_by_round.values()]
+def over_rounds(word_by_round, mixed="mixed across rounds"):
+    """One word over rounds (or levels): the same in every one compared, else mixed. A round that was not measured
+    (or not comparable) is no verdict and does not count."""
+    words = [w for w in word_by_round.values() if not str(w).startswith(SKIP)]
     if not words:
-        return "not measured"
-    return words[0] if len(set(words)) == 1 else "mixed across rounds"
+        return next(iter(word_by_round.values()), "not measured")
+    return words[0] if len(set(words)) == 1 else mixed
+
+
+def equal_cost(runs_s, runs_z, key, sgn, cost, ok_why):
+    """The setting against λ=0 of the same seed at equal `cost`: at the cost λ=0 reached in each of its rounds, and at
+    the highest cost both paths reach (per seed). Its word: the levels' beyond-noise words (more / less), one or mixed;
+    none beyond noise: the same within noise."""
+    zs = {seed_of(r): r for r in runs_z}
+    both = {seed_of(s): (s, zs[seed_of(s)]) for s in runs_s if seed_of(s) in zs}
+    if not both:
+        return dict(word="not measured", why="no seed run in both", levels=[])
+    paths = {k: (path(s, key, cost), path(z, key, cost)) for k, (s, z) in both.items()}
+    paths = {k: v for k, v in paths.items() if len(v[0]) > 1 and len(v[1]) > 1}
+    if not paths:
+        return dict(word=NOT_MEASURED, why=f"the rows carry no {cost}" if cost != "cum_kl" else "the rows carry no "
+                    "kl_base", levels=[])
+    if not ok_why[0]:
+        return dict(word="not measurable", why=ok_why[1], levels=[])
+    zr = sorted({p[3] for _, pz in paths.values() for p in pz if p[3] >= 0})
+    levels = [compare_at(paths, {k: next((p[0] for p in pz if p[3] == r), None) for k, (_, pz) in paths.items()}, sgn,
+                         f"λ=0's r{r}", cost) for r in zr]
+    levels.append(compare_at(paths, {k: min(max(p[0] for p in ps), max(p[0] for p in pz))
+                                     for k, (ps, pz) in paths.items()}, sgn, "highest both reach", cost))
+    beyond = {x["label"]: x["word"] for x in levels if x["word"].startswith(("more", "less"))}
+    word = (over_rounds(beyond, "mixed across cost levels") if beyond else
+            f"the same trait at equal {cost} within noise" if any(x["word"].startswith("the same") for x in levels)
+            else over_rounds({x["label"]: x["word"] for x in levels}))
+    return dict(word=word, levels=levels, seeds=sorted(paths))
+
+
+def bet_word(eq):
+    """A setting's one word over the cost readers that decide ({cost: equal_cost()}; cum_kl decides nothing)."""
+    ws = [x["word"] for c, x in eq.items() if c in DECIDE]
+    more, less = any(w.startswith("more") for w in ws), any(w.startswith("less") for w in ws)
+    if more or less:
+        return "mixed across cost readers" if more and less else BETS[0] if more else BETS[1]
+    if any(w.startswith("the same") for w in ws):
+        return BETS[3]
+    return next((w for w in ("not measurable", "not comparable", "not measured") if w in ws), NOT_MEASURED)
+
+
+def at_ceiling(run, key, sgn):
+    """(value, per-prompt values or None, reached): the most `key` (sgn: the persona's way) the run held at a ppl_base
+    at or under its ceiling, the segment that crosses the ceiling interpolated (per prompt with the weights of the
+    means), so a run on λ=0's curve that merely takes smaller steps holds the same; reached False when no round passed
+    the ceiling: then it is the most over its path, a lower bound."""
+    pts, ceil = path(run, key, "ppl_base"), evidence.ceiling(run)[1]
+    if not pts:
+        return None, None, False
+    hit = ceil is not None and max(p[0] for p in pts) > ceil
+    got = frontier_at(pts, ceil, sgn) if hit else max(((p[1], {j: 1.0}) for j, p in enumerate(pts)),
+                                                       key=lambda g: sgn * g[0])
+    return got[0], per_prompt(pts, got[1]), hit
+
+
+def reach(run, key, sgn):
+    """How far a run got before it broke: the trait at the ppl ceiling (at_ceiling: a lower bound if it never got
+    there), the kl_base at the ceiling the same way (the distance from the base model it reached before breaking), and,
+    as measured: its rounds under the ceiling, the most trait at one of them (and which), the kl_base summed over them
+    (cumulative KL) and the optimizer steps summed over them; broke: a round past the ceiling was measured."""
+    n = under_ceiling(run)
+    t, ti, hit = at_ceiling(run, key, sgn)
+    k, ki, _ = at_ceiling(run, "kl_base", 1)
+    pts = [(j - 1, d) for j, (d, _) in enumerate(trait_of(run, key)[:n + 1]) if d is not None]
+    j, d = max(pts, key=lambda p: sgn * p[1]) if pts else (None, None)
+    steps = [evidence.get(r, "heal", "steps") for r in run["rounds"][:n]]
+    return dict(rounds=n, broke=n < len(run["rounds"]), trait=t, items=ti, kl=k, kl_items=ki, reached=d,
+                best_round=j, cum_kl=cost_of(run, "cum_kl")[n], steps=None if None in steps else sum(steps))
+
+
+def far_word(side, sb, zb, name, more="further", less="not as far", same="as far within noise"):
+    """further / not as far / as far from the paired side, where both broke; a run that had not broken holds a lower
+    bound, so only the difference that bound cannot undo is decided."""
+    who = f"{name} had not broken" if not sb else "λ=0 had not broken"
+    if side is None:
+        return "not measurable", "no noise estimate (one seed, no per-prompt readings)"
+    if sb and zb:
+        return (more if side > 0 else less if side < 0 else same), "both broke (passed the ppl ceiling) in every seed"
+    if not sb and not zb:
+        return "not decided", "no run broke: run more rounds"
+    if not sb and side > 0:
+        return more, f"{who} in every seed: a lower bound, already beyond λ=0's"
+    if not zb and side < 0:
+        return less, f"{who} in every seed: a lower bound, already beyond {name}'s"
+    return "not decided", f"{who} in every seed and the bound does not settle it: run more rounds"
+
+
+def further(runs_s, runs_z, key, sgn, ok_why, name="the setting"):
+    """Does the setting get further than λ=0 before it breaks? Further = more trait held up to the ppl ceiling
+    (at_ceiling: the crossing interpolated, so taking smaller steps along λ=0's curve is not 'further'), paired per seed
+    and per prompt, decided on every seed with the noise (a seed alone is not 'further': it shows in the per-seed
+    signs); beside it the KL from the base reached up to the ceiling, the same way. Rounds under the ceiling are
+    shown, never the verdict: λ=0 slowed down has twice the rounds and the same trait."""
+    zs = {seed_of(r): r for r in runs_z}
+    both = [(seed_of(s), s, zs[seed_of(s)]) for s in runs_s if seed_of(s) in zs]
+    if not both:
+        return dict(word="not measured", why="no seed run in both")
+    ra = {k: (reach(s, key, sgn), reach(z, key, sgn)) for k, s, z in both}
+    out = dict(under_ceiling=[[a["rounds"] for a, _ in ra.values()], [b["rounds"] for _, b in ra.values()]],
+               broke=[[a["broke"] for a, _ in ra.values()], [b["broke"] for _, b in ra.values()]], seeds=list(ra))
+    sb, zb = all(a["broke"] for a, _ in ra.values()), all(b["broke"] for _, b in ra.values())
+
+    def diff(v, its, s):
+        return paired([(k, s * (a[v] - b[v]), None if None in (a[its], b[its]) or len(a[its]) != len(b[its]) else
+                        [s * (x - y) for x, y in zip(a[its], b[its])]) for k, (a, b) in ra.items()
+                       if None not in (a[v], b[v])])
+    tr, kl = diff("trait", "items", sgn), diff("kl", "kl_items", 1)
+    if not ok_why[0]:
+        word, why = "not measurable", ok_why[1]
+    elif not tr:
+        word, why = "not measured", f"no {key} on these rows"
+    else:
+        word, why = far_word(tr["side"], sb, zb, name)
+    kw = ((NOT_MEASURED, "the rows carry no kl_base") if not kl else
+          far_word(kl["side"], sb, zb, name, "more KL travelled", "less KL travelled", "as much KL within noise"))
+    return dict(out, word=word, why=why, trait=tr, kl=kl, kl_word=kw[0], kl_why=kw[1], key=key)
+
+
+def finished_runs(groups, want):
+    """({setting: [finished runs]}, [(setting, run) in progress]): the summary is built from runs that have finished
+    (stopped, or all `want` rounds done); a run in progress is listed, never half-counted."""
+    done = {n: [r for r in rs if finished(r, want) != "in progress"] for n, rs in groups.items()}
+    going = [(n, r) for n, rs in groups.items() for r in rs if finished(r, want) == "in progress"]
+    return {n: rs for n, rs in done.items() if rs}, going
+
+
+def how_far_text(name, runs, key, sgn):
+    """'Δkey ... reached in [rounds] under the ceiling (... at the ceiling), cumulative KL ...' for one setting."""
+    rs = [reach(r, key, sgn) for r in runs]
+    val = lambda f: [x[f] for x in rs if x[f] is not None]  # noqa: E731
+    lb = [r["name"] for r, x in zip(runs, rs) if not x["broke"]]
+    return (f"{name}: Δ{key} {spread(val('reached'))} at its best round under the ceiling, after "
+            f"{[x['rounds'] for x in rs]} rounds under it"
+            + (f" ({spread(val('trait'))} at the ceiling, interpolated)" if not lb else
+               f" ({', '.join(lb)} had not broken: a lower bound)")
+            + f", cumulative KL {spread(val('cum_kl')) if val('cum_kl') else NOT_MEASURED}"
+            + (f", kl_base at the ceiling {spread(val('kl'))}" if val("kl") and not lb else ""))
+
+
+def verdict_text(res, groups, key, sgn):
+    """The plain verdict: does any setting hold more trait than λ=0 at equal cost, on which cost reader, beyond the
+    paired noise; and how far (trait, rounds, cumulative KL) each gets before it breaks."""
+    if "lam0" not in groups:
+        return "Not measured: no finished λ=0 runs (the reference) yet."
+    cmp = {n: x for n, x in res.items() if x.get("equal_cost")}
+    measured = [c for c in DECIDE if any(x["equal_cost"][c]["word"] not in (NOT_MEASURED, "not measured")
+                                         for x in cmp.values())]
+    unmeasured = [c for c in COSTS if c not in measured and not (c == "cum_kl" and "kl_base" in measured)]
+
+    def best(x, c, s):
+        v = max((v for v in x["equal_cost"][c]["levels"] if v["word"].startswith(s)), key=lambda v: abs(v["d"]))
+        return f"Δ{key} {v['why']}, at {v['label']} {c} ({v['level']:.3g})"
+
+    def say(s):
+        return [f"{n} holds {s} trait than λ=0 at equal {c} ({best(x, c, s)})" for n, x in cmp.items() for c in measured
+                if any(v["word"].startswith(s) for v in x["equal_cost"][c]["levels"])
+                and x["equal_cost"][c]["word"].startswith((s, "mixed"))]
+    more, less = say("more"), say("less")
+    text = ["**Does any setting hold more trait than λ=0 at equal cost?** "
+            + ("Yes: " + "; ".join(more) + "." if more else
+               f"No: no setting holds more {key} than λ=0 at equal cost beyond the paired noise, on any cost reader "
+               f"measured here ({', '.join(measured) or 'none'}).")
+            + (" " + "; ".join(less) + "." if less else "")
+            + (f" Not measured in these runs: {', '.join(unmeasured)}." if unmeasured else "")]
+    text += ["**How far each gets before it breaks** (the ppl ceiling): "
+             + "; ".join(how_far_text(n, rs, key, sgn) for n, rs in groups.items()) + "."]
+    fw = [f"{n}: {x['further']['word']} ({x['further']['why']}; Δ{key} at the ceiling vs λ=0 "
+          f"{diff_text(x['further']['trait'])})" for n, x in res.items() if x.get("further")]
+    text += ["**Further than λ=0** (more trait held up to the ppl ceiling, on every seed beyond the noise): "
+             + "; ".join(fw) + "."] * bool(fw)
+    return "\n\n".join(text)
+
+
+def level_cell(v):
+    if v["word"] == "not comparable":
+        return f"not comparable ({v['why']})"
+    if v.get("d") is None:
+        return v["word"]
+    ci = f" [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" if v.get("ci") else ""
+    return f"{v['d']:+.3f}{ci} {''.join(v['signs'])} @ {v['level']:.3g}"
+
+
+def steps_cell(runs, k):
+    """Optimizer steps in round k (mean [min, max] over seeds) and summed through round k."""
+    one = [evidence.get(evidence.round_at(k)(r), "heal", "steps") for r in runs if evidence.round_at(k)(r)]
+    tot = [sum(evidence.get(x, "heal", "steps") for x in r["rounds"] if x["round"] <= k) for r in runs
+           if evidence.round_at(k)(r) and None not in [evidence.get(x, "heal", "steps") for x in r["rounds"]
+                                                        if x["round"] <= k]]
+    return f"{spread(one, 0)} (Σ {spread(tot, 0)})" if one and None not in one else "—"
 
 
 def summarize_rounds(out, want=4):
-    """results/crux_rounds/summary.md, summary.json, frontier.png from every run's rounds.jsonl (no model). A run
-    with fewer than `want` round lines and no stop line is in progress."""
+    """results/crux_rounds/summary.md, summary.json, frontier.png from the runs' rounds.jsonl (no model), built from
+    the runs that have finished (stopped, or `want` rounds done); runs in progress are listed."""
     names = [n for n in ROUND_SETTINGS if evidence.seed_dirs(str(out / n))]
     names += sorted(n.name for n in out.iterdir() if n.is_dir() and n.name not in names and evidence.seed_dirs(str(n)))
-    groups = {n: [evidence.read_run(d) for d in evidence.seed_dirs(str(out / n))] for n in names}
-    groups = {n: [r for r in rs if r["base"]] for n, rs in groups.items()}
-    groups = {n: rs for n, rs in groups.items() if rs}
+    every = {n: [evidence.read_run(d) for d in evidence.seed_dirs(str(out / n))] for n in names}
+    every = {n: [r for r in rs if r["base"]] for n, rs in every.items()}
+    groups, going = finished_runs(every, want)
     allruns = [r for rs in groups.values() for r in rs]
+    prog = ("Runs in progress (not in this summary until they finish): " + "; ".join(
+        f"{n}/{r['name']} ({len(r['rounds'])} of {want} rounds)" for n, r in going) + ".") if going else \
+        "Runs in progress: none."
     if not allruns:
-        print(f"no runs with a base line under {out}")
+        print(f"no finished runs with a base line under {out}. {prog}")
+        runio.write_text(out / "summary.md", f"# The crux over rounds\n\nNo finished runs yet. {prog}\n")
         return None
     readers = evidence.readers_of(allruns)
     checks = {k: readable(allruns, k, s) for k, s in readers}  # evidence's rule: chance and the ± dose direction check
+    dec = next(((k, s) for k, s in readers if checks[k][0]), readers[0])
     zero = groups.get("lam0", [])
-    cfgs = {k: {json.dumps((r["cfg"] or {}).get(k)) for r in allruns} for k in (allruns[0]["cfg"] or {}) if k not in SAME}
+    fixed = {f[2:].replace("-", "_") for fl in ROUND_SETTINGS.values() for f in fl if f.startswith("--")}
+    cfgs = {k: {json.dumps((r["cfg"] or {}).get(k)) for r in allruns} for k in (allruns[0]["cfg"] or {})
+            if k not in SAME | fixed}
     differ = sorted(k for k, v in cfgs.items() if len(v) > 1)
-    res, lines = {}, []
+    seen = {c: any(len(path(r, dec[0], c)) > 1 for r in allruns) for c in COSTS}
+    res = {}
     rounds = sorted({r["round"] for run in allruns for r in run["rounds"]})
+    cols = [("ppl_base", "ppl_base", 3), ("degenerate", "degenerate", 2), ("on-topic", "on_topic", 3),
+            ("kl_base", "kl_base", 3), ("cum. KL", "cum_kl", 3)]
     for name, runs in groups.items():
-        rows, words = [], {}
+        rows = []
         for k in rounds:
             pick = evidence.round_at(k)
             rk = [r for r in runs if pick(r)]
             if not rk:
                 continue
             cells = [str(k), str(len(rk))] + [ivs(evidence.delta(rk, pick, evidence.base_of, key)) for key, _ in readers]
-            cells += [spread([evidence.get(pick(r), x) for r in rk]) for x in ("ppl_base", "rep")]
+            for _, c, nd in cols:  # on_topic: the line's own reading; the others: the cost at this point
+                cells.append(spread([evidence.get(pick(r), c) if c == "on_topic" else
+                                     cost_of(r, c)[1 + r["rounds"].index(pick(r))] for r in rk], nd))
             cells += [spread([evidence.get(pick(r), "kept") / evidence.get(pick(r), "generated")
                               if evidence.get(pick(r), "generated") else None for r in rk], 2),
-                      spread([evidence.get(pick(r), "heal", "barrier_active") for r in rk], 2)]
-            v = None
-            if name != "lam0" and zero:
-                zs = {seed_of(z): z for z in zero if pick(z)}
-                ps = [pair(r["base"], pick(r), pick(zs[seed_of(r)]), r["name"], r) for r in rk if seed_of(r) in zs]
-                zp = [dict(p, s=p["z"]) for p in ps]
-                gates = {key: gate(checks[key], zp, key, s) for key, s in readers}
-                v = decide_bet(ps, gates, readers) if ps else dict(word="not measured", why="λ=0 has no round "
-                                                                    f"{k} in these seeds", by={})
-                words[k] = v["word"]
-                b0 = next(iter(v["by"].values()), None)
-                cells += [pm(b0 and b0["removed"]), pm(b0 and b0["kept"]), v["word"]]
-            rows.append((cells, v))
-        dec = next(((k, s) for k, s in readers if checks[k][0]), readers[0])
-        fur = further(runs, zero, *dec, checks[dec[0]], want) if name != "lam0" and zero else None
-        res[name] = dict(runs=[r["name"] for r in runs], by_round={k: v for k, v in zip(
-            [int(c[0]) for c, _ in rows], [v for _, v in rows]) if v}, bet=over_rounds(words), words=words,
-            further=fur, ended=[finished(r, want) for r in runs], under_ceiling=[under_ceiling(r) for r in runs],
-            rows=[c for c, _ in rows], minutes_per_round=minutes(runs))
+                      spread([evidence.get(pick(r), "heal", "barrier_active") for r in rk], 2), steps_cell(rk, k)]
+            rows.append(cells)
+        x = dict(runs=[r["name"] for r in runs], ended=[finished(r, want) for r in runs],
+                 under_ceiling=[under_ceiling(r) for r in runs], rows=rows, minutes_per_round=minutes(runs),
+                 reach=[{k: v for k, v in reach(r, *dec).items() if k not in ("items", "kl_items")} for r in runs])
+        if name != "lam0" and zero:
+            x["equal_cost"] = {c: equal_cost(runs, zero, *dec, c, checks[dec[0]]) for c in COSTS}
+            x["bet"] = bet_word(x["equal_cost"])
+            x["further"] = further(runs, zero, *dec, checks[dec[0]], name)
+        res[name] = x
     base = allruns[0]["base"]
-    lines += ["# The crux over rounds: does the barrier remove incoherence before the trait, and go further?", "",
-              f"Runs: {sum(len(v) for v in groups.values())} under `{out}` ({', '.join(f'{n}: {len(rs)}' for n, rs in groups.items())} seeds). "
-              f"Settings (steer_heal flags, beside `{' '.join(ROUND_FLAGS)}`): "
-              + "; ".join(f"{n} `{' '.join(ROUND_SETTINGS.get(n, ['?']))}`" for n in groups) + ". "
-              f"Command: `python sweep.py --over-rounds` (resumes; `--summarize` rewrites this from the rows). "
-              f"First run's command: `python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "",
-              f"Base model: ppl_base {evidence.fmt(evidence.get(base, 'ppl_base'))}, ceiling ×{evidence.fmt(evidence.ceiling(allruns[0])[0])}; "
-              + ", ".join(f"{k} {evidence.fmt(evidence.get(base, k))}" for k, _ in readers) + ".", ""]
+    verdict = verdict_text(res, groups, *dec)
+    lines = ["# The crux over rounds: does any setting hold more trait than λ=0 at equal cost, and how far does each "
+             "get before it breaks?", "",
+             f"Runs: {len(allruns)} finished under `{out}` ({', '.join(f'{n}: {len(rs)}' for n, rs in groups.items())} "
+             f"seeds). Settings (steer_heal flags, beside `{' '.join(ROUND_FLAGS)}`): "
+             + "; ".join(f"{n} `{' '.join(ROUND_SETTINGS.get(n, ['?']))}`" for n in groups) + ". "
+             f"Command: `python sweep.py --over-rounds --rounds {want}` (resumes; `--summarize` rewrites this from the "
+             f"rows of the runs that have finished). First run's command: "
+             f"`python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "", prog, "",
+             f"Base model: ppl_base {evidence.fmt(evidence.get(base, 'ppl_base'))}, ceiling "
+             f"×{evidence.fmt(evidence.ceiling(allruns[0])[0])}; "
+             + ", ".join(f"{k} {evidence.fmt(evidence.get(base, k))}" for k, _ in readers) + ".", ""]
     if differ:
         lines += [f"**WARNING: the runs differ in {', '.join(differ)}** beyond their settings: they are not one grid.", ""]
     lines += ["Readers of this persona (evidence.py's rule over every run: not at chance, and the steered line's "
               "vector at ± dose moves it in opposite directions beyond noise in every run):", ""]
     lines += [f"- {k} ({'+' if s > 0 else '−'}): {'readable' if checks[k][0] else 'NOT readable: decides nothing'}: "
               + short(checks[k][1], len(allruns)) for k, s in readers]
-    lines += ["", "Per round, against λ=0 of the same seed at the same round, the same two claims as the "
-              "single-round summary (`results/crux/summary.md`): incoherence removed = ppl_base lower than λ=0's "
-              "beyond noise; trait kept = the reader not lower beyond noise; noise = evidence.delta over the seeds "
-              "(the larger of the seeds' spread and the per-prompt paired bootstrap). Δ columns: vs the run's base "
-              "line (one seed: its paired 95% CI by prompt; several: mean [mean ± noise]). Cells of levels: mean "
-              "[min, max] over seeds.", ""]
+    lines += ["", f"The trait is {dec[0]} (the first readable reader), Δ vs each run's base line.", "",
+              "## Verdict", "", verdict, "",
+              "## How it is compared", "",
+              "Round by round, a setting that is merely slower than λ=0 walks λ=0's own curve and looks as if it "
+              "removed incoherence before the trait (λ=0's trait flattens while its ppl jumps): the per-round "
+              "'preferential' verdict of earlier summaries fails that null (a test feeds it λ=0 one round late and "
+              "λ=0 slowed down) and is gone. Instead each setting is compared with λ=0 of the same seed **at equal "
+              "cost**: each run's path base → r0 → r1 ... through (cost, Δtrait), the trait at a cost level being the "
+              "most the path held at that cost or under (points, and segments crossing it interpolated; the "
+              "per-prompt readings interpolated with the same weights as the means), only where both paths reach "
+              "the level (no extrapolation: else *not comparable*). Levels: the cost λ=0 reached in each of its "
+              "rounds, "
+              "and the highest cost both reach (per seed). Noise: the paired 95% bootstrap over prompts of the "
+              "seeds' mean difference, widened to at least the mean ± the seeds' spread (evidence.py's rule for "
+              "groups); cells: mean difference [paired CI], each seed's sign (+ / −: its own paired CI excludes 0; "
+              "0: it holds 0), @ the mean level. The cost level is taken at its mean: its own noise is not in the "
+              "interval. Cost readers:", ""]
+    lines += [f"- {v}" + ("" if seen[c] else f": {NOT_MEASURED}") for c, v in COSTS.items()]
+    lines += ["", "**Further** = more trait held up to the ppl ceiling, where the loop stops (the most trait at a "
+              "ppl_base at or under the ceiling, the segment that crosses it interpolated: a setting that only takes "
+              "smaller steps along λ=0's curve lands nearer the ceiling and holds no more), paired per seed and "
+              "prompt, decided on every seed with the noise above; a run that never broke holds a lower bound, which "
+              "decides only when it is already beyond λ=0's. Rounds under the ceiling are shown, never the verdict "
+              "(λ=0 slowed down has twice the rounds and the same trait); beside it, the KL from the base reached up "
+              "to the ceiling (kl_base, the same way) and the cumulative KL.", ""]
+    lines += ["## At equal cost, against λ=0", ""]
+    nz = sorted({v["label"] for x in res.values() for c in COSTS for v in x.get("equal_cost", {}).get(c, {}).get(
+        "levels", [])} - {"highest both reach"}, key=lambda s: int(s.split("r")[-1]))
+    for c in COSTS:
+        lines += [f"### At equal {c}", "", COSTS[c] + ".", ""]
+        if not seen[c]:
+            lines += [f"{c}: {NOT_MEASURED} (their rows predate it).", ""]
+            continue
+        hdr = ["setting"] + [f"at {lb} {c}" for lb in nz] + ["at the highest both reach", "verdict"]
+        lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+        for name, x in res.items():
+            e = x.get("equal_cost", {}).get(c)
+            if not e:
+                continue
+            lv = {v["label"]: v for v in e["levels"]}
+            lines.append("| " + " | ".join([name] + [level_cell(lv[lb]) if lb in lv else "—" for lb in nz]
+                                           + [level_cell(lv["highest both reach"]) if lv else "—", e["word"]]) + " |")
+        lines += [""]
+    kl_seen = any(a["kl"] is not None for x in res.values() for a in x["reach"])
+    lines += ["## How far before it breaks", "",
+              f"Per setting, over seeds: the rounds under the ceiling; Δ{dec[0]} at its best round under the ceiling "
+              f"(as measured) and at the ceiling (interpolated on the segment that crosses it; ≥: a lower bound, the "
+              "run never broke); kl_base at the ceiling the same way; cumulative KL (kl_base summed over the rounds "
+              "under the ceiling) and optimizer steps over those rounds. vs λ=0: at the ceiling, paired per seed and "
+              "prompt.", "",
+              "| setting | rounds under the ceiling | broke (per seed) | Δ" + dec[0] + " at best round | Δ" + dec[0]
+              + " at the ceiling | kl_base at the ceiling | cum. KL | Σ steps | vs λ=0: Δ" + dec[0]
+              + " at the ceiling | vs λ=0: kl_base at the ceiling | further? |", "|" + "---|" * 11]
     for name, x in res.items():
-        hdr = ["round", "seeds"] + [f"Δ{k}" for k, _ in readers] + ["ppl_base", "rep", "kept frac", "barrier"]
-        hdr += ["incoh. removed", "trait kept", "vs λ=0"] * (name != "lam0" and bool(zero))
-        lines += [f"## {name} (`{' '.join(ROUND_SETTINGS.get(name, ['?']))}`)", "",
+        f, rs = x.get("further") or {}, x["reach"]
+        lb = "≥ " * (not all(a["broke"] for a in rs))
+        nm = lambda v, nd=3: spread(v, nd) if any(a is not None for a in v) else NOT_MEASURED  # noqa: E731
+        lines.append("| " + " | ".join([
+            name, str(x["under_ceiling"]), " ".join("yes" if a["broke"] else "no" for a in rs),
+            spread([a["reached"] for a in rs]), lb + spread([a["trait"] for a in rs]),
+            (lb + nm([a["kl"] for a in rs])) if kl_seen else NOT_MEASURED, nm([a["cum_kl"] for a in rs]),
+            spread([a["steps"] for a in rs], 0), diff_text(f.get("trait")) if f else "(the reference)",
+            (diff_text(f["kl"]) + f": {f['kl_word']}" if f.get("kl") else f.get("kl_word", "—")) if f else "—",
+            f"**{f['word']}** ({f['why']})" if f else "—"]) + " |")
+    lines += ["", "## Per round", "", "Δ columns: vs the run's base line (one seed: its paired 95% CI by prompt; "
+              "several: mean [mean ± noise], evidence.delta). Levels: mean [min, max] over seeds. on-topic: the "
+              "line's mean cosine (its drop from the base's is the cost). cum. KL: kl_base summed over rounds 0..k. "
+              "steps: optimizer steps of the round's heal (Σ: through round k).", ""]
+    for name, x in res.items():
+        hdr = ["round", "seeds"] + [f"Δ{k}" for k, _ in readers] + [h for h, _, _ in cols]
+        hdr += ["kept frac", "barrier", "steps (Σ)"]
+        lines += [f"### {name} (`{' '.join(ROUND_SETTINGS.get(name, ['?']))}`)", "",
                   "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         lines += ["| " + " | ".join(c) + " |" for c in x["rows"]]
+        miss = [h for h, c, _ in cols if not any(len(path(r, dec[0], c)) > 1 for r in groups[name])]
+        lines += [""] + [f"{', '.join(miss)}: {NOT_MEASURED}."] * bool(miss)
         lines += ["", "Runs: " + "; ".join(f"{r}: {e}, {n} rounds under the ceiling" for r, e, n in
                                            zip(x["runs"], x["ended"], x["under_ceiling"]))
                   + (f". About {x['minutes_per_round']:.1f} min a round (the lines' own stage times)."
                      if x["minutes_per_round"] else ""), ""]
-    lines += ["## Verdict on the bet over rounds", ""]
-    if not zero:
-        lines += ["Not measured: no λ=0 runs (the reference) yet."]
-    for name, x in res.items():
-        if name == "lam0" or not x["further"]:
-            continue
-        f = x["further"]
-        lines += [f"- **{name} vs λ=0**: removes incoherence before the trait? **{x['bet']}**"
-                  + (f" ({', '.join(f'r{k}: {w}' for k, w in x['words'].items())})" if x["words"] else "")
-                  + f". Goes further? rounds under the ceiling: **{f['rounds']}** ({name} {f['under_ceiling'][0]} vs "
-                  f"λ=0 {f['under_ceiling'][1]} per seed); trait at equal ppl ({f['key']}): **{f['trait']}**"
-                  + (f" (Δ {f['d_trait']:+.3f} ± {f['band']:.3f} at ppl_base {f['level']:.2f})" if f["band"] else "")
-                  + "."]
-        lines += [f"  - r{k}: {v['why']}" for k, v in x["by_round"].items()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(runio.finite(dict(
-        readers={k: dict(sign=s, readable=checks[k][0], why=checks[k][1]) for k, s in readers}, differ=differ,
+    runio.write_text(out / "summary.md", "\n".join(lines) + "\n")
+    runio.write_text(out / "summary.json", json.dumps(runio.finite(dict(
+        readers={k: dict(sign=s, readable=checks[k][0], why=checks[k][1]) for k, s in readers}, trait=dec[0],
+        differ=differ, verdict=verdict, in_progress=[f"{n}/{r['name']}" for n, r in going],
+        costs={c: dict(axis=v, measured=seen[c]) for c, v in COSTS.items()},
         settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
     frontier_rounds(out, groups, readers, checks)
-    for name in groups:  # each setting's group report (report.py), beside its seeds' own
+    for name in every:  # each setting's group report (report.py), beside its seeds' own
         report.write_report(str(out / name))
     print("\n".join(lines))
     return res
@@ -696,42 +1077,54 @@ def minutes(runs):
 
 
 def frontier_rounds(out, groups, readers, checks):
-    """Per persona reader, Δreader vs base against ppl_base: one line per setting through base → r0 → r1 ..., mean
-    over seeds, seeds as bands (shaded: the reader's min–max; bars: ppl's); the ppl ceiling dotted."""
+    """Per persona reader (rows) and cost reader (columns: ppl_base, kl_base, cumulative KL, degenerate, on-topic
+    drop), Δreader vs base against the cost: one line per setting through base → r0 → r1 ..., mean over seeds, seeds
+    as bands (shaded: the reader's min–max; bars: the cost's); the ppl ceiling dotted. A cost the rows do not carry:
+    its panel says so."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(readers), figsize=(7 * len(readers), 5.5), squeeze=False)
+    costs = ["ppl_base", "kl_base", "cum_kl", "degenerate", "on_topic"]
+    fig, axes = plt.subplots(len(readers), len(costs), figsize=(5.2 * len(costs), 4.6 * len(readers)), squeeze=False)
     colors = dict(lam0="k", rmse="tab:blue", mean="tab:orange", spectral3="tab:green", anchor1="tab:red")
-    for ax, (key, _) in zip(axes[0], readers):
-        for i, (name, runs) in enumerate(groups.items()):
-            c = colors.get(name, f"C{i + 4}")
-            pts = {}
-            for r in runs:
-                for j, xy in enumerate(path_of(r, key)):
-                    pts.setdefault(j, []).append(xy)
-            js = sorted(pts)
-            if not js:
+    for row, (key, _) in zip(axes, readers):
+        for ax, cost in zip(row, costs):
+            drawn = False
+            for i, (name, runs) in enumerate(groups.items()):
+                c = colors.get(name, f"C{i + 4}")
+                pts = {}
+                for r in runs:
+                    for j, p in enumerate(path(r, key, cost)):
+                        pts.setdefault(j, []).append(p[:2])
+                js = [j for j in sorted(pts) if pts[j]]
+                if len(js) < 2:
+                    continue
+                drawn = True
+                mx = [statistics.fmean(x for x, _ in pts[j]) for j in js]
+                my = [statistics.fmean(y for _, y in pts[j]) for j in js]
+                ax.plot(mx, my, "o-", color=c, label=f"{name} ({len(runs)} seeds)", ms=4)
+                ax.fill_between(mx, [min(y for _, y in pts[j]) for j in js], [max(y for _, y in pts[j]) for j in js],
+                                color=c, alpha=0.15, lw=0)
+                for j, x0, y0 in zip(js, mx, my):
+                    ax.plot([min(x for x, _ in pts[j]), max(x for x, _ in pts[j])], [y0, y0], color=c, lw=0.8,
+                            alpha=0.6)
+                    if j:
+                        ax.annotate(f"r{j - 1}", (x0, y0), fontsize=6, xytext=(3, 3), textcoords="offset points",
+                                    color=c)
+            ax.set_xlabel(COSTS[cost].split(": ")[0] + " (cost →)")
+            ax.set_ylabel(f"Δ {key} vs base (the trait →)" + ("" if checks[key][0] else ": NOT readable here"))
+            if not drawn:
+                ax.text(0.5, 0.5, f"{cost}: {NOT_MEASURED}", ha="center", va="center", transform=ax.transAxes)
                 continue
-            mx = [statistics.fmean(x for x, _ in pts[j]) for j in js]
-            my = [statistics.fmean(y for _, y in pts[j]) for j in js]
-            ax.plot(mx, my, "o-", color=c, label=f"{name} ({len(runs)} seeds)")
-            ax.fill_between(mx, [min(y for _, y in pts[j]) for j in js], [max(y for _, y in pts[j]) for j in js],
-                            color=c, alpha=0.15, lw=0)
-            for j, x0, y0 in zip(js, mx, my):
-                ax.plot([min(x for x, _ in pts[j]), max(x for x, _ in pts[j])], [y0, y0], color=c, lw=0.8, alpha=0.6)
-                if j:
-                    ax.annotate(f"r{j - 1}", (x0, y0), fontsize=7, xytext=(3, 3), textcoords="offset points", color=c)
-        ceil = evidence.ceiling(next(iter(groups.values()))[0])[1]
-        if ceil:
-            ax.axvline(ceil, color="k", ls=":", lw=1, label="ppl ceiling")
-        ax.axhline(0, color="k", ls=":", lw=0.8)
-        ax.set_xlabel("ppl_base: greedy held-out answers under the base model (incoherence →)")
-        ax.set_ylabel(f"Δ {key} vs base (the trait →)" + ("" if checks[key][0] else ": NOT readable here"))
-        ax.legend(fontsize=8)
-    fig.suptitle("Crux over rounds: base → round 0 → round 1 ..., mean over seeds; bands = seeds' min–max")
+            ceil = evidence.ceiling(next(iter(groups.values()))[0])[1]
+            if cost == "ppl_base" and ceil:
+                ax.axvline(ceil, color="k", ls=":", lw=1, label="ppl ceiling")
+            ax.axhline(0, color="k", ls=":", lw=0.8)
+            ax.legend(fontsize=7)
+    fig.suptitle("Crux over rounds: base → round 0 → round 1 ..., mean over seeds; bands = seeds' min–max; "
+                 "compare settings at equal cost (a vertical line), not at equal round")
     fig.tight_layout()
-    fig.savefig(out / "frontier.png", dpi=120)
+    fig.savefig(out / "frontier.png", dpi=100)
     plt.close(fig)
 
 

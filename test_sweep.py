@@ -1,6 +1,7 @@
 """The crux summaries' verdicts on hand-made rows (no model; seconds), and the over-rounds driver end to end on a
 tiny random model (about a minute). Run: python -m pytest -q test_sweep.py"""
 import json
+import math
 import random
 import statistics
 import zlib
@@ -114,23 +115,33 @@ def line(kind, k, seed, ppl, sent, base_items=None, trait=None, blind=False, **e
     return ln
 
 
-def make_run(d, seed, ppls, sents, blind=False, ceil=2.0):
-    """A run folder: base, then per round a steered line (with its direction check) and a round line; a stop line
+def run_lines(seed, ppls, sents, blind=False, ceil=2.0):
+    """A run's lines: base, then per round a steered line (with its direction check) and a round line; a stop line
     when a round's ppl_base passes the ceiling, as steer_heal writes them."""
-    d.mkdir(parents=True)
-    cfg = dict(seed=seed, rounds=len(ppls), persona="love", readers=["sentiment:+", "trait_fixed:+"], ppl_ceil=ceil,
-               lam=1.0)
-    (d / "config.json").write_text(json.dumps(dict(config=cfg, argv=["steer_heal.py", "--persona", "love"])))
     base = line("base", -1, seed, BASE_PPL, BASE_SENT)
     lines = [base]
     for k, (p, s) in enumerate(zip(ppls, sents)):
         lines.append(line("steered", k, seed, p + 1.0, s + 0.1, base["items"], blind=blind))
         lines.append(line("round", k, seed, p, s, base["items"], kept=30, generated=40, status="ok",
-                          heal=dict(barrier_active=0.2, kl_agg=0.4), seconds=dict(heal=60.0, measure=30.0)))
+                          heal=dict(barrier_active=0.2, kl_agg=0.4, steps=12), seconds=dict(heal=60.0, measure=30.0)))
         if p > ceil * BASE_PPL:
             lines.append(dict(kind="stop", round=k, run=f"seed{seed}", seed=seed, reason="ppl ceiling"))
             break
+    return lines
+
+
+def write_run(d, seed, lines, ceil=2.0):
+    """A run folder (config.json + rounds.jsonl) holding `lines`."""
+    d.mkdir(parents=True)
+    rounds = sum(ln["kind"] == "round" for ln in lines)
+    cfg = dict(seed=seed, rounds=rounds, persona="love", readers=["sentiment:+", "trait_fixed:+"], ppl_ceil=ceil,
+               lam=1.0)
+    (d / "config.json").write_text(json.dumps(dict(config=cfg, argv=["steer_heal.py", "--persona", "love"])))
     (d / "rounds.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+
+
+def make_run(d, seed, ppls, sents, blind=False, ceil=2.0):
+    write_run(d, seed, run_lines(seed, ppls, sents, blind, ceil), ceil)
 
 
 def trajectory(ppl_step, sent_step, seed, rounds=4):
@@ -155,29 +166,29 @@ def rounds_grid(out, blind=False):
 
 def test_rounds_verdicts_can_say_no(tmp_path):
     res = rounds_grid(tmp_path)
-    assert res["clean"]["bet"] == "preferential" and set(res["clean"]["words"]) == {0, 1, 2, 3}
-    assert res["costly"]["bet"] == "not preferential"
-    assert res["equal"]["bet"] == "not distinguishable"
-    assert res["null"]["bet"] == "no effect beyond noise"
-    assert res["clean"]["by_round"][0]["why"].startswith("decided by sentiment")  # the reader outside the model
-    # λ=0 passes the ceiling at round 3 in every seed, the clean barrier never does: it goes further, and at the
-    # highest ppl both reached it holds more trait
+    eq = {n: res[n]["equal_cost"]["ppl_base"]["word"] for n in ("clean", "costly", "equal", "null")}
+    assert eq == dict(clean="more trait at equal ppl_base", costly="less trait at equal ppl_base",
+                      equal="the same trait at equal ppl_base within noise",
+                      null="the same trait at equal ppl_base within noise")
+    assert res["clean"]["bet"] == "more trait than λ=0 at equal cost" and res["null"]["bet"] in sweep.BETS
+    # λ=0 passes the ceiling at round 3 in every seed, the clean barrier never does, and it already holds more trait
+    # than λ=0 did before it broke: further (a lower bound); equal holds less so far and never broke: not decided
     assert res["lam0"]["under_ceiling"] == [3, 3, 3] and res["clean"]["under_ceiling"] == [4, 4, 4]
-    assert res["clean"]["further"]["rounds"] == "further"
-    assert res["clean"]["further"]["trait"] == "more trait at equal ppl"
-    assert res["costly"]["further"]["rounds"] == "as far"
-    assert res["costly"]["further"]["trait"] == "less trait at equal ppl"
-    assert res["null"]["further"]["trait"] == "the same trait at equal ppl within noise"
+    assert res["clean"]["further"]["word"] == "further" and "lower bound" in res["clean"]["further"]["why"]
+    assert res["costly"]["further"]["word"] == "not as far"
+    assert res["equal"]["further"]["word"] == "not decided"
+    assert res["null"]["further"]["word"] == "as far within noise"
     md = (tmp_path / "summary.md").read_text()
-    assert "**clean vs λ=0**: removes incoherence before the trait? **preferential**" in md
+    assert "Yes: clean holds more trait than λ=0 at equal ppl_base" in md and "costly holds less trait" in md
+    assert "| clean |" in md and "kl_base: not measured in these runs" in md
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "clean" / "report.md").exists()
 
 
 def test_rounds_blind_reader_is_not_measurable(tmp_path):
     res = rounds_grid(tmp_path, blind=True)  # the vector at -dose moves every reader the persona's way too
     for name in ("clean", "costly", "equal", "null"):
-        assert res[name]["bet"] == "not measurable", name
-        assert res[name]["further"]["trait"] == "not measurable"
+        assert res[name]["equal_cost"]["ppl_base"]["word"] == "not measurable", name
+        assert res[name]["further"]["word"] == "not measurable"
     s = json.loads((tmp_path / "summary.json").read_text())
     assert not s["readers"]["sentiment"]["readable"] and "blind" in s["readers"]["sentiment"]["why"]
 
@@ -187,6 +198,196 @@ def test_trait_at_equal_ppl_is_the_frontier_of_the_path():
     assert sweep.best_at(path, 2.4) == pytest.approx(0.24)  # on the way up, not the way back (0.233)
     assert sweep.best_at([(2.0, 0.0), (1.9, 0.2)], 2.0) == pytest.approx(0.2)  # more trait, below base ppl
     assert sweep.best_at([(2.0, 0.0)], 1.5) is None
+
+
+# ---- the nulls the over-rounds verdicts must pass (issue 34) -------------------------------------------------------
+# λ=0 as results/crux_rounds measured it: the trait flattens while ppl keeps rising (there +0.23, +0.53, +0.61 at
+# ppl 2.5, 3.5, 4.7 over base 2.28), past the ceiling (4.0 here) at round 2.
+SAT_PPL, SAT_SENT = [2.2, 3.0, 4.2], [0.53, 0.83, 0.91]
+
+
+def offset(xs, seed, scale):
+    """A small per-seed offset, shared by every setting of that seed (as trajectory() adds)."""
+    return [x + scale * (seed - 1) * 0.01 for x in xs]
+
+
+def replayed(lines, order, seed, ceil=2.0 * BASE_PPL):
+    """A made-up run whose round j is λ=0's round order[j] (its steered and round lines, renumbered, readings and
+    per-prompt items untouched); it stops after the first round past the ceiling, as steer_heal does."""
+    src = {(ln["kind"], ln["round"]): ln for ln in lines[1:]}
+    out = [next(ln for ln in lines if ln["kind"] == "base")]
+    for j, k in enumerate(order):
+        out += [dict(src["steered", k], round=j), dict(src["round", k], round=j)]
+        if src["round", k]["ppl_base"] > ceil:
+            out.append(dict(kind="stop", round=j, run=f"seed{seed}", seed=seed, reason="ppl ceiling"))
+            break
+    return out
+
+
+def null_grid(out, made, want=8):
+    """The saturating λ=0 and made-up settings {name: fn(seed, λ=0's lines) -> lines}, seeds 0 1 2, summarized."""
+    for seed in (0, 1, 2):
+        z = run_lines(seed, offset(SAT_PPL, seed, 3), offset(SAT_SENT, seed, 1))
+        write_run(out / "lam0" / f"seed{seed}", seed, z)
+        for name, fn in made.items():
+            write_run(out / name / f"seed{seed}", seed, fn(seed, z))
+    return sweep.summarize_rounds(out, want)
+
+
+def words(x):
+    """Every string the summary holds for a setting (its verdict words among them), recursively."""
+    if isinstance(x, str):
+        return [x]
+    if isinstance(x, dict):
+        return [w for v in x.values() for w in words(v)]
+    if isinstance(x, (list, tuple)):
+        return [w for v in x for w in words(v)]
+    return []
+
+
+def test_lam0_one_round_late_is_not_preferential(tmp_path):
+    """The review's null: λ=0's round k as 'the setting' against λ=0's round k+1 (a run one round late: round j of it
+    is λ=0's round j-1). Today's per-round rule called it preferential at r1 and r2, as strongly as the real
+    settings: a setting that is merely slower must not."""
+    res = null_grid(tmp_path, dict(late=lambda seed, z: replayed(z, [0, 0, 1, 2], seed)))
+    said = words(res["late"])
+    assert "preferential" not in said
+    assert "further" not in said and "more trait" not in " ".join(said)
+
+
+def test_lam0_slowed_down_is_neither_preferential_nor_further(tmp_path):
+    """λ=0 shown twice per round (rounds z0 z0 z1 z1 z2): twice the rounds under the ceiling ([4, 4, 4] vs [2, 2, 2])
+    and today's rule called it preferential and 'further'; it holds exactly λ=0's trait at every cost."""
+    res = null_grid(tmp_path, dict(slow=lambda seed, z: replayed(z, [0, 0, 1, 1, 2], seed)))
+    said = words(res["slow"])
+    assert "preferential" not in said and "further" not in said
+    assert res["slow"]["equal_cost"]["ppl_base"]["word"] == "the same trait at equal ppl_base within noise"
+    assert res["slow"]["further"]["word"] == "as far within noise"
+    assert res["slow"]["under_ceiling"] == [4, 4, 4]  # rounds are context, not the verdict
+
+
+def test_the_reviews_null_on_the_committed_lam0_rows(tmp_path):
+    """The same two nulls made from results/crux_rounds/lam0's own rows (the review's case: there today's rule said
+    'r1, r2: preferential', incoherence removed 0.51 ± 0.12 vs trait 0.13 ± 0.09, and 'further' [4, 4, 4] vs
+    [2, 2, 2])."""
+    src = Path(__file__).resolve().parent / "results" / "crux_rounds" / "lam0"
+    if not (src / "seed0" / "rounds.jsonl").exists():
+        pytest.skip("results/crux_rounds not here")
+    for seed in (0, 1, 2):
+        d = src / f"seed{seed}"
+        z = [json.loads(x) for x in (d / "rounds.jsonl").read_text().splitlines()]
+        base = next(ln for ln in z if ln["kind"] == "base")
+        for name, order in (("lam0", [0, 1, 2]), ("late", [0, 0, 1, 2]), ("slow", [0, 0, 1, 1, 2])):
+            (tmp_path / name / d.name).mkdir(parents=True)
+            (tmp_path / name / d.name / "config.json").write_text((d / "config.json").read_text())
+            lines = replayed(z, order, seed, ceil=2.0 * base["ppl_base"])
+            (tmp_path / name / d.name / "rounds.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    res = sweep.summarize_rounds(tmp_path, 8)
+    for name in ("late", "slow"):
+        said = words(res[name])
+        assert "preferential" not in said and "further" not in said, name
+        assert res[name]["equal_cost"]["ppl_base"]["word"] == "the same trait at equal ppl_base within noise", name
+        assert res[name]["further"]["word"] == "as far within noise", name
+
+
+def test_a_setting_better_at_equal_cost_comes_out_better(tmp_path):
+    """A made-up setting on another curve: more trait than λ=0 at every ppl both reach (0.93 vs 0.83 at ppl 3.0),
+    and more trait before it passes the ceiling."""
+    better = dict(better=lambda seed, z: run_lines(seed, offset([2.2, 2.6, 3.0, 3.4, 4.2], seed, 3),
+                                                   offset([0.6, 0.8, 0.93, 0.97, 0.99], seed, 1)))
+    res = null_grid(tmp_path, better)
+    eq = res["better"]["equal_cost"]["ppl_base"]
+    assert eq["word"] == "more trait at equal ppl_base", eq
+    top = eq["levels"][-1]  # the highest ppl both reach, per seed
+    assert top["d"] > 0 and top["ci"][0] > 0 and top["signs"] == ["+", "+", "+"]
+    assert res["better"]["further"]["word"] == "further"
+    # no kl_base / degenerate / on_topic on these rows: said, not guessed
+    assert res["better"]["equal_cost"]["kl_base"]["word"] == "not measured in these runs"
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert "better holds more trait than λ=0 at equal ppl_base" in s["verdict"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "better holds more trait than λ=0 at equal ppl_base" in md and "not measured in these runs" in md
+
+
+def test_further_on_one_seed_of_three_is_not_further(tmp_path):
+    """prev's case: one seed gets further (here with more trait too), two walk exactly like λ=0: not 'further';
+    the per-seed answer says which seed."""
+    def one(seed, z):
+        if seed:
+            return replayed(z, [0, 1, 2], seed)
+        return run_lines(seed, offset([2.2, 3.0, 3.6, 4.2], seed, 3), offset([0.53, 0.83, 0.95, 0.99], seed, 1))
+    res = null_grid(tmp_path, dict(one=one))
+    f = res["one"]["further"]
+    assert f["word"] != "further" and f["trait"]["signs"][0] == "+" and f["trait"]["signs"][1:] == ["0", "0"]
+
+
+def with_costs(lines, kl, degen, topic, seed):
+    """The new coherence and cost readers on a run's base and round lines (kl_base, degenerate, on_topic, with their
+    per-prompt items; round k's from kl[k], degen[k], topic[k]; the base: 0, 0, 0.70)."""
+    for ln in lines:
+        if ln["kind"] not in ("base", "round"):
+            continue
+        k = ln["round"]
+        b = ln["kind"] == "base"
+        rs = zlib.crc32(f"costs {k} {seed}".encode())
+        n1 = round((0.0 if b else degen[k]) * N_PROMPTS)
+        items = dict(kl_base=[0.0] * N_PROMPTS if b else [max(0.0, x) for x in per_prompt(kl[k], rs, 0.01)],
+                     degenerate=[1.0] * n1 + [0.0] * (N_PROMPTS - n1),
+                     on_topic=per_prompt(0.70 if b else topic[k], rs + 1, 0.01))
+        ln["items"] = dict(ln["items"], **items)
+        ln.update({key: statistics.fmean(v) for key, v in items.items()})
+    return lines
+
+
+def test_equal_cost_on_kl_and_the_coherence_readers(tmp_path):
+    """Rows that carry kl_base, degenerate and on_topic: a setting on λ=0's ppl curve that gets there at half the KL
+    holds more trait at equal kl_base (and the same at equal ppl); λ=0 slowed down holds the same at equal kl_base but
+    'less' at equal cumulative KL (a sum over rounds: it fails the slowed null), so cum_kl decides nothing."""
+    kl, degen, topic = [0.2, 0.5, 0.9], [0.0, 0.125, 0.25], [0.68, 0.64, 0.60]
+
+    def z_lines(seed):
+        return with_costs(run_lines(seed, offset(SAT_PPL, seed, 3), offset(SAT_SENT, seed, 1)), kl, degen, topic, seed)
+    for seed in (0, 1, 2):
+        z = z_lines(seed)
+        write_run(tmp_path / "lam0" / f"seed{seed}", seed, z)
+        cheap = with_costs(run_lines(seed, offset(SAT_PPL, seed, 3), offset(SAT_SENT, seed, 1)),
+                           [x / 2 for x in kl], degen, topic, seed)
+        write_run(tmp_path / "cheap" / f"seed{seed}", seed, cheap)
+        write_run(tmp_path / "slow" / f"seed{seed}", seed, replayed(z, [0, 0, 1, 1, 2], seed))
+    # a run in progress (two rounds, no stop line): listed, not counted
+    write_run(tmp_path / "cheap" / "seed3", 3, with_costs(run_lines(3, [2.2, 2.6], [0.6, 0.7]), kl, degen, topic, 3))
+    res = sweep.summarize_rounds(tmp_path, 8)
+    eq = {c: res["cheap"]["equal_cost"][c]["word"] for c in sweep.COSTS}
+    assert eq["kl_base"] == "more trait at equal kl_base" and eq["ppl_base"].startswith("the same")
+    assert eq["degenerate"].startswith("the same") and eq["on_topic"].startswith("the same")
+    assert res["cheap"]["bet"] == "more trait than λ=0 at equal cost"
+    assert res["cheap"]["runs"] == ["seed0", "seed1", "seed2"]
+    assert res["cheap"]["further"]["word"] == "as far within noise"  # the same trait at the ppl ceiling
+    assert res["cheap"]["further"]["kl_word"] == "less KL travelled"  # it got there nearer the base model
+    slow = {c: res["slow"]["equal_cost"][c]["word"] for c in sweep.COSTS}
+    assert slow["kl_base"].startswith("the same") and slow["cum_kl"] == "less trait at equal cum_kl"
+    assert res["slow"]["bet"] == "the same trait as λ=0 at equal cost within noise"
+    assert res["slow"]["further"]["kl_word"] == "as much KL within noise"
+    md = (tmp_path / "summary.md").read_text()
+    assert "cheap holds more trait than λ=0 at equal kl_base" in md and "slow holds" not in md
+    assert "Runs in progress (not in this summary until they finish): cheap/seed3 (2 of 8 rounds)" in md
+    assert "### At equal kl_base" in md and "kl_base: not measured" not in md
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["in_progress"] == ["cheap/seed3"] and s["costs"]["kl_base"]["measured"]
+
+
+def test_mixed_across_rounds_does_not_count_not_measured():
+    assert sweep.over_rounds({0: "no effect beyond noise", 1: "not measured", 2: "no effect beyond noise"}) == \
+        "no effect beyond noise"
+    assert sweep.over_rounds({0: "not measured"}) == "not measured"
+    assert sweep.over_rounds({0: "a", 1: "b", 2: "not comparable"}) == "mixed across rounds"
+
+
+def test_fraction_noise_includes_the_denominators():
+    """λ=0's own shift (the denominator) is uncertain too: 0.5 ± 0.1 of a shift 1.0 ± 0.2 is 0.5 ± 0.14, not ± 0.1."""
+    f = sweep.frac((0.5, 0.4, 0.6), (1.0, 0.8, 1.2))
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(math.hypot(0.1, 0.5 * 0.2))
+    assert sweep.frac((0.5, 0.4, 0.6), (1.0, None, None))[1] is None
 
 
 def test_run_state_skips_done_and_resumes_unfinished(tmp_path):
@@ -264,7 +465,7 @@ def test_over_rounds_driver_runs_resumes_and_skips(tiny_dir, tmp_path, capsys):
     sweep.main(grid + ["--rounds", "2"])
     assert capsys.readouterr().out.count("done, skipped") == 2
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert set(s["settings"]) == {"lam0", "rmse"} and s["settings"]["rmse"]["bet"] in sweep.BET
+    assert set(s["settings"]) == {"lam0", "rmse"} and s["settings"]["rmse"]["bet"] in sweep.BETS
     assert (tmp_path / "frontier.png").stat().st_size > 0
 
 
