@@ -91,6 +91,29 @@ def tokens(runs, k):
     return m("generated", False), m("generated_tokens", False), m("generated_tokens", True)
 
 
+def steps(runs, k, upto=False):
+    """Optimizer steps of round k's heal (heal.steps; upto: summed through round k) over seeds, as 'n' when the seeds
+    agree, else 'mean [min–max]'; '—' where a run did not record them. A round's steps follow its survivors (a
+    steer-heal round takes epochs x micro-batches: 9 or 12 on the default sizes), so they are read, not assumed."""
+    def one(run):
+        vals = [get(r, "heal", "steps") for r in run["rounds"] if (r["round"] <= k if upto else r["round"] == k)]
+        return None if not vals or None in vals else sum(vals)
+    vals = [one(r) for r in runs]
+    if not vals or None in vals:
+        return "—"
+    m = mean(vals)
+    return count(m) if min(vals) == max(vals) else f"{count(m)} [{count(min(vals))}–{count(max(vals))}]"
+
+
+def steps_text(runs):
+    """'r0 10 [9–12], r1 12; Σ 22 [21–24]': each round's optimizer steps over seeds, and their sum through the last
+    round every run has."""
+    ks = sorted(set.intersection(*[{r["round"] for r in run["rounds"]} for run in runs])) if runs else []
+    if not ks or steps(runs, ks[-1], True) == "—":
+        return "optimizer steps not recorded"
+    return (", ".join(f"r{k} {steps(runs, k)}" for k in ks) + f"; Σ through r{ks[-1]} {steps(runs, ks[-1], True)}")
+
+
 def count(x):
     """A sample or token count as a whole number (a mean over seeds may not be one: one decimal then)."""
     return "—" if x is None else f"{x:.0f}" if x == int(x) else f"{x:.1f}"
@@ -177,14 +200,18 @@ def vs_method(runs_a, runs_b, a, b):
                   + [[f"{a} − {b}", None, None, None, None, fiv(cross(runs_a, runs_b, pick, "ppl_base"))]])
     # round by round, with the samples and tokens each method generated to get there
     body += ["", f"Round by round ({a} − {b} of Δ vs base per reader; samples / completion tokens generated in the "
-                 "round, tokens cumulative in brackets):", ""]
+                 "round, tokens cumulative in brackets; optimizer steps of the round, summed through it after Σ; over "
+                 "seeds: mean [min–max]):", ""]
     rows = []
     for j in ks:
         (sa, ta, ca), (sb, tb, cb) = tokens(runs_a, j), tokens(runs_b, j)
-        rows.append([j, f"{count(sa)} / {count(sb)}", f"{count(ta)} [{count(ca)}] / {count(tb)} [{count(cb)}]"]
+        rows.append([j, f"{count(sa)} / {count(sb)}", f"{count(ta)} [{count(ca)}] / {count(tb)} [{count(cb)}]",
+                     f"{steps(runs_a, j)} (Σ {steps(runs_a, j, True)}) / "
+                     f"{steps(runs_b, j)} (Σ {steps(runs_b, j, True)})"]
                     + [fiv(cross(runs_a, runs_b, round_at(j), key)) for key, _ in readers_of(runs_a + runs_b)]
                     + [f"{fmt(cell(runs_a, round_at(j), 'ppl_base'))} / {fmt(cell(runs_b, round_at(j), 'ppl_base'))}"])
-    body += table(["round", f"samples {a} / {b}", f"tokens {a} / {b}"] + [LABEL[key] for key, _ in readers_of(runs_a + runs_b)]
+    body += table(["round", f"samples {a} / {b}", f"tokens {a} / {b}", f"optimizer steps {a} / {b}"]
+                  + [LABEL[key] for key, _ in readers_of(runs_a + runs_b)]
                   + [f"ppl_base {a} / {b}"], rows)
     word = decide_methods(res)
     lead = next((m for m in (a, b) if word == f"{m} ahead"), None)
@@ -213,7 +240,8 @@ def write_methods_report(run_dirs, out=None):
     seeds = lambda rs: ", ".join(r["name"] for r in rs)
     text = [f"# methods compared: {', '.join(methods)}", ""]
     text += [f"- {m} ({len(rs)} run{'s' * (len(rs) > 1)}: {seeds(rs)}; rounds evaluated "
-             f"{', '.join(str(len(evaluated(r))) for r in rs)}): {METHODS.get(m, '(not a method this report knows)')}"
+             f"{', '.join(str(len(evaluated(r))) for r in rs)}; optimizer steps a round {steps_text(rs)}): "
+             f"{METHODS.get(m, '(not a method this report knows)')}"
              for m, rs in groups.items()]
     allruns = [r for rs in groups.values() for r in rs]
     text += [f"- tinymfv reader (auth_nats): {chance(allruns)[1]}",

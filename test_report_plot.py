@@ -616,6 +616,24 @@ def test_methods_within_noise_not_distinguishable(tmp_path):
     assert "persona_gap: steer-heal ahead" in methods_section(one, "iterative vs online")
 
 
+def test_methods_report_steps_per_round_and_summed(tmp_path):
+    """Optimizer steps are read per round and seed (a steer-heal round's steps follow its survivors: round 0 took 9 in
+    some seeds where round 1 took 12), shown per round and summed, never as one number a round."""
+    g1, g2 = tmp_path / "sh", tmp_path / "on"
+    for seed in (41, 42):
+        d = make_method_run(g1 / f"seed{seed}", "steer-heal", seed=seed)
+        patch_run(d, lambda ln: ln["heal"].update(steps=9) if ln["kind"] == "round" and ln["round"] == 0 and
+                  seed == 41 else None)
+        make_method_run(g2 / f"seed{seed}", "online", seed=seed)
+    text = open(report_methods.write_methods_report([str(g1), str(g2)])).read()
+    assert "optimizer steps a round r0 29.5 [9–50], r1 50, r2 50; Σ through r2 129.5 [109–150]" in text
+    assert "optimizer steps a round r0 50, r1 50, r2 50; Σ through r2 150" in text
+    sec = methods_section(text, "iterative vs online")
+    assert "| optimizer steps steer-heal / online |" in sec
+    assert "| 0 | 60 / 60 | 6000 [6000] / 6000 [6000] | 29.5 [9–50] (Σ 29.5 [9–50]) / 50 (Σ 50) |" in sec
+    assert "| 2 | 60 / 60 | 6000 [18000] / 6000 [18000] | 50 (Σ 129.5 [109–150]) / 50 (Σ 150) |" in sec
+
+
 def test_blind_or_at_chance_reader_not_measurable_between_methods(tmp_path):
     # the same clear lead as above, but the direction check shows persona_gap reads persona-ness (the opposite
     # persona raises it too), trait_fixed has no interval on one seed, tinymfv reads at chance → not measurable
