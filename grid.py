@@ -171,7 +171,7 @@ def run_here(jobs, a, log_dir):
     threads = a.threads or (0 if a.launcher == "serial" else max(1, cores // n))
     if a.launcher == "local":
         print(f"[grid] {n} at a time; " + (f"GPUs {','.join(gpus)}, one a job" if gpus else "no GPU")
-              + (f"; {threads} threads a job" if threads else ""), flush=True)
+              + (f"; {threads} torch thread(s) a job" if threads else ""), flush=True)
     out, todo, running, failed = {}, list(jobs), {}, False
     try:
         while running or todo and not (failed and not a.keep_going):
@@ -346,15 +346,19 @@ def launch(jobs, a, log_dir):
 
 
 def tally(jobs, out, dry_run=False):
+    """Which jobs finished (a starved run is a result: finished), failed (each with its exit code and log) and have
+    not run; returns how many failed or have not run."""
     groups = {}
     for job in jobs:
         how, why = out.get(job["name"], ("not run", ""))
-        groups.setdefault({"starved": "done"}.get(how, how), []).append(f"{job['name']} ({how}; {why})" if why else job["name"])
+        groups.setdefault({"starved": "done"}.get(how, how), []).append((job["name"] + " (starved)" * (how == "starved"), why))
     if not dry_run:
         print(f"\n[grid] {len(jobs)} job(s): " + ", ".join(f"{len(v)} {k}" for k, v in groups.items()))
+        if groups.get("done"):
+            print("  done: " + ", ".join(name for name, _ in groups["done"]))
         for k in ("failed", "not run", "submitted"):
-            for line in groups.get(k, []):
-                print(f"  {k}: {line}")
+            for name, why in groups.get(k, []):
+                print(f"  {k}: {name}" + (f": {why}" if why else ""))
     return len(groups.get("failed", [])) + len(groups.get("not run", []))
 
 

@@ -438,7 +438,7 @@ def test_a_starved_run_is_recorded_and_a_crash_stops_the_grid(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="2 run"):
         sweep.main(["--over-rounds", "--out", str(out), "--settings", "lam0", "rmse", "mean", "--seeds", "0"])
     said = capsys.readouterr().out
-    assert "failed: rmse/seed0 (failed; exit 1" in said and f"log {out / 'grid_logs' / 'rmse.seed0.log'}" in said
+    assert "failed: rmse/seed0: exit 1" in said and f"log {out / 'grid_logs' / 'rmse.seed0.log'}" in said
     assert "not run: mean/seed0" in said and not (out / "mean").exists()  # mean never started
     stop = json.loads((out / "lam0" / "seed0" / "rounds.jsonl").read_text().splitlines()[-1])
     assert stop["kind"] == "stop" and stop["round"] == 1 and stop["reason"].startswith("starved")
