@@ -97,6 +97,9 @@ def check_config(cfg):
         raise Stop(f"--lora-targets {' '.join(cfg.lora_targets)}: give all-linear alone, or module names (q_proj v_proj ...).")
     if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise Stop(f"--seeds {' '.join(map(str, cfg.seeds))}: must be distinct and >= 0 (one run folder seed<k> each).")
+    cache = getattr(cfg, "line_cache", "")  # a copy made before line_cache.py has no such knob
+    if cache and Path(cache).exists() and not Path(cache).is_dir():
+        raise Stop(f"--line-cache {cache}: a file, not a folder (the grid's measured lines go in one, made if missing).")
     if cfg.name and (Path(cfg.name).name != cfg.name or cfg.name == ".."):
         raise Stop(f"--name {cfg.name}: must be one folder name, without '/': the run lands in --out/<name>.")
     out = Path(cfg.out).absolute()

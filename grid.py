@@ -9,11 +9,13 @@ on SLURM through submitit.
 
 A grid file (JSON; docs/GRIDS.md): {"out": folder, "seeds": [0, 1, 2], "flags": [every new run's flags],
 "rounds": optional, "settings": {name: {"script": "rivals.py" (default steer_heal.py), "flags": [...]}},
-"after": [[script, args...], ...] (run once every job is done: the reports)}.
+"after": [[script, args...], ...] (run once every job is done: the reports), "line_cache": optional}.
 Job (setting, seed) is the run folder OUT/<setting>/seed<seed>. New: python SCRIPT FLAGS --seed s --out OUT/<setting>
 --name seed<s>; half-done: python SCRIPT --resume (a killed or preempted job continues where it was); done: skipped.
 So a grid is rerun by running the same command, on any launcher. A run folder has one writer (runio.lock): a job
-launched twice is refused, not run twice. sweep.py --over-rounds builds the crux grid and launches it here.
+launched twice is refused, not run twice. Every new run gets --line-cache OUT/line_cache (the grid's "line_cache": a
+folder, or "" = off): the base and prompting lines, the same in every run, are measured by the first and read back by
+the others (line_cache.py). sweep.py --over-rounds builds the crux grid and launches it here.
 """
 import argparse, json, os, signal, subprocess, sys, threading, time
 from pathlib import Path
@@ -49,14 +51,18 @@ def script_path(script):
 
 
 def jobs_of(g, settings=None, seeds=None):
-    """Seed-major (a grid stopped early has every setting at its first seeds): one dict per (setting, seed)."""
+    """Seed-major (a grid stopped early has every setting at its first seeds): one dict per (setting, seed). Each new
+    run reads its base and prompting lines from the grid's cache (the grid's "line_cache", default OUT/line_cache;
+    "" = off) ahead of the grid's flags, so a --line-cache there wins."""
+    cache = g.get("line_cache", str(Path(g["out"]) / "line_cache"))
     names = settings or list(g["settings"])
     missing = set(names) - set(g["settings"])
     if missing:
         raise Stop(f"--settings {' '.join(sorted(missing))}: not in the grid; it has {', '.join(g['settings'])}.")
     return [dict(name=f"{name}/seed{seed}", dir=Path(g["out"]) / name / f"seed{seed}", seed=seed, rounds=g.get("rounds"),
                  script=str(script_path(g["settings"][name].get("script", "steer_heal.py"))),
-                 flags=[*g.get("flags", []), *g["settings"][name].get("flags", [])])
+                 flags=[*(["--line-cache", cache] if cache else []), *g.get("flags", []),
+                        *g["settings"][name].get("flags", [])])
             for seed in (seeds or g["seeds"]) for name in names]
 
 

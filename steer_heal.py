@@ -21,6 +21,7 @@ import eval_mfv
 import models  # loading: the embedded model, any HF causal LM, a run's baked model
 import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
 import fast  # --compile's generation, the sliced KL, the band's states: speed and memory, same numbers
+import line_cache  # --line-cache: the base and prompting lines measured once per grid
 import report  # report.md from the run's files (it reads files only)
 import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
 from models import EMBEDDED, check_vector, decoder_layers, eos_ids, lm_head, load_model, merge_adapter, save_adapter
@@ -66,6 +67,7 @@ class Config:
     resume: str = ""  # results/<run> to continue after its last completed round
     redo_from: int = -1  # with --resume: run round k and later again (e.g. their files fail to verify); -1 = keep all
     overwrite: bool = False  # replace an existing, different run in the output folder
+    line_cache: str = ""  # folder of measured base/prompting lines shared by the runs of a grid, keyed by everything that determines them (line_cache.py; grid.py gives each job <out>/line_cache); "" = off
     track: str = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (on-policy policy gradient, reward = trait on the vector - incoherence)
@@ -1057,6 +1059,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     steered lines also read the intervention's opposite (the opposite persona; the vector at -dose): a reader
     that both move the same way reads "an intervention", not the direction. Appends one rounds.jsonl line."""
     t, users = time.time(), HELD_OUT[cfg.eval_prompts]
+    cache = line_cache.key(kind, cfg, model, tok, state, system, users, __file__) \
+        if cfg.line_cache and kind in line_cache.KINDS else None  # measured once per grid: the same line, read back
+    hit = cache and line_cache.reuse(cache, cfg, state, cfg.run_dir, title, users, t)
+    if hit:
+        return hit
     ev = mfv(model, tok, cfg, system, vectors, coeff)
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
@@ -1110,6 +1117,8 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
            if ev else "") + f"{time.time() - t:.0f}s")
     append_line(cfg.run_dir, line)
     runio.write_samples(cfg.run_dir, title, ans[:6], users[:6])
+    if cache:
+        line_cache.store(cache, line, cfg.run_dir)
     return line
 
 

@@ -452,7 +452,7 @@ ROUND_SETTINGS = {
 ROUND_FLAGS = ["--persona", "love", "--no-baselines"]
 STEER_HEAL = Path(__file__).resolve().parent / "steer_heal.py"
 SAME = {"seed", "seeds", "name", "out", "resume", "overwrite", "rounds", "lam", "kl_agg", "spectral_lam",
-        "anchor_nll", "kl_ref", "device", "compile"}  # config keys runs of one grid may differ in
+        "anchor_nll", "kl_ref", "device", "compile", "line_cache"}  # config keys runs of one grid may differ in
 
 
 run_state = grid.run_state  # 'new', 'resume' or 'done': the driver's rule, one place

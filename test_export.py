@@ -272,7 +272,7 @@ BAD = {  # field -> flags with a value out of its range (or unusable), one per C
     "method": ["--method", "rlhf"], "online_batch": ["--online-batch", "0"], "online_group": ["--online-group", "1"],
     "online_steps": ["--online-steps", "0"], "online_floor": ["--online-floor", "-1"],
     "redo_from": ["--redo-from", "0"],  # without --resume
-    "track": ["--track", "neptune"],
+    "track": ["--track", "neptune"], "line_cache": ["--line-cache", __file__],  # a file, not a folder
 }
 # ...and a wrong-typed value for every numeric field
 WRONG_TYPE = [(f.name, ["--" + f.name.replace("_", "-"), "1.5" if f.type is int or f.name == "seeds" else "abc"])

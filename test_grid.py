@@ -78,9 +78,10 @@ def test_the_methods_grid_keeps_run_sh_s_runs():
     assert len(jobs) == 12 and jobs[1]["name"] == "prompt-bake/seed0"
     new = {j["name"]: grid.command(dict(j, dir=Path("/nonexistent") / j["name"]))[1] for j in jobs}
     assert Path(new["online-12steps/seed2"][1]).name == "rivals.py"
-    assert new["online-12steps/seed2"][2:] == ["--persona", "love", "--statements", "none", "--method", "online",
-                                               "--online-steps", "12", "--no-baselines", "--seed", "2", "--out",
-                                               "/nonexistent/online-12steps", "--name", "seed2"]
+    assert new["online-12steps/seed2"][2:] == ["--line-cache", "results/methods/line_cache", "--persona", "love",
+                                               "--statements", "none", "--method", "online", "--online-steps", "12",
+                                               "--no-baselines", "--seed", "2", "--out", "/nonexistent/online-12steps",
+                                               "--name", "seed2"]  # every job: the grid's one cache of lines
     assert Path(new["steer-heal/seed0"][1]).name == "steer_heal.py" and "--no-baselines" not in new["steer-heal/seed0"]
 
 
