@@ -19,7 +19,8 @@ import runio
 HERE = os.path.dirname(os.path.abspath(__file__))
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
 SECTION_HEADINGS = ["## " + s for s in report.SECTIONS]
-VERDICT = re.compile(r"\*\*Verdict: (yes|no|unclear|not measurable|not measured in this run)\*\*")
+VERDICT = re.compile(r"\*\*Verdict: (yes|no|unclear|not measurable|not measured in this run|keeps moving|"
+                     r"moved, then stopped)\*\*")
 
 
 def eval_fields(auth, care, coherence, ci=0.02, loyalty=-2.0, drift=0.0):
@@ -187,16 +188,16 @@ def test_report_has_sections_numbers_and_verdicts(tmp_path):
 def test_q3_flips_between_moving_and_flat_run(tmp_path):
     moving = report.write_report(make_run(tmp_path / "moving"))
     flat = report.write_report(make_run(tmp_path / "flat", auths=(-1.0, -1.005, -0.998, -1.003)))
-    assert verdict(moving, report.SECTIONS[3]) == "yes"
-    assert "Δauth -0.3" in moving and "monotone" in moving
+    assert verdict(moving, report.SECTIONS[3]) == "keeps moving"  # Q3's three answers: keeps moving / moved, then stopped / no
+    assert "Δauth -0.3" in moving and "the last round's step is beyond noise" in moving and "not monotone" not in moving
     assert verdict(flat, report.SECTIONS[3]) == "no"
     assert "inside the noise" in flat
-    # not monotone beyond the CI → unclear; one round only → unclear
+    # a step back beyond the CI, then a last step forward beyond it → keeps moving, and says it is not monotone
     zig = report.write_report(make_run(tmp_path / "zig", auths=(-1.0, -1.3, -1.1, -1.4)))
-    assert verdict(zig, report.SECTIONS[3]) == "unclear" and "not monotone" in zig
-    # saturation: steps -0.2, -0.005, -0.002 with CI ±0.02 → saturates after round 0
+    assert verdict(zig, report.SECTIONS[3]) == "keeps moving" and "not monotone" in zig
+    # saturation: steps -0.2, -0.005, -0.002 with CI ±0.02 → moved, then stopped (after round 0)
     sat = report.write_report(make_run(tmp_path / "sat", auths=(-1.0, -1.2, -1.205, -1.207)))
-    assert verdict(sat, report.SECTIONS[3]) == "yes" and "saturates after round 0" in sat
+    assert verdict(sat, report.SECTIONS[3]) == "moved, then stopped" and "saturates after round 0" in sat
     # prompting beats a flat loop
     assert verdict(report.write_report(make_run(tmp_path / "p", auths=(-1.0, -1.0, -1.0, -1.01),
                                                 prompting_auth=-1.3)), report.SECTIONS[4]) == "no"
@@ -243,7 +244,7 @@ def test_q3_does_not_count_a_round_past_the_ppl_ceiling(tmp_path):
                                                   gaps=(0.0, 0.0, 0.0, 0.3)), wreck))
     q3 = sections(text)["## " + report.SECTIONS[3]]
     assert "round 2 past the ppl ceiling: not counted" in q3 and "after round 1" in q3
-    assert verdict(text, report.SECTIONS[3]) != "yes"  # counted, round 2's jump (+3) would make it a yes
+    assert verdict(text, report.SECTIONS[3]) in ("no", "unclear")  # counted, round 2's jump (+3): keeps moving
 
 
 def test_missing_data_says_not_measured(tmp_path):
@@ -268,7 +269,7 @@ def test_group_report_aggregates_seeds(tmp_path):
     # the group's verdict uses the seeds together: Δauth -0.1495 ± the spread 0.301 holds 0 → no (it was
     # "unclear (seeds disagree)" from the per-seed words); each seed's own verdict is still listed
     assert "**Verdict: no**: decided by auth_nats. auth_nats: no — Δauth -0.1495 [-0.4505, 0.1515]" in q3
-    assert "- seed41: yes:" in q3 and "- seed42: no:" in q3
+    assert re.search(r"- seed41: (keeps moving|moved, then stopped):", q3) and "- seed42: no:" in q3
     assert "2 seeds: a change counts only beyond the larger of the seeds' min–max spread" in text
     # Δauth final: -0.3 and +0.001 → mean -0.1495, min–max -0.3–0.001
     row = next(ln for ln in q3.splitlines() if ln.startswith("| Δauth final"))
@@ -349,8 +350,8 @@ def test_q1_fluency_compares_greedy_with_greedy(tmp_path):
                   ln["round"] == 0 else None)
     text = report.write_report(d)
     q1 = sections(text)["## " + report.SECTIONS[1]]
-    assert verdict(text, report.SECTIONS[1]) == "no" and "×1.4;" in q1 and "NOT fluent" in q1
-    assert "fluent if ≤ ×1.25" in q1 and "healed round-0 ppl_base ≤ 1.25 × base ppl_base" in text
+    assert verdict(text, report.SECTIONS[1]) == "no" and "×1.4 of base" in q1 and "NOT fluent" in q1
+    assert "(≤ ×1.25)" in q1 and "ppl_base ≤ 1.25 × base" in text
     # the survivors' pair is still shown, as context
     assert "| raw steered survivors | 11 | 0.09 |" in q1 and "| healed model (greedy) | 8.5 | 0.06 |" in q1
 
@@ -418,7 +419,8 @@ def test_group_noise_is_the_seed_spread(tmp_path):
     make_run(g / "seed42", seed=42, auths=(-1.0, -1.216, -1.266, -1.271), ci=0.002)
     text = report.write_report(str(g))
     q3 = upto_seeds(sections(text)["## " + report.SECTIONS[3]])
-    assert "still moving" not in q3 and "saturates after round 1" in q3 and verdict(text, report.SECTIONS[3]) == "yes"
+    assert "still moving" not in q3 and "saturates after round 1" in q3
+    assert verdict(text, report.SECTIONS[3]) == "moved, then stopped"
     assert "still moving at the last round" in open(g / "seed41" / "report.md").read()  # one seed alone
     assert "single seed: each reader's own paired bootstrap" in open(g / "seed41" / "report.md").read()
 
@@ -439,7 +441,7 @@ def test_at_chance_readers_say_not_measurable(tmp_path):
     new = make_new_run(tmp_path / "new", top1_chance=0.35)
     text = report.write_report(patch_run(new, lambda ln: ln.update(top1=0.36)))
     q3 = sections(text)["## " + report.SECTIONS[3]]
-    assert q3.split("\n")[2].startswith("**Verdict: yes**: decided by persona_gap. persona_gap: yes")
+    assert q3.split("\n")[2].startswith("**Verdict: keeps moving**: decided by persona_gap. persona_gap: keeps moving")
     assert "auth_nats: not measurable" in q3 and "Δtrait_fixed 3" in q3
     # the yes/no form at chance (constant answer): said in the header and on every line it is shown
     text = report.write_report(make_new_run(tmp_path / "yn", yesno_constant=True))
@@ -455,12 +457,12 @@ def test_q3_falls_back_from_a_single_reading(tmp_path):
         ln.pop("persona_gap_ci", None)
     text = report.write_report(patch_run(make_new_run(tmp_path / "one"), strip))
     q3 = sections(text)["## " + report.SECTIONS[3]]
-    assert "trait_fixed is a single reading: no interval, one seed" in q3 and "auth_nats: yes" in q3
+    assert "trait_fixed is a single reading: no interval, one seed" in q3 and "auth_nats: keeps moving" in q3
     g = tmp_path / "grp"
     patch_run(make_new_run(g / "seed41", seed=41), strip)
     patch_run(make_new_run(g / "seed42", seed=42, traits=(1.0, 2.1, 3.1, 4.1)), strip)
     q3 = upto_seeds(sections(report.write_report(str(g)))["## " + report.SECTIONS[3]])
-    assert "**Verdict: yes**: decided by trait_fixed. trait_fixed: yes — Δtrait_fixed 3.05 [2.95, 3.15]" in q3
+    assert "**Verdict: keeps moving**: decided by trait_fixed. trait_fixed: keeps moving — Δtrait_fixed 3.05 [2.95, 3.15]" in q3
 
 
 def test_plot_persona_gap_panel_new_and_old(tmp_path, monkeypatch):
@@ -503,7 +505,7 @@ def test_a_reader_blind_to_direction_decides_nothing(tmp_path):
     both = report.write_report(patch_run(make_new_run(tmp_path / "c"), check(persona_gap=BLIND, trait_fixed=weak)))
     assert "trait_fixed: not measurable — direction check not passed: prompting r-1 fail" in both
     q3 = sections(both)["## " + report.SECTIONS[3]]
-    assert "persona_gap: not measurable" in q3 and "auth_nats: yes" in q3  # tinymfv is above chance in this run
+    assert "persona_gap: not measurable" in q3 and "auth_nats: keeps moving" in q3  # tinymfv is above chance in this run
 
 
 # ---- methods given together (issue 12 item 5): steer-heal against prompt-bake and online
