@@ -15,7 +15,7 @@ barrier re-running the reference every step (heal before), the unchunked barrier
 and full-sequence vs completion-only log-softmax; fast-eval vignettes/s; a whole round by stage (at --preset gpu
 sizes on a GPU, or with --round gpu). Every ratio with a target prints PASS/FAIL. Writes results/bench_<device>.json.
 """
-import argparse, contextlib, dataclasses, datetime, json, os, platform, re, shlex, statistics, sys, time, traceback
+import argparse, contextlib, dataclasses, datetime, json, math, os, platform, re, shlex, statistics, sys, time, traceback
 from pathlib import Path
 if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars around the table
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -48,7 +48,7 @@ RATIOS = {  # name -> (section, numerator, denominator, field, comparison, targe
     "heal_kl_vs_nll_time": ("heal", "kl_barrier", "nll", "seconds", "<=", 1.15,
                             "heal step time: NLL+KL / NLL (round 0, kl_ref=prev: the filter's states)"),
     "heal_kl_vs_nll_mem": ("heal", "kl_barrier", "nll", "peak_mb", "<=", 1.05, "heal step peak mem: NLL+KL / NLL"),
-    "heal_kl_ref_pass_vs_nll_time": ("heal", "kl_barrier_ref_pass", "nll", "seconds", "<=", 1.15,
+    "heal_kl_ref_pass_vs_nll_time": ("heal", "kl_barrier_ref_pass", "nll", "seconds", "<=", 1.25,  # CPU; GPU 1.15
                                      "heal step time: NLL+KL / NLL (kl_ref=base after round 0: + reference pass)"),
     "heal_ref_pass_floor_vs_nll_time": ("heal", "nll_ref_pass", "nll", "seconds", None, None,
                                         "kl_ref=base after round 0, a barrier costing nothing: NLL + ref pass / NLL"),
@@ -330,7 +330,6 @@ def bench_round(model, tok, cfg):
     sample answers).
     If the filters starve the round, heal on everything generated (flagged) so the heal stage is still timed."""
     cfg = dataclasses.replace(cfg, eval_backend="fast")
-    cfg.vignettes_path = str(VIGNETTES)
     stash, steered = sh.stash_base(model, cfg), sh.steer_layers(model, cfg.layers)
     torch.manual_seed(sh.seed_of(cfg, 0, "round"))  # every seed as steer_heal.run's round 0 draws it
     g0 = graphs_compiled()
@@ -447,9 +446,14 @@ def gpu_check(a, command=""):
         h = res["heal"]
         verdict("heal_kl_vs_nll_time", h["kl_barrier"]["seconds"] / h["nll"]["seconds"], "<=", 1.15,
                 RATIOS["heal_kl_vs_nll_time"][-1])
-        verdict("heal_kl_ref_pass_vs_nll_time", h["kl_barrier_ref_pass"]["seconds"] / h["nll"]["seconds"], "<=", 1.15,
+        # kl_ref=base after round 0 pays one reference forward per example per heal: a floor of 1.10-1.11x on these
+        # CPUs (a barrier costing nothing), so the CPU target is 1.25x with the floor beside it (issue 36); a GPU's
+        # stays 1.15x until one measures it
+        floor = h["nll_ref_pass"]["seconds"] / h["nll"]["seconds"] if "nll_ref_pass" in h else math.nan
+        verdict("heal_kl_ref_pass_vs_nll_time", h["kl_barrier_ref_pass"]["seconds"] / h["nll"]["seconds"], "<=",
+                1.15 if dev.type == "cuda" else 1.25,
                 f"heal step time: NLL+KL / NLL (kl_ref=base after round 0: + reference pass / "
-                f"{h['epochs_amortised']} epochs)")
+                f"{h['epochs_amortised']} epochs; floor {floor:.3f}x)")
         verdict("heal_kl_vs_nll_mem", h["kl_barrier"]["peak_mb"] / h["nll"]["peak_mb"], "<=", 1.05,
                 "heal step peak mem: NLL+KL / NLL")
     stage("heal", heal, "heal_kl_vs_nll_time", "heal_kl_ref_pass_vs_nll_time", "heal_kl_vs_nll_mem")
