@@ -12,6 +12,8 @@ import contextlib
 
 import torch
 
+import runio  # the log: whether the prompt KV cache is used (runio imports nothing of the project but track)
+
 # Compiled decoding (--compile), designed around what transformers 5.23 and torch 2.13 actually do:
 # - generate() compiles only the decode step (torch.compile of model.__call__, GenerationMixin.get_compiled_call),
 #   only with a compileable cache (cache_implementation="static"), and only on cuda/xpu/tpu/neuron unless
@@ -51,6 +53,29 @@ def steer_slot(model, vectors, rows, make_hook):
     slot["handles"] = [blocks[l].register_forward_hook(make_hook(slot, l, min(vectors))) for l in vectors]
     model._steer_slot = slot
     return slot
+
+
+@contextlib.contextmanager
+def static_steer(model, vectors, coeff, knobs, make_hook):
+    """steer_heal.steer for --compile's generation: the doses and vectors written in place into the model's
+    persistent slot (steer_slot), which is switched on inside the block, instead of hooks added and removed."""
+    slot = steer_slot(model, vectors, len(coeff), make_hook)
+    slot["coeff"].zero_()
+    slot["coeff"][:len(coeff)].copy_(torch.as_tensor(coeff, dtype=torch.float32))
+    for l, v in vectors.items():
+        slot["vecs"][l].copy_(v)
+    slot.update(knobs, on=True)
+    try:
+        yield slot
+    finally:
+        slot["on"] = False
+
+
+def gen_padded(rows, coeffs, gen_batch):
+    """rows (and their doses) padded with copies of row 0 at dose 0 up to gen_bucket() rows: a compiled generate
+    call's batch sizes repeat (sampling draws for the copies too, so sampled text differs from the eager path's)."""
+    pad = gen_bucket(len(rows), gen_batch) - len(rows)
+    return rows + [rows[0]] * pad, None if coeffs is None else [*coeffs, *[0.0] * pad]
 
 
 def gen_bucket(n, gen_batch):
@@ -188,6 +213,28 @@ class PromptKV:
 
     def get(self, dec, ids):
         return self.kv[tuple(ids)]
+
+    def read(self, reader, prompts, answers, pad_id, one, plain):
+        """One batch's readings (steer_heal.read_text's): one(batch, decoder kwargs) on the cached inputs, or plain()
+        where the cache cannot serve (a one-token prompt; a cache this model cannot share, and then never again). The
+        run's first batch is read both ways and compared (judge): the cache is kept only if the two agree."""
+        if self.ok is False or min(map(len, prompts)) < 2:
+            return plain()
+        try:
+            kw, b = cached_batch(reader.get_decoder(), self, prompts, answers, pad_id, reader.config)
+            got = one(b, kw)
+        except (ValueError, RuntimeError, AttributeError, TypeError) as e:  # a cache this model cannot share
+            self.ok, self.kv = False, {}
+            runio.log(f"  fixed reader's prompt KV cache: NOT used ({type(e).__name__}: {e})")
+            return plain()
+        if self.ok is None:  # the run's first batch: also the plain pass, and compare
+            ref = plain()
+            tol = self.judge(got, ref, exact=next(reader.parameters()).dtype == torch.float32 and not (
+                reader.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32))
+            runio.log(f"  fixed reader's prompt KV cache: {'used' if self.ok else 'NOT used'} (cached vs plain pass on "
+                      f"{len(prompts)} answers: largest relative difference of a reading {self.err:.1e}, tolerance {tol:g})")
+            got = got if self.ok else ref
+        return got
 
     def judge(self, got, plain, exact):
         """The first batch, read cached (got) and plain, each (per-token NLL per answer, projection per answer): sets

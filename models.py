@@ -2,15 +2,22 @@
 into a plain from_pretrained folder (dequantised) and reused. Any HF causal LM with a chat template loads the same
 way; a run's baked model is its base plus every completed round's adapter, merged in order (plain PEFT).
 
-Imports only runio of the project: steer_heal.py, eval_mfv.py and export.py load models through here.
+Also the pieces of the pipeline that are about the model, not the experiment: the chat prompt (chat), a band of
+blocks (band), the head (lm_head, check_head), a prompt + completion batch (make_batch), the original weights
+swapped in (base_weights, is_original, adapter_off), fingerprint, the adapters' sigma_max (spectral_penalty), and the
+optimizer loop every method's heal shares (train_adapter).
+
+Imports only runio and track of the project: steer_heal.py, eval_mfv.py and export.py load models through here.
 """
-import glob, importlib.util, json, os, shutil, types
+import contextlib, glob, importlib.util, json, math, os, shutil, types
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import runio
-from runio import Stop
+from runio import Stop, log
+import track  # the heal steps, mirrored to --track (train_adapter)
 
 EMBEDDED = "SmolLM2-135M-Instruct"
 
@@ -129,6 +136,26 @@ def save_vector(vec, path):
 
 # --- what a model is made of: its blocks, its head; a round's adapter on disk ------------------------------
 
+def chat(tok, user, system=None):
+    """The prompt string up to and including the assistant tag. system=None/"" = the model's default."""
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    try:
+        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    except Exception:  # some templates reject a system role: fold the persona into the user turn
+        if not system:
+            raise
+        return chat(tok, f"{system}\n\n{user}")
+
+
+def band(model, frac):
+    """The decoder blocks [lo, hi) of a band of depth given as fractions (--layers, --lora-layers)."""
+    n = len(decoder_layers(model))
+    idx = list(range(math.floor(frac[0] * n), math.ceil(frac[1] * n)))
+    if not idx:
+        raise Stop(f"layer band {frac} selects no layer of this {n}-layer model; widen it.")
+    return idx
+
+
 def decoder_layers(model):
     """The list of transformer blocks (works through a PEFT wrapper)."""
     return model.get_decoder().layers
@@ -166,3 +193,151 @@ def save_adapter(pm, run_dir, k):
     with runio.atomic(final) as tmp:
         pm.save_pretrained(tmp)
     return {f.name: runio.sha256(f) for f in sorted(final.iterdir()) if f.suffix in (".json", ".safetensors")}
+
+
+@torch.no_grad()
+def check_head(model, tok, head=lm_head):
+    """Fail loudly when our head (decoder + head(model, h), the script's lm_head) is not the model's own forward: NLL
+    and KL would be silently wrong for a model whose forward does something else to its logits."""
+    ids = tok("Hello there, how are you today?", return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
+    ours = head(model, model.get_decoder()(input_ids=ids).last_hidden_state).float()
+    theirs = model(input_ids=ids).logits.float()
+    err = (ours - theirs).abs().max().item()
+    if not err <= 1e-3 * max(1.0, theirs.abs().max().item()):
+        raise Stop(f"{type(model).__name__}: decoder + output embedding + known logit post-processing differs "
+                   f"from model(...).logits by {err:.3g}; this head is not supported (teach lm_head() about it).")
+
+
+def spectral_penalty(pm, state, iters=3):
+    """Mean over LoRA adapters of sigma_max(B A) * alpha / r: the largest singular value of each adapter's
+    weight update (steer_heal's --spectral-lam). Power iteration (no grad) on a right vector kept in `state` between
+    steps, so a few iterations per step track it; then sigma = u.(B A v) with gradients through A and B
+    (d sigma = u^T dM v)."""
+    vals = []
+    for name, m in pm.named_modules():
+        if not (hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})):
+            continue
+        A, B = m.lora_A["default"].weight, m.lora_B["default"].weight  # [r, in], [out, r]
+        v = state.get(name)
+        if v is None:
+            v = torch.randn(A.shape[1], generator=torch.Generator().manual_seed(len(state))).to(A)
+        with torch.no_grad():
+            for _ in range(iters):
+                u = B @ (A @ v)
+                if u.norm() == 0:  # B starts at zero: keep v until the update is non-zero
+                    break
+                w = A.T @ (B.T @ (u / u.norm()))
+                v = w / w.norm()
+        state[name] = v
+        Mv = B @ (A @ v)
+        vals.append((Mv.detach() / Mv.norm().detach().clamp_min(1e-12)) @ Mv * m.scaling["default"])
+    return torch.stack(vals).mean()
+
+
+# --- the pieces the pipeline shares that are about the model, not the experiment
+
+def make_batch(tok, prompts, completions, device):
+    """Right-padded prompt+completion ids; `pred` marks positions whose next token is a completion token."""
+    rows = [(tok(p, add_special_tokens=False).input_ids, c) for p, c in zip(prompts, completions)]
+    L = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), L), tok.pad_token_id)
+    attn, pred = torch.zeros_like(ids), torch.zeros(len(rows), L, dtype=torch.bool)
+    for i, (p, c) in enumerate(rows):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, :len(p) + len(c)] = 1
+        pred[i, len(p) - 1:len(p) + len(c) - 1] = True
+    tgt = torch.roll(ids, -1, 1)  # tgt[i, t] = ids[i, t+1]
+    return dict(ids=ids.to(device), attn=attn.to(device), pred=pred.to(device), tgt=tgt.to(device),
+                lengths=[len(c) for _, c in rows])
+
+
+def lora_modules(model, cfg):
+    """[(full name, module)] of every matrix a LoRA round wraps: the nn.Linear layers inside the decoder
+    blocks of --lora-layers, all of them for `all-linear` (PEFT's notion minus the head, which sits outside
+    the blocks: Phi-3's fused qkv_proj / gate_up_proj are found as they are) or those with a --lora-targets
+    name. steer_heal.heal passes these full names to PEFT and stash_base() stashes the same list, so the kl_ref=base
+    reference restores exactly what an adapter can change. Call it on the plain model, not a PeftModel."""
+    blocks = decoder_layers(model)
+    inside = {id(m) for l in band(model, cfg.lora_layers) for m in blocks[l].modules()}
+    every = tuple(cfg.lora_targets) == ("all-linear",)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside
+            and (every or n.split(".")[-1] in cfg.lora_targets)]
+
+
+def stash_base(model, cfg):
+    """Original weights of every matrix a LoRA round can change (lora_modules), so `base` stays reachable after rounds
+    are merged (undoing a merge is lossy in low precision: we never unmerge). Cost: a copy of those matrices on the
+    model's device (by default most non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
+    return [(m, m.weight.detach().clone()) for _, m in lora_modules(model, cfg)]
+
+
+def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
+    """The optimizer loop every method shares. step_losses(s, want_kl) -> a list of thunks, one per
+    micro-batch, each -> (loss, stats). Non-finite steps are skipped and counted; too many abort the round.
+    Returns (history of per-step mean stats, non-finite count, status)."""
+    hist, nonfinite = [], 0
+    pm.train()
+    every = max(1, steps // 20)
+    for s in tqdm(range(steps), desc=desc, leave=False):
+        opt.zero_grad(set_to_none=True)
+        stats, ok = [], True
+        thunks = step_losses(s, s % every == 0 or s >= steps - max(1, steps // 4))
+        if not thunks:  # online: every completion of the batch came back empty; nothing to learn from
+            sched.step()
+            continue
+        for thunk in thunks:
+            loss, st = thunk()
+            if not torch.isfinite(loss):
+                ok = False
+                break
+            (loss / len(thunks)).backward()  # a mean over the micro-batches this step actually has
+            stats.append(dict(st, loss=loss.item()))
+        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0) if ok else torch.tensor(float("nan"))
+        if not ok or not torch.isfinite(gnorm):  # skip the update, count it; too many = abort the round
+            nonfinite += 1
+            opt.zero_grad(set_to_none=True)
+            sched.step()  # the schedule still advances: a skipped step uses up its slot of the cosine
+            if nonfinite > cfg.max_nonfinite * steps:
+                pm.eval()
+                return hist, nonfinite, f"aborted: {nonfinite} non-finite steps"
+            continue
+        opt.step()
+        sched.step()
+        hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
+        track.heal(k, hist[-1], sched.get_last_lr()[0])
+        if s % every == 0 or s == steps - 1:
+            log(f"  {desc} step {s + 1}/{steps} " + " ".join(f"{key} {v:.4g}" for key, v in hist[-1].items())
+                + f" lr {sched.get_last_lr()[0]:.2e}")
+    pm.eval()
+    return hist, nonfinite, "ok"
+
+
+@contextlib.contextmanager
+def base_weights(stash):
+    """Temporarily swap the original weights in (pointer swaps, no copies)."""
+    current = [m.weight.data for m, _ in stash]
+    for m, w in stash:
+        m.weight.data = w
+    try:
+        yield
+    finally:
+        for (m, _), w in zip(stash, current):
+            m.weight.data = w
+
+
+def is_original(model, stash):
+    """Whether `model` is the original model: no adapter on it, and the original weights in every matrix a round
+    can change (an exact comparison, so no flag has to be kept in step with the bakes)."""
+    return not hasattr(model, "peft_config") and all(torch.equal(m.weight, w) for m, w in stash)
+
+
+def adapter_off(model):
+    """The weights under the adapter (a PEFT model), or the model itself when it carries none."""
+    return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def fingerprint(model, tok):
+    """Eight logits on a fixed prompt: lets anyone check that a reloaded run is the model it ended with."""
+    enc = tok(chat(tok, "Say hello."), return_tensors="pt", add_special_tokens=False).to(model.device)
+    return [round(x, 4) for x in model(**enc, logits_to_keep=1).logits[0, -1, :8].float().tolist()]

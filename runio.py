@@ -373,9 +373,12 @@ def made_by(run_dir):
 def load_config(run_dir, Config):
     """config.json as the running script's Config (a copy of steer_heal.py passes its own). A field it does not
     know is refused, naming the script that made the run (whose Config had it): dropped, the run would go on
-    without a knob it ran with."""
+    without a knob it ran with. Only Config.RETIRED's are dropped: knobs the script no longer has, which never
+    changed what its runs computed (a Config that extends it with one of them, rivals.py's, reads it)."""
     meta = json.loads((Path(run_dir) / "config.json").read_text())
-    saved, types = meta["config"], {f.name: f.type for f in dataclasses.fields(Config)}
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    retired = set(getattr(Config, "RETIRED", ())) - set(types)  # knobs it dropped that changed nothing its runs computed
+    saved = {k: v for k, v in meta["config"].items() if k not in retired}
     unknown = [k for k in saved if k not in types]
     if unknown:
         made, command = made_by(run_dir)
@@ -386,7 +389,7 @@ def load_config(run_dir, Config):
             f"{run_dir}; export.py and rivals.py take --script {made}." if made != mine else
             f"the run was made by an earlier {made} (started {meta.get('started', '?')}) that had {it}. Read it with "
             f"that version (git log -- {made}), or delete {it} from config.json if the run did not depend on {it}."))
-    return Config(**{k: tuple(v) if types.get(k) is tuple else v for k, v in saved.items()})
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})  # JSON lists: tuple fields
 
 
 def load_script(path="steer_heal.py"):
@@ -466,6 +469,62 @@ def write_samples(run_dir, title, answers, users):
                    for u, a in zip(users, answers))
     append(Path(run_dir) / "samples.md", f"\n## {title}\n\n{text}".encode())
     track.text("samples", f"## {title}\n\n" + "\n\n".join(f"**{u}**\n\n> {a['text']}" for u, a in zip(users, answers)))
+
+
+def format_line(line, seconds):
+    """A measured line's log: every reader of its answers (its mean, and the paired Δ CI against the base line), then
+    on_topic's validity, the persona statements' gap and tinymfv's reading where measured."""
+    def said(key, fmt=".3f"):
+        v, ci = line.get(key), line.get(key + "_ci")
+        return f"{key} {v:{fmt}}" + (f" [Δ {ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") if isinstance(v, (int, float)) else ""
+    parts = [said(key, ".4f" if key == "kl_base" else ".3f") for key in line.get("items", {})]
+    parts += [f"(on_topic own vs other prompt AUC {line['on_topic_auc']:.3f})" if line.get("on_topic_auc") else "",
+              said("rep"), said("trait_self"), "| " + said("persona_gap", ".4f") if "persona_gap" in line else "",
+              f"| auth_nats {line['auth_nats']:.3f} top1 {line.get('top1') or 0:.2f} (chance "
+              f"{line.get('top1_chance') or 0:.2f})" if "auth_nats" in line else ""]
+    return f"[{line['kind']} r{line['round']}] " + " ".join(p for p in parts if p) + f" | {seconds:.0f}s"
+
+
+def format_direction(dirs, against):
+    """A direction check's log: each trait reader's shift under the intervention and under its opposite (`against`),
+    and the CI of their difference."""
+    return f"  direction check ({against}): " + "; ".join(
+        f"{key} {d['persona']:+.3f} vs opposite {d['opposite']:+.3f} (persona - opposite CI [{d['diff_ci'][0]:+.3f}, "
+        f"{d['diff_ci'][1]:+.3f}])" for key, d in dirs.items())
+
+
+def format_heal(stats, seconds, kl_agg, tau, lam):
+    """A heal's log: validation NLL before -> after, the barrier's KL and how often it bit, faults, where the
+    reference's states came from."""
+    return (f"  healed in {seconds:.0f}s: val nll {stats.get('val_nll_before', math.nan):.3f} -> "
+            f"{stats.get('val_nll', math.nan):.3f}, kl_{kl_agg} {stats['kl_agg']:.3f} (tau {stats.get('tau', tau):.3g}), "
+            f"barrier active {stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}"
+            + (f"; reference states from {'the filter' if stats['ref_states'] == 'filter' else 'a pass'} "
+               f"({stats['ref_pass_s']:.1f}s)" if "ref_states" in stats else ""))
+
+
+def dose_table(items):
+    """Per dose of a round's scored completions (the unsteered reference at dose 0): how many, kept, their mean tail
+    ppl (capped: one inf would hide the rest), repetition and on-topic cosine, and what dropped them."""
+    rows = []
+    for d in sorted({x["dose"] for x in items}):
+        xs = [x for x in items if x["dose"] == d]
+        topic = [x["topic"] for x in xs if x.get("topic") is not None]
+        rows.append(dict(dose=round(d, 4), n=len(xs), kept=sum(x["kept"] for x in xs),
+                         kept_frac=sum(x["kept"] for x in xs) / len(xs),
+                         ppl_tail=sum(min(x["ppl_tail"], 1e4) for x in xs) / len(xs),
+                         rep=sum(x["rep"] for x in xs) / len(xs), topic=sum(topic) / len(topic) if topic else None,
+                         dropped_by=drop_counts(xs)))
+    return rows
+
+
+def drop_counts(items):
+    """{filter: completions it dropped} (why_dropped: the first filter each failed)."""
+    counts = {}
+    for x in items:
+        if x["why_dropped"]:
+            counts[x["why_dropped"]] = counts.get(x["why_dropped"], 0) + 1
+    return counts
 
 
 def format_dose_table(rows):
