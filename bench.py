@@ -348,7 +348,7 @@ def bench_round(model, tok, cfg):
         pm, hs = sh.heal(model, tok, train, val, [x for x in ref if x["kept"]], cfg, 0, stash, lam=cfg.lam)
     model = pm.merge_and_unload().eval()
     t.append(time.time())
-    sh.mfv(model, tok, cfg)
+    sh.mfv(model, tok, cfg, dict(vignettes=str(VIGNETTES)))
     sh.answer_metrics(model, tok, cfg, stash, vec, sh.EVAL_PROMPTS)
     t.append(time.time())
     sec = {k: t[i + 1] - t[i] for i, k in enumerate(("vector", "generate+filter", "heal", "eval"))}

@@ -1,62 +1,85 @@
 """cli.py: what steer_heal.py needs around the experiment but a reader of the algorithm does not: flags
-(every Config field, its --help from the field's comment), their range checks (before any model loads, one
-sentence naming the flag), and run folders (new, or --resume with the saved config). steer_heal.main() calls
-these; nothing here changes what a run computes.
+(every Config field: its type, its --help and its rule read from the field's line), their checks (before any model
+loads, one sentence naming the flag), and run folders (new, or --resume with the saved config). It knows no knob's
+rules by name: a copy's Config brings its own. steer_heal.main() calls these; nothing here changes what a run
+computes.
 """
-import argparse, contextlib, dataclasses, importlib.util, inspect, json, math, os, re, shutil, signal, sys, time
+import argparse, contextlib, dataclasses, importlib.util, inspect, json, math, operator, os, re, shutil, signal, sys, time
+import typing
 from pathlib import Path
 
 import torch
 
 import eval_mfv
-from models import decoder_layers
+import models
+from models import check_vector, decoder_layers
+import readers  # probe_defer's probe (statement_readers)
 import report  # the group's report after --seeds (report reads files only)
 import runio
 import track
-from prompts import CONTEXTS
 from runio import Stop
 
-CHOICES = dict(device=["auto", "cpu", "cuda"], dtype=["float32", "bfloat16", "float16"], kl_dir=["rev", "fwd"],
-               kl_agg=["mean", "rmse", "p95", "max"], kl_ref=["base", "prev"],
-               eval_backend=["auto", "fast", "tinymfv"], steer_positions=["all", "generated"],
-               eval_prompts=["everyday", "authority"],
-               track=["", "tensorboard", "wandb"])
 RESUME_OK = {"rounds", "device", "compile", "resume", "track"}  # flags that may differ on --resume without changing the experiment
-# ...and the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl
-RESUME_RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target",
-                 "ppl_mult", "rep_max", "comp_min", "min_words", "gen_batch", "loop_max", "topic_q"}
+# (and the script's `rescue`: the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl)
 
 
-def _help_comments(Config):
-    # The trailing comment of each field is its --help text: one place to document a knob.
-    src = inspect.getsource(Config)
-    return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M)}
+# --- a knob's rules are its line in Config: its type (bool, int, float, str, tuple[T, ...], Literal[...]) and a
+# rule at the end of its comment ([> 0], [>= 1], [0, 1), (0, 1], ...; on each element of a tuple). One walk reads
+# them for every field, so a copy's new knob of any type parses and is checked like the script's own.
+
+def field_notes(Config):
+    """{field: its trailing comment}, for Config and every dataclass it extends (rivals.py's adds its knobs to the
+    script's): the comment is the flag's --help, and ends with the field's rule, if it has one."""
+    notes = {}
+    for cls in reversed(Config.__mro__):
+        if dataclasses.is_dataclass(cls):
+            notes.update({m[1]: m[2] for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), re.M)})
+    return notes
 
 
-TUPLE_TYPES = dict(seeds=int, lora_targets=str, readers=str)  # each other tuple field is floats (a band, doses)
+NUM = r"-?\d+(?:\.\d*)?(?:e-?\d+)?"
+RULE = re.compile(rf"\[(>=|>|<=|<) ?({NUM})\]$|([\[(])({NUM}), ?({NUM})([\])])$")  # [> 0] | [0, 1) and kin, at the end
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
-def parse_args(Config, PRESETS, PERSONAS, doc="", argv=None):
+def rule(note):
+    """(test, words) of the rule that ends a field's comment, or None."""
+    m = RULE.search(note.rstrip())
+    if m is None:
+        return None
+    if m[1]:
+        return (lambda x: OPS[m[1]](x, float(m[2]))), f"{m[1]} {m[2]}"
+    lo, hi = OPS[">=" if m[3] == "[" else ">"], OPS["<=" if m[6] == "]" else "<"]
+    return (lambda x: lo(x, float(m[4])) and hi(x, float(m[5]))), f"in {m[3]}{m[4]}, {m[5]}{m[6]}"
+
+
+def flag_kind(t):
+    """argparse's keywords for a field of type t: a bool is --x / --no-x, tuple[T, ...] one or more T, Literal[...]
+    one of its values."""
+    if t is bool:
+        return dict(action=argparse.BooleanOptionalAction)
+    if typing.get_origin(t) is tuple:
+        return dict(flag_kind(typing.get_args(t)[0]), nargs="+")
+    if typing.get_origin(t) is typing.Literal:
+        return dict(type=type(typing.get_args(t)[0]), choices=typing.get_args(t))
+    return dict(type=t)
+
+
+def parse_args(Config, PRESETS, PERSONAS, doc="", argv=None, script="steer_heal.py"):
     """Config defaults <- --preset <- --persona <- explicit flags, for the Config of the script that runs (a copy of
-    steer_heal.py passes its own, so its new fields are flags). Returns (cfg, explicit flag names)."""
+    steer_heal.py passes its own, so its new fields are flags). script: the command, for the error's way out.
+    Returns (cfg, explicit flag names)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = dict(CHOICES, persona=list(PERSONAS), preset=["", *PRESETS])
 
     def error(msg):  # one line naming the flag (exit 2 in main), not argparse's page of usage
-        raise Stop(f"{msg} (python steer_heal.py --help lists every flag).")
+        raise Stop(f"{msg} (python {script} --help lists every flag).")
     p.error = error
-    helps = _help_comments(Config)
+    notes, layers = field_notes(Config), dict(persona=list(PERSONAS), preset=["", *PRESETS])  # this parser's own layers
     for f in dataclasses.fields(Config):
-        flag, kw = "--" + f.name.replace("_", "-"), dict(default=argparse.SUPPRESS, help=helps.get(f.name))
-        if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif f.type is tuple:
-            kw.update(nargs="+", type=TUPLE_TYPES.get(f.name, float))
-        else:
-            kw["type"] = f.type
-        if f.name in choices:
-            kw["choices"] = choices[f.name]
-        p.add_argument(flag, **kw)
+        kw = dict(flag_kind(f.type), default=argparse.SUPPRESS, help=notes.get(f.name))
+        if f.name in layers:
+            kw["choices"] = layers[f.name]
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
     explicit = vars(p.parse_args(argv))
     cfg = Config()
     for k, v in PRESETS.get(explicit.get("preset", ""), {}).items():
@@ -69,34 +92,23 @@ def parse_args(Config, PRESETS, PERSONAS, doc="", argv=None):
     return cfg, set(explicit)
 
 
-def check_config(cfg):
-    """Fail before any model loads, with the flag to fix."""
-    if not cfg.pos.strip():
-        raise Stop("--pos is empty: the positive persona is the system prompt we steer toward.")
-    if cfg.pos.strip() == cfg.neg.strip():
-        raise Stop("--pos and --neg are identical, so the steering vector would be zero. Use an empty --neg "
-                   "for 'no persona', or the persona's opposite.")
-    if cfg.opp.strip() == cfg.pos.strip():
-        raise Stop("--opp is identical to --pos, so the readers' direction check would compare the persona with "
-                   "itself. Give the persona's opposite.")
-    bad = [r for r in cfg.readers if not re.fullmatch(r"\w+:[+-]", r)]
-    if bad:
-        raise Stop(f"--readers {' '.join(bad)}: each reader is key:+ or key:- (the persona's direction), e.g. sentiment:+.")
-    for f in dataclasses.fields(cfg):  # nan passes some range tests below (every comparison is False), inf most
-        xs = getattr(cfg, f.name) if f.type is tuple else (getattr(cfg, f.name),)
-        if any(isinstance(x, float) and not math.isfinite(x) for x in xs):
-            raise Stop(f"--{f.name.replace('_', '-')} {' '.join(map(str, xs))}: must be finite numbers, not nan or inf.")
-    for flag, band in (("--layers", cfg.layers), ("--lora-layers", cfg.lora_layers)):
-        if len(band) != 2 or not 0 <= band[0] < band[1] <= 1:
-            raise Stop(f"{flag} {' '.join(map(str, band))}: give two fractions of depth, 0 <= lo < hi <= 1.")
-    if not cfg.alphas or min(cfg.alphas) <= 0:
-        raise Stop(f"--alphas {cfg.alphas}: doses must be positive (the dose controller only cools them).")
-    if cfg.lora_r < 1:
-        raise Stop(f"--lora-r {cfg.lora_r}: the LoRA rank must be at least 1.")
-    if not cfg.lora_targets or "all-linear" in cfg.lora_targets and len(cfg.lora_targets) > 1:
-        raise Stop(f"--lora-targets {' '.join(cfg.lora_targets)}: give all-linear alone, or module names (q_proj v_proj ...).")
-    if any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise Stop(f"--seeds {' '.join(map(str, cfg.seeds))}: must be distinct and >= 0 (one run folder seed<k> each).")
+def check_config(cfg, check=None):
+    """Fail before any model loads, with the flag to fix: every field against its line in Config (finite, one of its
+    choices, its rule), then the script's check(cfg) (the rules that tie knobs together), then this machine."""
+    notes = field_notes(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        xs, t = (v, typing.get_args(f.type)[0]) if typing.get_origin(f.type) is tuple else ((v,), f.type)
+        said = " ".join(map(str, xs))
+        if any(isinstance(x, float) and not math.isfinite(x) for x in xs):  # nan passes every rule (each comparison is False)
+            raise Stop(f"{flag} {said}: must be finite numbers, not nan or inf.")
+        if typing.get_origin(t) is typing.Literal and not set(xs) <= set(typing.get_args(t)):
+            raise Stop(f"{flag} {said}: choose from {', '.join(map(repr, typing.get_args(t)))}.")
+        test = rule(notes.get(f.name, ""))
+        if test and not all(test[0](x) for x in xs):
+            raise Stop(f"{flag} {said}: {'each ' if len(xs) > 1 else ''}must be {test[1]}.")
+    if check:
+        check(cfg)
     cache = getattr(cfg, "line_cache", "")  # a copy made before line_cache.py has no such knob
     if cache and Path(cache).exists() and not Path(cache).is_dir():
         raise Stop(f"--line-cache {cache}: a file, not a folder (the grid's measured lines go in one, made if missing).")
@@ -106,59 +118,6 @@ def check_config(cfg):
     near = next(d for d in (out, *out.parents) if d.exists())  # the folder the run folder will be made in
     if not near.is_dir() or not os.access(near, os.W_OK):
         raise Stop(f"--out {cfg.out}: {near} is not a writable folder, so no run folder can be made there.")
-    for flag, v, ok, rng in (("--seed", cfg.seed, cfg.seed >= 0, ">= 0"), ("--rounds", cfg.rounds, cfg.rounds >= 1, ">= 1"),
-                             ("--n-contexts", cfg.n_contexts, 1 <= cfg.n_contexts <= len(CONTEXTS),
-                              f"in [1, {len(CONTEXTS)}] (the built-in extraction contexts)"),
-                             ("--max-new-tokens", cfg.max_new_tokens, cfg.max_new_tokens >= 1, ">= 1"),
-                             ("--temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
-                             ("--top-p", cfg.top_p, 0 < cfg.top_p <= 1, "in (0, 1]"),
-                             ("--gen-batch", cfg.gen_batch, cfg.gen_batch >= 1, ">= 1"),
-                             ("--probe-n", cfg.probe_n, cfg.probe_n >= 1, ">= 1"),
-                             ("--kappa-decay", cfg.kappa_decay, 0 < cfg.kappa_decay < 1, "in (0, 1): the controller cools"),
-                             ("--kappa-min", cfg.kappa_min, 0 < cfg.kappa_min <= 1, "in (0, 1] (kappa starts at 1)"),
-                             ("--min-train", cfg.min_train, cfg.min_train >= 2, ">= 2"),
-                             ("--epochs", cfg.epochs, cfg.epochs >= 1, ">= 1"),
-                             ("--train-batch", cfg.train_batch, cfg.train_batch >= 1, ">= 1"),
-                             ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1, ">= 1"),
-                             ("--lr", cfg.lr, cfg.lr > 0, "> 0"), ("--lam", cfg.lam, cfg.lam >= 0, ">= 0 (a negative "
-                             "barrier rewards drift)"), ("--tau", cfg.tau, cfg.tau >= 0, ">= 0"),
-                             ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
-                             ("--anchor-nll", cfg.anchor_nll, cfg.anchor_nll >= 0, ">= 0"),
-                             ("--spectral-lam", cfg.spectral_lam, cfg.spectral_lam >= 0, ">= 0"),
-                             ("--val-frac", cfg.val_frac, 0 <= cfg.val_frac < 1, "in [0, 1)"),
-                             ("--tail-frac", cfg.tail_frac, 0 < cfg.tail_frac <= 1, "in (0, 1]"),
-                             ("--ppl-ceil", cfg.ppl_ceil, cfg.ppl_ceil > 1, "> 1"),
-                             ("--eval-n", cfg.eval_n, cfg.eval_n >= 0, ">= 0 (0 = all)"),
-                             ("--sample-tokens", cfg.sample_tokens, cfg.sample_tokens >= 1, ">= 1"),
-                             ("--eval-batch", cfg.eval_batch, cfg.eval_batch >= 1, ">= 1"),
-                             ("--persona-n", cfg.persona_n, cfg.persona_n >= 0 and cfg.persona_n != 1, ">= 2 (0 = all)"),
-                             ("--steer-decay", cfg.steer_decay, cfg.steer_decay >= 0, ">= 0 (0 = constant dose)"),
-                             ("--steer-decay-t", cfg.steer_decay_t, cfg.steer_decay_t > 0, "> 0"),
-                             ("--backtrack-window", cfg.backtrack_window, cfg.backtrack_window >= 1, ">= 1"),
-                             ("--backtrack-scale", cfg.backtrack_scale, 0 < cfg.backtrack_scale <= 1, "in (0, 1]"),
-                             ("--backtrack-retries", cfg.backtrack_retries, cfg.backtrack_retries >= 0, ">= 0"),
-                             ("--ppl-mult", cfg.ppl_mult, cfg.ppl_mult > 0, "> 0"),
-                             ("--rep-max", cfg.rep_max, 0 < cfg.rep_max <= 1, "in (0, 1]"),
-                             ("--comp-min", cfg.comp_min, 0 <= cfg.comp_min < 1, "in [0, 1)"),
-                             ("--loop-max", cfg.loop_max, 0 < cfg.loop_max <= 1, "in (0, 1]"),
-                             ("--topic-q", cfg.topic_q, 0 <= cfg.topic_q < 1, "in [0, 1) (0 = off)"),
-                             ("--tau-round-pow", cfg.tau_round_pow, math.isfinite(cfg.tau_round_pow), "finite"),
-                             ("--min-words", cfg.min_words, cfg.min_words >= 0, ">= 0"),
-                             ("--gen-pass-target", cfg.gen_pass_target, 0 < cfg.gen_pass_target <= 1, "in (0, 1]"),
-                             ("--max-batches", cfg.max_batches, cfg.max_batches >= 0, ">= 0"),
-                             ("--lora-alpha", cfg.lora_alpha, cfg.lora_alpha > 0, "> 0"),
-                             ("--warmup", cfg.warmup, 0 <= cfg.warmup < 1, "in [0, 1)"),
-                             ("--max-nonfinite", cfg.max_nonfinite, 0 <= cfg.max_nonfinite <= 1, "in [0, 1]"),
-                             ("--online-batch", cfg.online_batch, cfg.online_batch >= 1, ">= 1"),
-                             ("--online-group", cfg.online_group, cfg.online_group >= 2, ">= 2 (advantages compare a group)"),
-                             ("--online-steps", cfg.online_steps, cfg.online_steps >= 1, ">= 1"),
-                             ("--online-floor", cfg.online_floor, cfg.online_floor >= 0, ">= 0"),
-                             ("--redo-from", cfg.redo_from, cfg.redo_from >= -1 and (cfg.redo_from < 0 or cfg.resume),
-                              ">= 0 with --resume (-1 = keep every completed round)")):
-        if not ok:
-            raise Stop(f"{flag} {v}: must be {rng}.")
-    if cfg.eval_frames and cfg.eval_frames not in eval_mfv.FRAME_SETS:
-        raise Stop(f"--eval-frames {cfg.eval_frames}: choose one of {', '.join(sorted(eval_mfv.FRAME_SETS))}.")
     cpu = cfg.device == "cpu" or cfg.device == "auto" and not torch.cuda.is_available()
     if cfg.compile and cpu and not shutil.which(os.environ.get("CXX", "g++")):
         raise Stop("--compile on the CPU needs a C++ compiler for torch.compile's inductor backend, and none was found "
@@ -170,10 +129,11 @@ def check_config(cfg):
                    "Use --device cpu or install a CUDA build of torch.")
 
 
-def prepare_run_dir(cfg, explicit, script="steer_heal.py"):
+def prepare_run_dir(cfg, explicit, script="steer_heal.py", rescue=frozenset()):
     """New run: refuse to clobber another run. Resume: refuse a run that another script made (script: the file
-    that runs, a copy's name), reload the saved config, refuse changed knobs. Returns (run_dir, cfg, the resume
-    line for run() to append once its checks pass, or None for a new run)."""
+    that runs, a copy's name), reload the saved config, refuse changed knobs but RESUME_OK and `rescue` (the
+    script's: what a starved round needs). Returns (run_dir, cfg, the resume line for run() to append once its
+    checks pass, or None for a new run)."""
     if cfg.resume:
         run_dir = Path(cfg.resume)
         if not (run_dir / "config.json").exists():
@@ -187,20 +147,20 @@ def prepare_run_dir(cfg, explicit, script="steer_heal.py"):
             saved = runio.load_config(run_dir, type(cfg))
         except (ValueError, KeyError, TypeError, OSError) as e:  # a torn or foreign config.json
             raise Stop(f"--resume {run_dir}: its config.json does not parse as a steer_heal config ({type(e).__name__}: {e}).")
-        changed = [k for k in explicit - RESUME_OK - RESUME_RESCUE - {"redo_from"} if getattr(cfg, k) != getattr(saved, k)]
+        changed = [k for k in explicit - RESUME_OK - rescue - {"redo_from"} if getattr(cfg, k) != getattr(saved, k)]
         if changed:
             raise Stop(f"--resume refuses flags that change the experiment: {', '.join('--' + c.replace('_', '-') for c in changed)}"
                        f". Allowed with --resume: --rounds, --device, and the dose-controller and filter flags "
-                       f"({', '.join(sorted(RESUME_RESCUE))}). Start a new run (--name) to change the rest.")
-        rescue = {k: getattr(cfg, k) for k in explicit & RESUME_RESCUE if getattr(cfg, k) != getattr(saved, k)}
-        for k in explicit & (RESUME_OK | RESUME_RESCUE) - {"resume"}:
+                       f"({', '.join(sorted(rescue))}). Start a new run (--name) to change the rest.")
+        changes = {k: getattr(cfg, k) for k in explicit & rescue if getattr(cfg, k) != getattr(saved, k)}
+        for k in explicit & (RESUME_OK | rescue) - {"resume"}:
             setattr(saved, k, getattr(cfg, k))
         runio.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
         check_resume(run_dir, cfg.redo_from)
         saved.resume = str(run_dir)
         # the resume's line, which run() appends once every check has passed: it supersedes an earlier stop
         # (runio.live_lines), and says what later rounds ran with (changed) or ran again (redo_from)
-        return run_dir, saved, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=rescue,
+        return run_dir, saved, dict(kind="resume", round=-1, run=saved.name, seed=saved.seed, changed=changes,
                                     **{"redo_from": cfg.redo_from} if cfg.redo_from >= 0 else {})
     cfg.name = cfg.name or f"{cfg.persona}_s{cfg.seed}"
     run_dir = Path(cfg.out) / cfg.name
@@ -240,10 +200,11 @@ def write_failed(e, run_dir, script="steer_heal.py"):
                if run_dir and (run_dir / "config.json").exists() else "run the same command again."))
 
 
-def start_run_dir(run_dir, cfg, script="steer_heal.py"):
+def start_run_dir(run_dir, cfg, script="steer_heal.py", inputs=None):
     """Called once the model has loaded, so a typo in --model leaves no half-made run folder. script: the file whose
     pipeline runs (a copy's name; a resume checks it); argv: the command, as main() was given it (rivals.py
-    --script my_idea.py ...)."""
+    --script my_idea.py ...); inputs: read_inputs', the files the run found."""
+    inputs = inputs or {}
     run_dir.mkdir(parents=True, exist_ok=True)
     runio.clear_run_dir(run_dir)  # only reached for a new run (empty, or --overwrite); the lock stays
     import peft, transformers
@@ -252,8 +213,8 @@ def start_run_dir(run_dir, cfg, script="steer_heal.py"):
                 versions=dict(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                               python=sys.version.split()[0]),
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                inputs=dict(vignettes=cfg.vignettes_path or "tinymfv package", statements=cfg.statements_path,
-                            statements_n=len(cfg.statement_rows or [])))  # decided at run time: on the record
+                inputs=dict(vignettes=inputs.get("vignettes") or "tinymfv package", statements=inputs.get("statements"),
+                            statements_n=len(inputs.get("stmts") or [])))  # decided at run time: on the record
     runio.write_text(run_dir / "config.json", json.dumps(meta, indent=2))  # whole or not at all: resume reads it
 
 
@@ -294,36 +255,70 @@ def balanced_subsample(rows, n, seed):
 
 
 def read_inputs(cfg):
-    """Sets cfg.vignettes_path, cfg.statements_path, cfg.statement_all (every statement: the probe trains on them)
-    and cfg.statement_rows (a seeded balanced subsample: persona_gap). A file that does not parse names its flag."""
+    """The run's input files, found and read: {vignettes: the tinymfv file (None = the package, "none" = skipped),
+    statements: the persona-statements file or None, statement_all: every statement (the probe trains on them),
+    stmts: a seeded balanced subsample of them (persona_gap)}. A file that does not parse names its flag."""
     def parse(flag, read, file):
         try:
             return read(file)
         except (ValueError, OSError) as e:
             raise Stop(f"{flag} {file}: {e}")
-    cfg.vignettes_path = find_vignettes(cfg)
-    path = cfg.statements_path = find_statements(cfg)
-    cfg.statement_all = cfg.statement_rows = parse("--statements", eval_mfv.load_statements, path) if path else None
-    if cfg.statement_rows and cfg.persona_n:
-        cfg.statement_rows = balanced_subsample(cfg.statement_rows, cfg.persona_n, cfg.seed)
-    if cfg.vignettes_path and cfg.vignettes_path != "none":
-        parse("--vignettes", eval_mfv.load_vignettes, cfg.vignettes_path)
+    vignettes, path = find_vignettes(cfg), find_statements(cfg)
+    every = parse("--statements", eval_mfv.load_statements, path) if path else None
+    if vignettes and vignettes != "none":
+        parse("--vignettes", eval_mfv.load_vignettes, vignettes)
+    return dict(vignettes=vignettes, statements=path, statement_all=every,
+                stmts=balanced_subsample(every, cfg.persona_n, cfg.seed) if every and cfg.persona_n else every)
+
+
+# --- once the model has loaded: what round 0 and the readers start from ----------------------------------------
+
+def round0_vector(run_dir, cfg, seed_vector, device, extract):
+    """Round 0's vector: the run's saved vector_r0.pt (a resume), else --vector's (seed_vector, read before the model
+    loaded; later rounds re-extract on its layers), else extract() (the base model's); saved, its norms logged."""
+    path, t = run_dir / "vector_r0.pt", time.time()
+    if path.exists():
+        return {l: v.to(device) for l, v in torch.load(path, map_location="cpu").items()}
+    v0 = {l: v.to(device) for l, v in seed_vector[0].items()} if seed_vector else extract()
+    models.save_vector(v0, path)
+    made = seed_vector and seed_vector[1].get("model")
+    runio.log((f"round-0 vector read from {cfg.vector}" + (f" (made on {made})" if made else "") if seed_vector else
+               f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s")
+              + f": layer norms { {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
+    return v0
+
+
+def statement_readers(model, tok, cfg, state, every, fixed_reader):
+    """With persona statements (state["stmts"]): the base model's per-statement likelihoods (under fixed_reader, the
+    script's), which every later line's persona_gap is paired to, and probe_defer's probe, trained on `every`
+    statement (a reader is only as good as its held-out accuracy: logged, and kept on the base line)."""
+    if not state["stmts"]:
+        runio.log("  no persona statements (--statements): persona_gap and probe_defer are not measured")
+        return
+    with fixed_reader(model, state["stash"]):
+        state["base_ll"] = eval_mfv.statement_loglik(model, tok, state["stmts"])
+    state["base_gap"] = float(eval_mfv._gap(state["base_ll"], eval_mfv.statement_signs(state["stmts"])))
+    t, probe = time.time(), readers.DeferProbe(every, seed=cfg.seed)
+    state["probe"] = probe
+    runio.log(f"  probe_defer: MiniLM + logistic probe on {probe.n} statements, {probe.folds}-fold accuracy "
+              f"{probe.accuracy:.3f} (chance {probe.chance:.3f}), {time.time() - t:.0f}s")
 
 
 # --- the script's main(): flags -> run(), every failure an exit code and one sentence -------------------------
 
-def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="steer_heal.py"):
+def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="steer_heal.py", check=None):
     """run(cfg, explicit) once, or once per --seeds seed (sibling folders) and then the group's report. Exit codes:
     2 bad input (Stop), 3 starved, 4 a failed write (full disk), 130 interrupted (SIGTERM too). METHODS: the rows
-    run() may run (the script's, plus rivals.py's when it calls); script: the command, for hints and config.json."""
+    run() may run (the script's, plus rivals.py's when it calls); script: the command, for hints and config.json;
+    check: the script's check(cfg), the rules that tie its knobs together."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # kill = Ctrl-C
     runio.LOG.update(argv=list(sys.argv[1:] if argv is None else argv), command=script)
     grad = torch.is_grad_enabled()
     runio.LOG.update(run_dir=None, file=None)  # a previous call's run (tests call main repeatedly)
     code = msg = None
     try:
-        cfg, explicit = parse_args(Config, PRESETS, PERSONAS, doc, argv)  # the running script's Config: a copy's own
-        check_config(cfg)  # here too: --seeds is checked before the first seed's run starts
+        cfg, explicit = parse_args(Config, PRESETS, PERSONAS, doc, argv, script)  # the running script's Config: a copy's own
+        check_config(cfg, check)  # here too: --seeds is checked before the first seed's run starts
         if METHODS is not None:
             check_method(cfg, METHODS, script.split()[0])
         if cfg.seeds and not cfg.resume:  # one sibling run per seed, then the aggregate report
@@ -352,6 +347,35 @@ def main(run, Config, PRESETS, PERSONAS, doc, argv=None, METHODS=None, script="s
     runio.unlock()  # after log.txt's last line (an exit that never gets here: atexit)
     if msg:
         sys.exit(code)
+
+
+def before_model(cfg, explicit, script, check, rescue, methods):
+    """What run() checks and reads before the model loads (exit 2 with the flag to fix, nothing written): the flags,
+    the run folder (a resume: its config, files and method), the input files and --vector's file (on a resume the
+    run's own copy, in case the file moved). Returns (run_dir, cfg, resume line, inputs, (vectors, meta) or None)."""
+    check_config(cfg, check)
+    run_dir, cfg, resumed = prepare_run_dir(cfg, explicit, script, rescue)
+    check_method(cfg, methods, script)  # a resumed run's method comes from its config.json
+    inputs = read_inputs(cfg)
+    saved = run_dir / "vector_r0.pt"
+    seed_vector = models.read_vector(saved if cfg.resume and saved.exists() else cfg.vector) if cfg.vector else None
+    return run_dir, cfg, resumed, inputs, seed_vector
+
+
+def start(run_dir, cfg, script, inputs, resumed, model, seed_vector):
+    """Once the model has loaded: --lora-targets and --vector against it (a bad one leaves no run folder), then the
+    run folder (config.json: this file, the command, the inputs), or, on a resume, its resume line (only now: a
+    resume refused by a check leaves the run's lines and its stop as they were); the tracker; the log's first line."""
+    check_targets(model, cfg)
+    if seed_vector:
+        check_vector(seed_vector[0], model, cfg.vector)
+    if resumed is None:
+        start_run_dir(run_dir, cfg, script, inputs)
+        runio.LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
+    else:
+        runio.append_line(run_dir, resumed)
+    track.start(cfg.track, run_dir, dataclasses.asdict(cfg))
+    runio.log(f"== {Path(script).stem} {run_dir} | {' '.join(runio.LOG['argv']) or '(defaults)'}")
 
 
 def check_targets(model, cfg):

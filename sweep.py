@@ -61,8 +61,8 @@ def log(msg):
 
 
 def save_items(path, items):  # whole or not at all: its presence is trusted
-    runio.write_text(path, "".join(json.dumps({k: x[k] for k in ("user", "prompt", "ids", "text", "dose", "ppl_tail",
-                                                                 "rep", "kept", "why_dropped")}) + "\n" for x in items))
+    keys = ("ids", *sh.COMPLETION_KEYS)  # what the heal trains on, and what the round's completions file keeps
+    runio.write_text(path, "".join(json.dumps({k: x.get(k) for k in keys}) + "\n" for x in items))
 
 
 def load_items(path):
@@ -102,7 +102,7 @@ def read_all(model, tok, cfg, ctx, stash, v0):
     per = sh.persona_reading(model, tok, cfg, ctx)
     per.pop("_ll", None)
     ans, met = sh.answer_metrics(model, tok, cfg, stash, v0, sh.EVAL_PROMPTS)
-    ev = sh.mfv(model, tok, cfg)
+    ev = sh.mfv(model, tok, cfg, ctx)
     return dict(**per, **met, auth_nats=ev["auth_nats"], care_nats=ev["care_nats"], answer_mass=ev["answer_mass"],
                 top1=ev["top1"], top1_chance=ev["top1_chance"], eval_ci=ev["eval_ci"],
                 sample=ans[0]["text"][:200], read_seconds=round(time.time() - t, 1))
@@ -141,15 +141,14 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     sh.LOG["file"] = open(out / "log.txt", "a")
     cfg = sh.Config(**SIZES, **SEED, name="crux", seed=0)  # the seed persona reads tinymfv too
-    cfg.vignettes_path, cfg.run_dir = cli.find_vignettes(cfg), out
-    cfg.statement_rows = eval_mfv.load_statements(cli.find_statements(cfg))
+    vignettes, stmts = cli.find_vignettes(cfg), eval_mfv.load_statements(cli.find_statements(cfg))
     torch.set_grad_enabled(False)
     model, tok = sh.load_model(cfg.model, cfg.device, cfg.dtype)
     stash = sh.stash_base(model, cfg)
     log(f"== sweep.py {' '.join(sys.argv[1:])} | {time.strftime('%Y-%m-%d %H:%M')} | threads {torch.get_num_threads()}")
     items, ctl, v0 = data(model, tok, cfg, out)
     kept = [x for x in items if x["kept"]]
-    ctx = dict(stash=stash, v0=v0, stmts=cfg.statement_rows)
+    ctx = dict(stash=stash, v0=v0, stmts=stmts, vignettes=vignettes)
     ctx["base_ll"] = eval_mfv.statement_loglik(model, tok, ctx["stmts"])
     rows_path = out / "sweep.jsonl"
     done = {(r.get("name"), r.get("seed")) for r in load_items(rows_path)}
@@ -169,7 +168,6 @@ def main(argv=None):
                 continue
             t = time.time()
             c = sh.Config(**{**SIZES, **SEED, **SETTINGS[name]}, name="crux", seed=seed)
-            c.vignettes_path, c.run_dir, c.statement_rows = cfg.vignettes_path, out, cfg.statement_rows
             pool = ctl if name == "control_unsteered" else kept
             val, train = sh.split_by_prompt(pool, c.val_frac, seed + 9)
             pm, hs = sh.heal(model, tok, train, val, ctl, c, 0, stash, lam=c.lam)

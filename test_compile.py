@@ -124,6 +124,7 @@ def test_chunked_kl_equals_unchunked_values_and_gradients(tiny, direction):
         kept = fast.kept_states(batch, lambda mb: sh.reference_states(pm, mb, pm.disable_adapter), 3, 2, pm.device)
         out = []
         for kl_fn in (lambda lp: unchunked_kl(pm, b, lp, pm.disable_adapter, direction),
+                      lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction, plain=True),  # the formula
                       lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction, chunk=5),  # ragged slices
                       lambda lp: sh.barrier_kl(pm, b, lp, pm.disable_adapter, direction),  # heal_loss's default
                       lambda lp: sh.barrier_kl(pm, dict(b, ref_h=kept([0, 1, 2])), lp, None, direction)):  # kept

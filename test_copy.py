@@ -76,17 +76,48 @@ def add_field(src, line):
     return "".join(lines)
 
 
+def add_before(src, anchor, text):
+    """src with `text` (whole lines) inserted before the line that starts with `anchor`, which must be there once."""
+    at = [i for i, line in enumerate(src.splitlines(keepends=True)) if line.startswith(anchor)]
+    assert len(at) == 1, anchor
+    lines = src.splitlines(keepends=True)
+    return "".join(lines[:at[0]] + [text] + lines[at[0]:])
+
+
 VECTOR_RAN, HEAL_RAN = "my_idea: vector stage ran with my_knob=", "my_idea: heal ran with my_knob="
+# a reader and a filter of the copy's own: one table row and one function each (docs/COPYING.md)
+SHOUTING = '''def shouting(cfg, users, texts, probe):
+    """the share of an answer's words in capitals"""
+    return [sum(w.isupper() for w in t.split()) / max(1, len(t.split())) for t in texts]
+
+
+'''
+EXCLAIMS = '''def exclaims(text, persona):
+    """the share of the characters that are '!'"""
+    return text.count("!") / max(1, len(text))
+
+
+'''
 
 
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory):
-    """my_idea.py: steer_heal.py with a knob of its own and two stages changed (each logs that it ran): the vector
-    stage (steer-heal's own) and heal() (which prompt-bake's heal stage, in rivals.py, calls)."""
+    """my_idea.py: steer_heal.py with knobs of its own (an int, a tuple of strings, a choice, a range), two stages
+    changed (each logs that it ran): the vector stage (steer-heal's own) and heal() (which prompt-bake's heal stage, in
+    rivals.py, calls), a text reader (shouting) and a filter (exclaim, whose limit is a knob of its own)."""
     src = open(os.path.join(HERE, "steer_heal.py")).read()
     src = add_field(src, "my_knob: int = 7  # my idea's knob")
+    src = add_field(src, "my_words: tuple[str, ...] = ('calm',)  # my idea's words")
+    src = add_field(src, "my_mode: Literal['soft', 'loud'] = 'soft'  # my idea's mode")
+    src = add_field(src, "my_rate: float = 0.5  # my idea's rate (0, 1]")
+    src = add_field(src, "exclaim_max: float = 1.0  # drop when '!' is more than this share of the characters [0, 1]")
     src = add_line(src, "vector_stage", f'log(f"{VECTOR_RAN}{{cfg.my_knob}}")')
     src = add_line(src, "heal", f'log(f"{HEAL_RAN}{{cfg.my_knob}}")')
+    src = add_before(src, "TEXT_READERS = {", SHOUTING)
+    src = src.replace("TEXT_READERS = {\n", "TEXT_READERS = {\n    \"shouting\": shouting,\n")
+    src = add_before(src, "FILTERS = [", EXCLAIMS)
+    src = src.replace("FILTERS = [\n", 'FILTERS = [\n    ("exclaim", "exclaim", exclaims, "exclaim_max", '
+                                     'lambda x, cfg, g, tg: x["exclaim"] > cfg.exclaim_max),\n')
     path = tmp_path_factory.mktemp("copy") / "my_idea.py"
     path.write_text(src)
     return path
@@ -111,8 +142,9 @@ def ok(p):
 
 @pytest.fixture(scope="module")
 def copy_run(copy, tiny_dir):
-    """One round of the copy, run as `python my_idea.py --my-knob 3 ...`."""
-    ok(python(copy, copy, *flags(tiny_dir, "mine", "--my-knob", "3")))
+    """One round of the copy, run as `python my_idea.py --my-knob 3 ...`, its other knobs given too."""
+    ok(python(copy, copy, *flags(tiny_dir, "mine", "--my-knob", "3", "--my-words", "warm", "kind", "--my-mode", "loud",
+                                 "--my-rate", "1")))
     return copy.parent / "runs" / "mine"
 
 
@@ -124,6 +156,33 @@ def test_a_copy_runs_its_own_config_and_stages(copy, copy_run):
     meta = json.loads((copy_run / "config.json").read_text())
     assert meta["script"] == "my_idea.py" and meta["argv"][0] == "my_idea.py"  # the command beside the results
     assert meta["config"]["my_knob"] == 3
+
+
+def test_a_copy_s_knobs_of_any_type_parse_and_are_checked(copy, copy_run):
+    """A copy's tuple of strings, choice and range are parsed by their types and checked by their rules, as the
+    script's own are: a bad value is exit 2 before any model loads, naming the flag and the copy's --help."""
+    cfg = json.loads((copy_run / "config.json").read_text())["config"]
+    assert (cfg["my_words"], cfg["my_mode"], cfg["my_rate"]) == (["warm", "kind"], "loud", 1.0)
+    helped = python(copy, copy, "--help").stdout
+    assert "{soft,loud}" in helped and "my idea's rate (0, 1]" in helped
+    for bad, said in ((["--my-mode", "shout"], "--my-mode: invalid choice: 'shout' (choose from 'soft', 'loud') "
+                                               "(python my_idea.py --help lists every flag)"),
+                      (["--my-words"], "--my-words: expected at least one argument (python my_idea.py --help"),
+                      (["--my-rate", "0"], "--my-rate 0.0: must be in (0, 1]")):
+        p = python(copy, copy, *bad)
+        assert p.returncode == 2 and p.stdout.strip().startswith("my_idea: ") and said in p.stdout, (bad, p.stdout)
+
+
+def test_a_copy_s_reader_and_filter_are_one_row_and_one_function_each(copy_run):
+    """The copy's text reader reads every measured line's answers (mean, per-prompt items, a paired CI against the
+    base line); its filter scores every completion (kept in the completions file) and names its knob in the rows
+    that --resume may change."""
+    lines = runio.read_lines(copy_run)
+    measured = [x for x in lines if "items" in x]
+    assert measured and all(0 <= x["shouting"] <= 1 and len(x["items"]["shouting"]) == len(x["answers"]) for x in measured)
+    assert all("shouting_ci" in x for x in measured if x["kind"] != "base")
+    comps = [json.loads(x) for x in (copy_run / "completions_r0.jsonl").read_text().splitlines()]
+    assert comps and all(isinstance(c["exclaim"], float) for c in comps)
 
 
 def test_a_copy_s_rival_runs_the_copy_s_stages(copy, tiny_dir):
@@ -153,9 +212,10 @@ def test_a_copy_s_run_resumes_with_the_copy_only(copy, copy_run):
         assert p.returncode == 2 and "made by my_idea.py" in p.stdout, (other, p.stdout[-2000:])
         assert f"python my_idea.py --resume {copy_run}" in p.stdout
     assert [x["kind"] for x in runio.read_lines(copy_run)] == ["base", "steered", "round"]  # refused: untouched
-    ok(python(copy, copy, "--resume", copy_run, "--rounds", "2"))
-    lines = runio.read_lines(copy_run)
+    ok(python(copy, copy, "--resume", copy_run, "--rounds", "2", "--exclaim-max", "0.9"))  # the copy's filter's knob:
+    lines = runio.read_lines(copy_run)  # one a starved round may need, so --resume takes it (on the record)
     assert [x["round"] for x in lines if x["kind"] == "round"] == [0, 1]
+    assert next(x for x in lines if x["kind"] == "resume")["changed"] == {"exclaim_max": 0.9}
     assert (copy_run / "log.txt").read_text().count(f"{VECTOR_RAN}3") == 2  # round 1 ran the copy's stage, knob 3
 
 

@@ -1,5 +1,6 @@
 """The rivals through the same loop (--method prompt-bake | online): their losses on a tiny random Llama, and
 whole quick runs that write the same files as the default method. Run: python -m pytest -q test_methods.py"""
+import dataclasses
 import json
 import math
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import rivals
+import runio
 import steer_heal as sh
 from conftest import needs_eval_data
 from test_smoke import TINY_FLAGS, _peft, _randomise_lora
@@ -111,9 +113,8 @@ def test_group_advantages_below_the_noise_floor_are_zero():
 
 def _online_setup(tiny, monkeypatch, **kw):
     model, tok = tiny
-    cfg = sh.Config(max_new_tokens=8, gen_batch=8, online_batch=2, online_group=4, online_steps=1, lr=0.01, warmup=0.0,
-                    train_batch=8, rep_max=0.5, **kw)
-    cfg.run_dir = None
+    cfg = rivals.knobs(sh)(max_new_tokens=8, gen_batch=8, online_batch=2, online_group=4, online_steps=1, lr=0.01,
+                           warmup=0.0, train_batch=8, rep_max=0.5, **kw)
     vec = {1: torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))}
     torch.manual_seed(0)
     ref = sh.generate(model, tok, [sh.chat(tok, u) for u in sh.GEN_PROMPTS[:8]], cfg)
@@ -195,6 +196,27 @@ def test_steer_heal_alone_names_the_script_that_runs_a_rival(capsys):
         sh.main(["--method", "online", "--rounds", "1"])
     assert e.value.code == 2 and "python rivals.py --method online" in capsys.readouterr().out
 
+
+
+ONLINE_KNOBS = {"online_batch", "online_group", "online_steps", "online_floor"}
+
+
+def test_the_rivals_knobs_live_in_rivals_py(tmp_path, capsys):
+    """online_* are rivals.knobs' fields (the script's Config extended), not the script's: rivals.py's flags only,
+    each checked by its own rule; a steer-heal run's config.json from before the move (it holds them) still reads
+    with the script's Config (Config.RETIRED), and a rival's keeps them with rivals.py's."""
+    assert not ONLINE_KNOBS & {f.name for f in dataclasses.fields(sh.Config)}
+    assert ONLINE_KNOBS <= {f.name for f in dataclasses.fields(rivals.knobs(sh))}
+    with pytest.raises(SystemExit) as e:
+        sh.main(["--online-steps", "3"])
+    assert e.value.code == 2 and "--online-steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        rivals.main(["--method", "online", "--online-group", "1"])
+    assert e.value.code == 2 and "--online-group 1: must be >= 2" in capsys.readouterr().out
+    old = dict(dataclasses.asdict(sh.Config()), online_batch=2, online_group=3, online_steps=5, online_floor=0.2)
+    (tmp_path / "config.json").write_text(json.dumps(dict(config=old, script="steer_heal.py", argv=["steer_heal.py"])))
+    assert runio.load_config(tmp_path, sh.Config) == sh.Config()
+    assert runio.load_config(tmp_path, rivals.knobs(sh)).online_group == 3
 
 
 def test_rivals_py_help_is_its_own_and_flags_are_steer_heals():

@@ -519,8 +519,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     (["--pos", "Be bold.", "--neg", "Be bold."], "identical"),
     (["--layers", "0.6", "0.4"], "--layers"),
     (["--layers", "0.2", "1.5"], "--layers"),
-    (["--alphas", "1", "-2"], "positive"),
-    (["--lora-r", "0"], "rank"),
+    (["--alphas", "1", "-2"], "--alphas 1.0 -2.0: each must be > 0"),
+    (["--lora-r", "0"], "--lora-r 0: must be >= 1"),
     (["--kappa-decay", "1.5"], "--kappa-decay"),
     (["--top-p", "0"], "--top-p"),
     (["--lam", "-1"], "--lam -1.0: must be >= 0"),
@@ -650,15 +650,16 @@ def test_love_persona_skips_the_off_target_readers_unless_asked():
 
 
 def test_every_tuple_flag_parses_its_own_values():
-    """Each tuple field of Config takes its values from the command line as what its default holds (--readers
+    """Each tuple field of Config takes its values from the command line as its type says (tuple[str, ...]: --readers
     used to be parsed as floats, so no reader list could ever be passed), and check_config accepts them."""
-    import dataclasses
+    import dataclasses, typing
     parse = lambda argv: cli.parse_args(sh.Config, sh.PRESETS, sh.PERSONAS, "", argv)[0]  # noqa: E731
     cfg = parse(["--readers", "sentiment:+", "probe_defer:-", "--seeds", "1", "2", "--lora-targets", "q_proj",
                  "--layers", "0.3", "0.5", "--alphas", "0.2", "--lora-layers", "0.5", "1"])
     assert cfg.readers == ("sentiment:+", "probe_defer:-") and cfg.seeds == (1, 2) and cfg.lora_targets == ("q_proj",)
     assert cfg.layers == (0.3, 0.5) and cfg.alphas == (0.2,) and cfg.lora_layers == (0.5, 1.0)
-    for f in dataclasses.fields(sh.Config):  # a new tuple field must be given its element type
-        if f.type is tuple and f.default:
-            assert all(isinstance(x, cli.TUPLE_TYPES.get(f.name, float)) for x in f.default), f.name
-    cli.check_config(cfg)
+    for f in dataclasses.fields(sh.Config):  # every tuple field says its element type, and its default holds it
+        if typing.get_origin(f.type) is tuple:
+            assert all(isinstance(x, typing.get_args(f.type)[0]) for x in f.default), f.name
+        assert f.type is not tuple, f"{f.name}: give tuple[T, ...], so its flag parses as T"
+    cli.check_config(cfg, sh.check)
