@@ -27,7 +27,8 @@ MIN_KEPT = 8        # fewer survivors than this in a round is too little to heal
 PPL_TOL = 1.25      # healed round-0 ppl_base may be 25% above the base line's (same prompts, both greedy)
 RETAIN = 0.5        # the healed model must keep half of steering's trait shift to count as carried
 SHOWN = TRAIT  # every trait reader (readers.READERS)
-LABEL = {k: r["label"] for k, r in READERS.items()}
+LABEL = type("Labels", (dict,), {"__missing__": lambda self, k: f"Δ{k}"})(
+    {k: r["label"] for k, r in READERS.items()})  # a copy's reader without a READERS row reads as Δ<key>
 TOPIC_AUC_MIN = 0.75  # on_topic decides only where answers are told from answers to other prompts this well (base line)
 # --method of steer_heal.py (config.json `method`; older runs lack it: steer-heal). What each one's lines are:
 METHODS = {"steer-heal": "the iterative loop: steer, filter, heal, bake, once per round",
@@ -564,7 +565,7 @@ def reread(run_dir, script="steer_heal.py"):
     sh = runio.load_script(script)  # text_items(), Config and HELD_OUT; only --reread loads it (it imports torch)
     conf = json.load(open(os.path.join(run_dir, "config.json")))
     types = {f.name: f.type for f in dataclasses.fields(sh.Config)}
-    cfg = sh.Config(**{k: tuple(v) if types[k] is tuple else v for k, v in conf["config"].items() if k in types})
+    cfg = sh.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf["config"].items() if k in types})
     users = sh.HELD_OUT[cfg.eval_prompts]
     rows, moved, prev = [], [], None
     lines = [ln for ln in runio.live_lines(runio.read_jsonl(os.path.join(run_dir, "rounds.jsonl"))[0])
