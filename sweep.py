@@ -21,7 +21,7 @@ The crux over rounds: whole steer_heal runs (warmth persona), one per (setting, 
 results/crux_rounds/<setting>/seed<k>/ through grid.py's launchers (one at a time by default; --launcher local
 --jobs N; --launcher slurm ...); resumable (done runs are skipped, unfinished ones --resume'd):
 
-    python sweep.py --over-rounds [--settings lam0 rmse ...] [--seeds 0 1 2] [--rounds 4] [-- steer_heal flags]
+    python sweep.py --over-rounds [--settings lam0 rmse ...] [--seeds 0 1 2] [--rounds 8] [-- steer_heal flags]
     python sweep.py --over-rounds --launcher slurm --partition gpu --time 60 --mem 32 -- --device cuda
     python sweep.py --over-rounds --summarize    # summary.md, summary.json, frontier.png from the runs, no model
 """
@@ -121,7 +121,7 @@ def main(argv=None):
     ap.add_argument("--summarize", action="store_true", help="only write summary.md, summary.json and frontier.png")
     ap.add_argument("--over-rounds", action="store_true", help="the crux over rounds: whole steer_heal runs into "
                                                                "OUT/<setting>/seed<k>/, through grid.py's --launcher")
-    ap.add_argument("--rounds", type=int, default=4, help="--over-rounds: rounds per run (fewer if the ppl ceiling "
+    ap.add_argument("--rounds", type=int, default=8, help="--over-rounds: rounds per run (fewer if the ppl ceiling "
                                                           "stops it)")
     ap.add_argument("--dry-run", action="store_true", help="--over-rounds: print the commands, run nothing")
     grid.add_launcher_args(ap)  # --over-rounds: --launcher serial|local|slurm|submitit-local, --jobs, SLURM's flags
@@ -443,8 +443,10 @@ ROUND_SETTINGS = {
     "mean": ["--kl-agg", "mean", "--lam", "1"],  # the mean aggregate at the same λ
     "spectral3": ["--spectral-lam", "3", "--lam", "0"],  # the single-round sweep's best
     "anchor1": ["--anchor-nll", "1", "--lam", "0"],
-    "prev": ["--kl-ref", "prev", "--kl-agg", "rmse", "--lam", "1"],  # the barrier to the round's starting model
+    "loosen1": ["--kl-agg", "rmse", "--lam", "1", "--tau-round-pow", "1"],  # tau_r = tau * (1 + r): loosened each round
+    "topic": ["--kl-agg", "rmse", "--lam", "1", "--topic-q", "0.1"],  # the default barrier + the on-topic gate
 }
+# prev (--kl-ref prev) was dropped after the 4-round grid: it walked like lam0 (results/crux_rounds history)
 # every run: the warmth persona (readers outside the model can see it); no prompting line (the steered line's ± dose
 # direction check stays, and the summary does not need prompting)
 ROUND_FLAGS = ["--persona", "love", "--no-baselines"]
@@ -889,7 +891,7 @@ def steps_cell(runs, k):
     return f"{spread(one, 0)} (Σ {spread(tot, 0)})" if one and None not in one else "—"
 
 
-def summarize_rounds(out, want=4):
+def summarize_rounds(out, want=8):
     """results/crux_rounds/summary.md, summary.json, frontier.png from the runs' rounds.jsonl (no model), built from
     the runs that have finished (stopped, or `want` rounds done); runs in progress are listed."""
     names = [n for n in ROUND_SETTINGS if evidence.seed_dirs(str(out / n))]
@@ -1084,7 +1086,8 @@ def frontier_rounds(out, groups, readers, checks):
     import matplotlib.pyplot as plt
     costs = ["ppl_base", "kl_base", "cum_kl", "degenerate", "on_topic"]
     fig, axes = plt.subplots(len(readers), len(costs), figsize=(5.2 * len(costs), 4.6 * len(readers)), squeeze=False)
-    colors = dict(lam0="k", rmse="tab:blue", mean="tab:orange", spectral3="tab:green", anchor1="tab:red")
+    colors = dict(lam0="k", rmse="tab:blue", mean="tab:orange", spectral3="tab:green", anchor1="tab:red",
+                  loosen1="tab:purple", topic="tab:brown")
     for row, (key, _) in zip(axes, readers):
         for ax, cost in zip(row, costs):
             drawn = False
