@@ -1,9 +1,9 @@
 """The on-topic gate among the filters, measured (issue 33): the default love run with and without --topic-q 0.1,
-seeds 0 1 2 (without = results/filter_topic/none/seed<k>: the same command less the flag). For each seed and
+seeds 0 1 2 (without = results/methods/steer-heal/seed<k>: the same command less the flag, from the methods grid). For each seed and
 round, the healed model's readings with the gate minus without, paired by held-out prompt (evidence.interval), and
 over the seeds (evidence.delta: the seeds' spread or the bootstrap, whichever is larger). Rows only, no model:
 
-    python results/filter_topic/summarize.py > results/filter_topic/summary.md
+    python results/filter_topic/summarize.py --out results/filter_topic/summary.md   (or to stdout without --out)
 """
 import os
 import sys
@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from evidence import delta, fiv, fmt, get, read_run, round_at  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GATE, NONE = os.path.join(HERE, "gate"), os.path.join(HERE, "none")
+GATE, NONE = os.path.join(HERE, "gate"), os.path.join(HERE, "..", "methods", "steer-heal")
 KEYS = ["sentiment", "on_topic", "degenerate", "ppl_base", "kl_base", "trait_fixed"]
 
 
@@ -44,4 +44,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if "--out" in sys.argv:  # grid.py's "after" step writes the file itself
+        with open(sys.argv[sys.argv.index("--out") + 1], "w") as f:
+            sys.stdout = f
+            main()
+    else:
+        main()
