@@ -21,9 +21,9 @@ if __name__ == "__main__":  # before steer_heal imports tqdm: no progress bars a
     os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 import eval_mfv
-import fast
-import models
-import runio
+from lib import fast
+from lib import models
+from lib import runio
 import steer_heal as sh  # the default --script; main() rebinds it to the one given
 
 VIGNETTES = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"

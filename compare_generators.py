@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-import readers
-import runio
+from lib import readers
+from lib import runio
 import steer_heal as sh  # the default --script; main() rebinds it to the one given
 
 # Every option sets every generator knob: Config()'s defaults change over time and must not leak in.

@@ -3,8 +3,8 @@ skip for whole runs on a clone that has no eval data beside it."""
 import pytest
 import torch
 
-import cli
-import models
+from lib import cli
+from lib import models
 import steer_heal as sh
 
 

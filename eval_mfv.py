@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import models  # the CLI's loading (the embedded model, a run's baked model); models imports only runio
+from lib import models  # the CLI's loading (the embedded model, a run's baked model); models imports only runio
 
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
 TINYMFV_PIP = "pip install git+https://github.com/wassname/tinymfv@ca76c0e05e460d56d30e5292ba1f33cbbb3fa45f"

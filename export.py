@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-import models
-import runio
+from lib import models
+from lib import runio
 import steer_heal as sh  # the default --script
-from runio import live_lines, rounds_to_load
+from lib.runio import live_lines, rounds_to_load
 
 HOOK_POINT = ("output of the decoder blocks in `layers` (0-based; transformers hidden_states[l + 1]; "
               "llama.cpp direction.<l>)")

@@ -15,13 +15,13 @@ Job (setting, seed) is the run folder OUT/<setting>/seed<seed>. New: python SCRI
 So a grid is rerun by running the same command, on any launcher. A run folder has one writer (runio.lock): a job
 launched twice is refused, not run twice. Every new run gets --line-cache OUT/line_cache (the grid's "line_cache": a
 folder, or "" = off): the base and prompting lines, the same in every run, are measured by the first and read back by
-the others (line_cache.py). sweep.py --over-rounds builds the crux grid and launches it here.
+the others (lib/line_cache.py). sweep.py --over-rounds builds the crux grid and launches it here.
 """
 import argparse, json, os, signal, subprocess, sys, threading, time
 from pathlib import Path
 
-import runio
-from runio import Stop
+from lib import runio
+from lib.runio import Stop
 
 HERE = Path(__file__).resolve().parent
 LAUNCHERS = ["serial", "local", "slurm", "submitit-local"]  # submitit-local: submitit's local executor (tests)

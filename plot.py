@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from evidence import (ceiling, ci_of, get, method_of, pair, read_run,  # noqa: E402
+from lib.evidence import (ceiling, ci_of, get, method_of, pair, read_run,  # noqa: E402
                       seed_dirs, shift)  # the stdlib-only reader
 from report_methods import by_method, common_parent  # noqa: E402  (runs of several methods pooled by method)
 

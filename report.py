@@ -3,23 +3,23 @@
 Runs of different --method compared: report_methods.py (it imports this file).
 
 Reads only what a run wrote (config.json, rounds.jsonl, completions_r0.jsonl; docs/CONTRACT.md), so it works
-on a run in progress and needs no model; stdlib only (and runio.py, evidence.py), as steer_heal.py imports it
+on a run in progress and needs no model; stdlib only (and lib/runio.py, lib/evidence.py), as steer_heal.py imports it
 after every run. A line it cannot read is named at the top of report.md, never skipped in silence. Each section
 is one verdict line (yes / no / unclear / not measurable / not measured in this run, with the numbers that decide
 it), then its tables. What a line says and how sure (reading the files, old field names, noise intervals, chance,
-the direction rule): evidence.py; this file holds the checks that read it (Q0-Q3, vs prompting) and the report.
+the direction rule): lib/evidence.py; this file holds the checks that read it (Q0-Q3, vs prompting) and the report.
 """
 import argparse
 import dataclasses
 import json
 import math
 import os
-import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
+from lib import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
 import statistics
 import sys
 
-from readers import COHERENCE, READERS, TRAIT  # the one readers table (readers.py is stdlib-only at import)
-from evidence import (YES, at_chance, base_of, ceiling, cell, chance, ci_of, decide, delta, evaluated, fiv, fmt, get, has,
+from lib.readers import COHERENCE, READERS, TRAIT  # the one readers table (lib/readers.py is stdlib-only at import)
+from lib.evidence import (YES, at_chance, base_of, ceiling, cell, chance, ci_of, decide, delta, evaluated, fiv, fmt, get, has,
                       last_of, mean, method_of, no_noise, pair, read_jsonl, read_run, readers_of, readers_text,
                       round_at, seed_dirs, side, unreadable)
 

@@ -5,7 +5,7 @@
 Each folder gets its report.md (report.py); then DIR/report_methods.md (default DIR: their common parent): each
 method's report (a group folder's seeds, or single run folders of one method, pool as that method's seeds), then
 steer-heal against each rival ("vs prompt baking", "iterative vs online") at the last round all of them evaluated,
-with the generation each spent to get there. Noise and chance are evidence.py's rules; this file only pairs methods.
+with the generation each spent to get there. Noise and chance are lib/evidence.py's rules; this file only pairs methods.
 """
 import argparse
 import math
@@ -13,11 +13,11 @@ import os
 import sys
 
 import report
-from evidence import (DEFAULT_METHOD, at_chance, base_of, ceiling, cell, chance, delta, evaluated, fiv, fmt, get, has,
+from lib.evidence import (DEFAULT_METHOD, at_chance, base_of, ceiling, cell, chance, delta, evaluated, fiv, fmt, get, has,
                       mean, method_of, read_run, readers_of, readers_text, round_at, seed_dirs, side,
                       unreadable)
 from report import LABEL, METHODS, render, table, validity
-import runio
+from lib import runio
 
 # the method comparisons, each the reference first: steer-heal against each rival
 PAIR_TITLES = {("steer-heal", "prompt-bake"): "vs prompt baking", ("steer-heal", "online"): "iterative vs online"}

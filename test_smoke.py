@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import fast
-import readers
-import runio
-import cli
+from lib import fast
+from lib import readers
+from lib import runio
+from lib import cli
 import eval_mfv
-import models
+from lib import models
 import steer_heal as sh
 from conftest import needs_eval_data, skip_without_eval_data
 

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from evidence import delta, fiv, fmt, get, read_run, round_at  # noqa: E402
+from lib.evidence import delta, fiv, fmt, get, read_run, round_at  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GATE, NONE = os.path.join(HERE, "gate"), os.path.join(HERE, "..", "methods", "steer-heal")

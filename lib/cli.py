@@ -1,4 +1,4 @@
-"""cli.py: what steer_heal.py needs around the experiment but a reader of the algorithm does not: flags
+"""lib/cli.py: what steer_heal.py needs around the experiment but a reader of the algorithm does not: flags
 (every Config field: its type, its --help and its rule read from the field's line), their checks (before any model
 loads, one sentence naming the flag), and run folders (new, or --resume with the saved config). It knows no knob's
 rules by name: a copy's Config brings its own. steer_heal.main() calls these; nothing here changes what a run
@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 import eval_mfv
-import models
-from models import check_vector, decoder_layers
-import readers  # probe_defer's probe (statement_readers)
+from lib import models
+from lib.models import check_vector, decoder_layers
+from lib import readers  # probe_defer's probe (statement_readers)
 import report  # the group's report after --seeds (report reads files only)
-import runio
-import track
-from runio import Stop
+from lib import runio
+from lib import track
+from lib.runio import Stop
 
 RESUME_OK = {"rounds", "device", "compile", "resume", "track"}  # flags that may differ on --resume without changing the experiment
 # (and the script's `rescue`: the knobs a starved round needs; a change is recorded as a "resume" line in rounds.jsonl)
@@ -109,7 +109,7 @@ def check_config(cfg, check=None):
             raise Stop(f"{flag} {said}: {'each ' if len(xs) > 1 else ''}must be {test[1]}.")
     if check:
         check(cfg)
-    cache = getattr(cfg, "line_cache", "")  # a copy made before line_cache.py has no such knob
+    cache = getattr(cfg, "line_cache", "")  # a copy made before lib/line_cache.py has no such knob
     if cache and Path(cache).exists() and not Path(cache).is_dir():
         raise Stop(f"--line-cache {cache}: a file, not a folder (the grid's measured lines go in one, made if missing).")
     if cfg.name and (Path(cfg.name).name != cfg.name or cfg.name == ".."):
@@ -227,7 +227,7 @@ def find_vignettes(cfg):
         return cfg.vignettes or None
     if cfg.eval_backend == "auto" and eval_mfv.import_tinymfv():
         return None
-    local = Path(__file__).resolve().parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
+    local = Path(__file__).resolve().parent.parent.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
     if local.exists():
         return str(local)
     raise Stop("No tinymfv vignettes: install tinymfv (pip install "

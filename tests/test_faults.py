@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import evidence
+from lib import evidence
 import export
 import plot
 import report
-import runio
-import models
+from lib import runio
+from lib import models
 import steer_heal as sh
 from conftest import skip_without_eval_data
 from test_report_plot import make_new_run

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import eval_mfv as E
-import models
+from lib import models
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root
 DATA = HERE.parent / "shared" / "tinymfv" / "vignettes_classic_other_violate.jsonl"
 KEYS = {"backend", "frames", "n", "p", "nats", "auth_nats", "care_nats", "coherence", "top1", "top1_chance", "eval_ci",
         "unscorable", "seconds"}

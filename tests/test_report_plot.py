@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-import evidence
+from lib import evidence
 import plot
 import report
 import report_methods
-import runio
+from lib import runio
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 FOUNDATIONS = ["Care", "Fairness", "Loyalty", "Authority", "Sanctity", "Liberty", "SocialNorms"]
 SECTION_HEADINGS = ["## " + s for s in report.SECTIONS]
 VERDICT = re.compile(r"\*\*Verdict: (yes|no|unclear|not measurable|not measured in this run|keeps moving|"

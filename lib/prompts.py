@@ -1,4 +1,4 @@
-"""prompts.py: the prompt pools steer_heal.py draws from, written for this project (edit them here).
+"""lib/prompts.py: the prompt pools steer_heal.py draws from, written for this project (edit them here).
 
 CONTEXTS are the extraction contexts, varied on purpose (facts, chores, feelings, rules): the mean difference
 should capture the persona, not one topic. GEN_PROMPTS are the user turns the steered completions answer (the

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-import readers
+from lib import readers
 import report
 import steer_heal as sh
-from prompts import EVERYDAY_PROMPTS
+from lib.prompts import EVERYDAY_PROMPTS
 
 N = 24  # held-out prompts in these made-up runs (ids 0..N-1 of the everyday pool)
 USERS = EVERYDAY_PROMPTS[:N]

@@ -1,4 +1,4 @@
-"""runio.py: how a run's files are written and read, so that a crash, a torn line or a full disk loses nothing a
+"""lib/runio.py: how a run's files are written and read, so that a crash, a torn line or a full disk loses nothing a
 resume would trust. Stdlib only: report.py and plot.py read runs without torch.
 
 - append / append_jsonl: a write that fails half-way (a full disk) is cut back to where it began; before appending
@@ -14,7 +14,7 @@ resume would trust. Stdlib only: report.py and plot.py read runs without torch.
 import atexit, contextlib, dataclasses, errno, hashlib, importlib.util, json, math, os, shutil, socket, sys, time
 from pathlib import Path
 
-import track  # samples.md is mirrored to --track (track imports nothing of the project)
+from lib import track  # samples.md is mirrored to --track (track imports nothing of the project)
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}  # a write, not a bad argument
 TAIL = 1 << 20  # bytes read from the end of a JSONL file to find its last line (a line is a few kB)
@@ -395,12 +395,12 @@ def load_config(run_dir, Config):
 def load_script(path="steer_heal.py"):
     """The experiment file a companion runs (its --script: steer_heal.py, or a copy such as my_idea.py), loaded by
     path, so the companion uses that file's Config, stages, METHODS and functions (rivals, export, bench,
-    compare_generators, report --reread). A bare name that is not in the working folder is looked for beside this
-    file. Loaded once: a module of that name from the same file is reused (so --script steer_heal.py is the
+    compare_generators, report --reread). A bare name that is not in the working folder is looked for in the
+    repository root. Loaded once: a module of that name from the same file is reused (so --script steer_heal.py is the
     `steer_heal` every import names). Loading it imports torch; this file stays stdlib."""
     p = Path(path)
     if not p.exists() and p.name == path:
-        p = Path(__file__).resolve().parent / p
+        p = Path(__file__).resolve().parent.parent / p  # the repository root (this file is lib/runio.py)
     if not p.is_file() or p.suffix != ".py":
         raise Stop(f"--script {path}: no such Python file; give a copy of steer_heal.py (cp steer_heal.py my_idea.py).")
     p, name = p.resolve(), p.stem

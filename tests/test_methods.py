@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rivals
-import runio
+from lib import runio
 import steer_heal as sh
 from conftest import needs_eval_data
 from test_smoke import TINY_FLAGS, _peft, _randomise_lora
@@ -222,7 +222,7 @@ def test_the_rivals_knobs_live_in_rivals_py(tmp_path, capsys):
 def test_rivals_py_help_is_its_own_and_flags_are_steer_heals():
     """python rivals.py --help describes rivals.py (its docstring), with steer_heal.py's flags."""
     out = subprocess.run([sys.executable, "rivals.py", "--help"], capture_output=True, text=True,
-                         cwd=Path(__file__).parent, timeout=120)
+                         cwd=Path(__file__).parent.parent, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("rivals.py: the rivals of steer-heal") == 1 and "--online-steps" in out.stdout
     assert "steer_heal.py: " not in out.stdout.split("options:")[0]

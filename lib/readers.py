@@ -1,4 +1,4 @@
-"""readers.py: readers of the TEXT, with fixed instruments outside the model being healed.
+"""lib/readers.py: readers of the TEXT, with fixed instruments outside the model being healed.
 
 Every other reader is a model reading something (the model itself, or the original weights): the healed
 weights can move those. These read the greedy answers' words with an instrument nobody trains here:
@@ -20,9 +20,9 @@ model: the five "Dear [Neighbor's Name]" 1.43 vs 2.52 for the base's own answer)
 loops 0.94 and 0.92; the base model's greedy answers at most 0.42, its unsteered samples over 0.5 in 0.16% of 3,152:
 calibrated on the committed runs, 2026-12-07). on_topic cannot see a loop that stays on topic, nor warmth.
 
-READERS below is the one table of readers that report.py, evidence.py and the run iterate.
-Imports nothing of the project (steer_heal.py and evidence.py import it); the standard library at import time,
-so evidence.py and report.py stay model-free.
+READERS below is the one table of readers that report.py, lib/evidence.py and the run iterate.
+Imports nothing of the project (steer_heal.py and lib/evidence.py import it); the standard library at import time,
+so lib/evidence.py and report.py stay model-free.
 """
 import random
 import re
@@ -137,7 +137,7 @@ class DeferProbe:
 
 def paired_ci(a, b=None, seed=0, n_boot=2000) -> list:
     """95% bootstrap CI of mean(a - b) (b None: of mean(a)), resampling the items (prompts) together, so
-    each prompt's own level cancels. Plain Python: evidence.py reuses the same rule without numpy."""
+    each prompt's own level cancels. Plain Python: lib/evidence.py reuses the same rule without numpy."""
     d = [x - (0.0 if b is None else y) for x, y in zip(a, b if b is not None else a)]
     if not d:
         return None

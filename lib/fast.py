@@ -1,4 +1,4 @@
-"""fast.py: speed and memory for steer_heal.py, the same numbers as its plain path (test_compile.py proves it).
+"""lib/fast.py: speed and memory for steer_heal.py, the same numbers as its plain path (test_compile.py proves it).
 
 --compile's generation: a static KV cache, a compiled decode step, and one persistent steering slot per model.
 The steered band's hidden states from a forward stopped above it (states_upto).
@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-import runio  # the log: whether the prompt KV cache is used (runio imports nothing of the project but track)
+from lib import runio  # the log: whether the prompt KV cache is used (runio imports nothing of the project but track)
 
 # Compiled decoding (--compile), designed around what transformers 5.23 and torch 2.13 actually do:
 # - generate() compiles only the decode step (torch.compile of model.__call__, GenerationMixin.get_compiled_call),

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import readers
+from lib import readers
 import sweep
 from conftest import skip_without_eval_data
 
-ROWS = Path(__file__).resolve().parent / "results" / "crux" / "sweep.jsonl"
+ROWS = Path(__file__).resolve().parent.parent / "results" / "crux" / "sweep.jsonl"
 
 
 # ---- the single-round summary, on settings made from the committed λ=0 rows ---------------------------------------
@@ -270,7 +270,7 @@ def test_the_reviews_null_on_the_committed_lam0_rows(tmp_path):
     """The same two nulls made from results/crux_rounds/lam0's own rows (the review's case: there today's rule said
     'r1, r2: preferential', incoherence removed 0.51 ± 0.12 vs trait 0.13 ± 0.09, and 'further' [4, 4, 4] vs
     [2, 2, 2])."""
-    src = Path(__file__).resolve().parent / "results" / "crux_rounds" / "lam0"
+    src = Path(__file__).resolve().parent.parent / "results" / "crux_rounds" / "lam0"
     if not (src / "seed0" / "rounds.jsonl").exists():
         pytest.skip("results/crux_rounds not here")
     for seed in (0, 1, 2):

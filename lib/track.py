@@ -1,4 +1,4 @@
-"""track.py: --track tensorboard|wandb, a mirror of what a run already writes, for researchers who watch runs in
+"""lib/track.py: --track tensorboard|wandb, a mirror of what a run already writes, for researchers who watch runs in
 TensorBoard (event files in <run>/tb/) or W&B (offline, files in <run>/wandb/; `wandb sync` uploads them later).
 
 Fed from the places that already write: every rounds.jsonl line (its numbers as scalars `<kind>/<field>`, at step =

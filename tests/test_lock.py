@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import runio
+from lib import runio
 import steer_heal as sh
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root
 # a process that takes the lock on argv[1], says so, and holds it until its stdin closes, then exits normally
-HOLDER = ("import sys, runio; runio.lock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()")
+HOLDER = ("import sys; from lib import runio; runio.lock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()")
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import export
-import cli
-import models
+from lib import cli
+from lib import models
 import steer_heal as sh
 from test_smoke import TINY_FLAGS
 

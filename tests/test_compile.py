@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import fast
-import runio
+from lib import fast
+from lib import runio
 import steer_heal as sh
 
 

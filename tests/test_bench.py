@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import bench
-import fast
-import models
+from lib import fast
+from lib import models
 import steer_heal as sh
 
 

@@ -1,8 +1,8 @@
-"""evidence.py: what a run's lines say and how sure: reading the files, noise intervals, chance and the direction
+"""lib/evidence.py: what a run's lines say and how sure: reading the files, noise intervals, chance and the direction
 rule — the one "is this reader measurable?" rule that report.py, report_methods.py and sweep.py all use.
 
 Reads only what a run wrote (config.json, rounds.jsonl; docs/CONTRACT.md), so it works on a run in progress and
-needs no model; stdlib only (and runio.py, readers.py: it imports nothing else of the project). A line it cannot
+needs no model; stdlib only (and lib/runio.py, lib/readers.py: it imports nothing else of the project). A line it cannot
 read is named in the run's `problems`, never skipped in silence; a field of the wrong shape or range is read as
 missing. Older runs are read through their old field names (OLD below).
 
@@ -14,10 +14,10 @@ import json
 import math
 import os
 import re
-import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
+from lib import runio  # the project's file reader: stdlib only, like this file; each unreadable line named
 import statistics
 
-from readers import PAIRED, paired_ci  # the readers table and the one bootstrap rule (readers.py imports nothing of the project)
+from lib.readers import PAIRED, paired_ci  # the readers table and the one bootstrap rule (lib/readers.py imports nothing of the project)
 
 PPL_CEIL = 2.0      # config ppl_ceil when a run lacks it: the loop is incoherent past this × base ppl_base
 EPS = 0.01          # nats; the half-width used when a tinymfv line carries no eval_ci
