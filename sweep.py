@@ -38,7 +38,7 @@ from lib import runio
 from lib import readers
 from lib import models
 import grid  # the one driver of grids of whole runs (--over-rounds)
-import steer_heal as sh
+import steer_heal as sh  # the default experiment file; --script loads another (a copy)
 
 # name -> heal overrides. Every regulariser the seed names, each alone, at two or more strengths.
 SETTINGS = {  # in the order they run: the λ=0 reference and the control first, then the barrier, then the rest
@@ -118,6 +118,9 @@ def main(argv=None):
     ap.add_argument("--settings", nargs="+", help=f"single round: {', '.join(SETTINGS)} (default all); over "
                                                   f"rounds: {', '.join(ROUND_SETTINGS)} (default all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--script", help="the experiment file the sweep runs (a copy of steer_heal.py, e.g. my_idea.py): its "
+                                     "Config and stages for the single-round sweep, its runs for --over-rounds; default "
+                                     "steer_heal.py")
     ap.add_argument("--summarize", action="store_true", help="only write summary.md, summary.json and frontier.png")
     ap.add_argument("--over-rounds", action="store_true", help="the crux over rounds: whole steer_heal runs into "
                                                                "OUT/<setting>/seed<k>/, through grid.py's --launcher")
@@ -126,6 +129,10 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="--over-rounds: print the commands, run nothing")
     grid.add_launcher_args(ap)  # --over-rounds: --launcher serial|local|slurm|submitit-local, --jobs, SLURM's flags
     a = ap.parse_args(argv)
+    global sh, SEED
+    if a.script:  # a copy's own Config, stages and PERSONAS (runio.load_script: the door rivals and export use)
+        sh = runio.load_script(a.script)
+        SEED = dict(sh.PERSONAS["seed"], persona="seed")
     known = ROUND_SETTINGS if a.over_rounds else SETTINGS
     a.settings = a.settings or list(known)
     if set(a.settings) - set(known):
@@ -463,7 +470,7 @@ def round_grid(a, out, extra):
     has every setting at its first seeds); `extra` flags go to new runs only (--resume refuses flags that change a
     run)."""
     return dict(out=str(out), seeds=a.seeds, rounds=a.rounds, flags=ROUND_FLAGS,
-                settings={name: dict(script=str(STEER_HEAL), flags=[*ROUND_SETTINGS[name], *extra])
+                settings={name: dict(script=str(Path(a.script).resolve() if a.script else STEER_HEAL), flags=[*ROUND_SETTINGS[name], *extra])
                           for name in a.settings})
 
 

@@ -270,3 +270,12 @@ def test_a_grid_of_two_settings_of_a_copy_s_knob(copy, tiny_dir):
         assert f"{VECTOR_RAN}{k}" in (run / "log.txt").read_text()
         meta = json.loads((run / "config.json").read_text())
         assert meta["script"] == "my_idea.py" and meta["config"]["my_knob"] == k
+
+
+def test_sweep_over_rounds_runs_the_copy_it_is_given(copy):
+    """sweep.py --script my_idea.py builds the crux grid from the copy: every job's command is the copy's file (a
+    dry run: the commands, nothing launched)."""
+    p = ok(python(copy, os.path.join(HERE, "sweep.py"), "--over-rounds", "--script", copy.name, "--dry-run",
+                  "--settings", "lam0", "rmse", "--seeds", "0", "--out", "g"))
+    jobs = [line for line in p.stdout.splitlines() if line.startswith("[grid] new")]
+    assert len(jobs) == 2 and all("my_idea.py" in j and "steer_heal.py" not in j for j in jobs), p.stdout

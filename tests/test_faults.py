@@ -17,15 +17,12 @@ from lib import models
 import steer_heal as sh
 from conftest import skip_without_eval_data
 from test_report_plot import make_new_run
-from test_smoke import TINY_FLAGS
+from test_smoke import TINY_FLAGS, _run
 
 TORN = '{"kind": "round", "round": 1, "trait'  # a crash mid-append: no closing brace, no newline
 
 
-def exits(argv):
-    with pytest.raises(SystemExit) as e:
-        sh.main(argv)
-    return e.value.code
+exits = _run  # sh.main(argv)'s exit code (test_smoke's helper)
 
 
 @pytest.fixture(scope="module")
