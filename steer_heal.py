@@ -799,17 +799,19 @@ def projection(reader, tok, prompts, answers, v0):
 
 
 @torch.no_grad()
-def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None):
+def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None, states=None):
     """One forward of the reader per batch -> (projection on v0 per answer, or None without v0; per-token NLL of
     each answer): trait_fixed and ppl_base share the fixed reader's pass. prompt_kv (a fast.PromptKV kept for the run,
     only for a reader whose weights never change: the fixed reader) serves each prompt's KV, so a reading runs over
-    the answer tokens only, with the same readings (checked on the run's first batch: PromptKV.read)."""
+    the answer tokens only, with the same readings (checked on the run's first batch: PromptKV.read). A list `states`
+    gets each answer's last hidden states [n, H] appended (kl_to_base's reference: the pass is not run twice)."""
     proj, nll, dec = [], [], reader.get_decoder()
 
-    def one(b, kw):  # (per-token NLL per answer, projection per answer) of one forward of the decoder
+    def one(b, kw):  # (per-token NLL per answer, projection per answer, last states per answer) of one forward
         out = dec(**kw, output_hidden_states=bool(v0))
-        return (list(completion_nll(reader, b, lm_head(reader, out.last_hidden_state[b["pred"]])).cpu().split(b["lengths"])),
-                project(out.hidden_states, b, v0) if v0 else [])
+        h = out.last_hidden_state[b["pred"]]
+        return (list(completion_nll(reader, b, lm_head(reader, h)).cpu().split(b["lengths"])),
+                project(out.hidden_states, b, v0) if v0 else [], h.split(b["lengths"]))
 
     def plain(ps, cs):
         b = make_batch(tok, ps, cs, reader.device)
@@ -820,6 +822,8 @@ def read_text(reader, tok, prompts, answers, v0, batch_size=16, prompt_kv=None):
             reader, [tok(p, add_special_tokens=False).input_ids for p in ps], cs, tok.pad_token_id, one, lambda: plain(ps, cs))
         nll += got[0]
         proj += got[1]
+        if states is not None:  # the batch's readings as kept (PromptKV.read may have read it twice: its check)
+            states.extend(got[2])
     return (proj if v0 else None), nll
 
 
@@ -856,21 +860,25 @@ def text_items(cfg, users, texts, probe=None):
 
 
 @torch.no_grad()
-def kl_to_base(model, tok, prompts, plain, answers, stash, vectors=None, coeff=0.0, cfg=None, batch_size=16):
-    """[N] mean per-token KL(line's model || original model) over each answer's tokens, in nats: the line's model
-    as the line ran it (its prompt, under the hook at its dose: every position at the full dose, the length decay not
-    replayed) against the original weights after the plain prompt. A cost axis any model has (issue 34)."""
-    out = []
+def kl_to_base(model, tok, prompts, answers, base_states, vectors=None, coeff=0.0, cfg=None, v0=None, batch_size=16):
+    """([N] mean per-token KL(line's model || original model) over each answer's tokens, in nats; [N] trait_self or
+    None): the line's model as the line ran it (its prompt, under the hook at its dose: every position at the full
+    dose, the length decay not replayed) against the original weights after the plain prompt, whose last hidden
+    states `base_states` the fixed reader's pass already computed (read_text). A cost axis any model has (issue 34).
+    v0 (only without the hook: trait_self reads the model's own states) takes the projection from the same pass."""
+    kl, proj, dec = [], [], model.get_decoder()
     for i in range(0, len(prompts), batch_size):
         cs = answers[i:i + batch_size]
         b = make_batch(tok, prompts[i:i + batch_size], cs, model.device)
         with (steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None
               else contextlib.nullcontext()):
-            lp = completion_logits(model, b).float().log_softmax(-1)
-        with fixed_reader(model, stash):
-            lq = completion_logits(model, make_batch(tok, plain[i:i + batch_size], cs, model.device)).float().log_softmax(-1)
-        out += [x.mean().item() if len(x) else 0.0 for x in kl_per_position(lp, lq).cpu().split(b["lengths"])]
-    return out
+            out = dec(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=bool(v0))
+        lp = lm_head(model, out.last_hidden_state[b["pred"]]).float().log_softmax(-1)
+        lq = lm_head(model, torch.cat(base_states[i:i + batch_size])).float().log_softmax(-1)
+        kl += [x.mean().item() if len(x) else 0.0 for x in kl_per_position(lp, lq).cpu().split(b["lengths"])]
+        if v0:
+            proj += project(out.hidden_states, b, v0)
+    return kl, (proj if v0 else None)
 
 
 def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None, coeff=0.0, max_new_tokens=None,
@@ -887,16 +895,21 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
     ids, texts, plain = [a["ids"] for a in ans], [a["text"] for a in ans], [chat(tok, u) for u in users]
     # read without the hook: otherwise the steered lines' states contain coeff*v by construction
     items, validity = text_items(cfg, users, texts, probe)  # instruments outside the model first
+    base_states = [] if read_kl and read_kl != "zero" else None
+    with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
+        fixed, nll = read_text(model, tok, plain, ids, v0, prompt_kv=prompt_kv, states=base_states)
+    self_ = None
     if read_kl == "zero":
         items["kl_base"] = [0.0] * len(users)
-    elif read_kl:
-        items["kl_base"] = kl_to_base(model, tok, prompts, plain, ids, stash, vectors, coeff, cfg)
-    with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
-        fixed, nll = read_text(model, tok, plain, ids, v0, prompt_kv=prompt_kv)
+    elif read_kl:  # the line's model's pass; unsteered, trait_self comes from it too
+        own = v0 if read_self is True and vectors is None else None
+        items["kl_base"], self_ = kl_to_base(model, tok, prompts, ids, base_states, vectors, coeff, cfg, own)
     if v0:
         items["trait_fixed"] = fixed
     if read_self == "fixed":  # the model is the original one and the prompts plain: trait_self is that same pass
         self_ = readers.mean(fixed) if v0 else None
+    elif self_ is not None:
+        self_ = readers.mean(self_)
     else:
         self_ = readers.mean(projection(model, tok, prompts, ids, v0)) if v0 and read_self else None
     items["ppl_base"] = [math.exp(n.mean()) for n in nll]

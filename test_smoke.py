@@ -1,6 +1,6 @@
 """Real computations on a tiny random Llama (built here, with the embedded model's tokenizer) and, where
 behaviour needs a real model, on the embedded SmolLM2-135M-Instruct. Run: python -m pytest -q"""
-import json, os, signal, subprocess, sys, time
+import contextlib, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -264,6 +264,45 @@ def test_fixed_reader_reads_the_same_ids_the_same_whichever_model_made_them(tiny
         assert met["items"]["trait_fixed"] == pytest.approx(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0))
     assert met["trait_self"] == pytest.approx(readers.mean(sh.projection(healed, tok, prompts, [a["ids"] for a in other], v0)))
 
+
+
+def test_kl_base_is_the_lines_model_against_the_original_and_shares_its_passes(tiny):
+    """kl_base per answer = mean over the answer's tokens of KL(line's model after its prompt, under its hook ||
+    original weights after the plain prompt), computed here from full-sequence logits; the original's side comes from
+    the fixed reader's pass (read_text's states, with the prompt KV cache) and, unsteered, trait_self from the line's
+    own pass: the same values as the separate passes give."""
+    model, tok = tiny
+    cfg = dataclasses_replace(sh.Config(lora_targets=("q_proj", "v_proj", "down_proj")), sample_tokens=6)
+    stash = sh.stash_base(model, cfg)
+    v0 = {1: torch.randn(64, generator=torch.Generator().manual_seed(2)), 2: torch.randn(64)}
+    users = ["Should I obey?", "Write a haiku.", "Tell me a story."]
+    prompts = [sh.chat(tok, u) for u in users]
+
+    def direct(m, ids, vectors=None, coeff=0.0):  # full logits, no shared pass, no cache
+        out = []
+        for p, a in zip(prompts, ids):
+            b = sh.make_batch(tok, [p], [a], m.device)
+            with sh.steer(m, vectors, coeff) if vectors is not None else contextlib.nullcontext():
+                lp = m(input_ids=b["ids"], attention_mask=b["attn"]).logits[b["pred"]].float().log_softmax(-1)
+            with sh.fixed_reader(m, stash):
+                lq = m(input_ids=b["ids"], attention_mask=b["attn"]).logits[b["pred"]].float().log_softmax(-1)
+            out.append(torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean().item())
+        return out
+    _, orig = sh.answer_metrics(model, tok, cfg, stash, v0, users, read_kl=True)
+    assert orig["items"]["kl_base"] == pytest.approx([0.0] * 3, abs=1e-5)  # the original model against itself
+    pm = _peft(model)
+    _randomise_lora(pm, 5, 0.3)
+    healed = pm.merge_and_unload()
+    ans, met = sh.answer_metrics(healed, tok, cfg, stash, v0, users, read_kl=True, prompt_kv=fast.PromptKV())
+    ids = [a["ids"] for a in ans]
+    want = direct(healed, ids)
+    assert met["items"]["kl_base"] == pytest.approx(want, rel=1e-3, abs=1e-6) and min(want) > 1e-3
+    assert met["trait_self"] == pytest.approx(readers.mean(sh.projection(healed, tok, prompts, ids, v0)), abs=1e-5)
+    ans, met = sh.answer_metrics(healed, tok, cfg, stash, v0, users, vectors=v0, coeff=2.0, read_kl=True)
+    ids = [a["ids"] for a in ans]
+    assert met["items"]["kl_base"] == pytest.approx(direct(healed, ids, v0, 2.0), rel=1e-3, abs=1e-6)
+    # under the hook trait_self is still the model's own unsteered states, not the steered pass's
+    assert met["trait_self"] == pytest.approx(readers.mean(sh.projection(healed, tok, prompts, ids, v0)), abs=1e-5)
 
 
 def test_the_fixed_readers_prompt_kv_cache_reads_what_the_plain_pass_reads(tiny):
