@@ -530,6 +530,8 @@ BETS = ("more trait than λ=0 at equal cost", "less trait than λ=0 at equal cos
         "the same trait as λ=0 at equal cost within noise", "not comparable", NOT_MEASURED, "not measurable",
         "not measured")  # a setting's one word over the cost readers (summary.json settings.<name>.bet)
 N_BOOT = 2000
+RES = 1e-4  # the precision rounds.jsonl keeps the per-prompt readings at: a difference inside ±RES is no difference
+            # (two runs of one model differ by ~1e-9 in their costs, and the interpolation turns that into a CI at 1e-9)
 
 
 def cost_of(run, name):
@@ -642,10 +644,10 @@ def boot(d, seed=0):
 def paired(per_seed):
     """One difference over seeds from [(seed, Δ, per-prompt Δ or None)]: d (the mean over seeds), ci (the paired 95%
     bootstrap over prompts of the seeds' mean, each prompt resampled in every seed at once; None without per-prompt
-    readings), per seed its Δ and sign (+ / − when its own paired CI excludes 0, 0 when it holds 0, ? without
+    readings), per seed its Δ and sign (+ / − when its own paired CI excludes ±RES, 0 when not, ? without
     per-prompt readings), spread (the seeds' min–max), and the noise the verdict reads: the paired CI widened to at
     least the mean ± the seeds' spread (lib/evidence.py's rule for groups: seeds differ by more than the bootstrap says);
-    side +1 / -1 when that lies above / below 0, 0 when it holds 0, None without a noise estimate."""
+    side +1 / -1 when that lies above / below 0 by more than RES, 0 when it does not, None without a noise estimate."""
     if not per_seed:
         return None
     ds, its = [d for _, d, _ in per_seed], [i for _, _, i in per_seed]
@@ -655,9 +657,9 @@ def paired(per_seed):
     signs = []
     for d, i in zip(ds, its):
         c = boot(i) if i else None
-        signs.append("?" if c is None else "+" if c[0] > 0 else "−" if c[1] < 0 else "0")
+        signs.append("?" if c is None else "+" if c[0] > RES else "−" if c[1] < -RES else "0")
     noise = ((min(ci[0], m - sp), max(ci[1], m + sp)) if ci else (m - sp, m + sp) if len(ds) > 1 and sp > 0 else None)
-    side = None if noise is None else 1 if noise[0] > 0 else -1 if noise[1] < 0 else 0
+    side = None if noise is None else 1 if noise[0] > RES else -1 if noise[1] < -RES else 0
     return dict(d=m, ci=ci, noise=noise, side=side, spread=sp, seeds=[s for s, _, _ in per_seed], per_seed=ds,
                 signs=signs)
 

@@ -290,6 +290,23 @@ def test_the_reviews_null_on_the_committed_lam0_rows(tmp_path):
         assert res[name]["further"]["word"] == "as far within noise", name
 
 
+def test_lam0_against_itself_with_float_noise_in_its_cost_is_the_same(tmp_path):
+    """λ=0's own rows as 'the setting', each cost reading moved by 1e-9 (what two runs whose round 0 is the same model
+    read: results/crux_rounds8's mean and lam0 round 0, kl_base 0.105048282 vs 0.105048284, every per-prompt reading
+    equal). The interpolation then makes a difference of ~1e-9 on every prompt, whose bootstrap CI excludes 0; the rule
+    called it 'more trait at equal kl_base'. A difference below the precision the rows keep is no difference."""
+    def twin(sign):
+        return lambda seed, z: [dict(ln, ppl_base=ln["ppl_base"] + sign * 1e-9) if ln["kind"] in ("round", "steered")
+                                else ln for ln in z]
+    res = null_grid(tmp_path, dict(up=twin(1), down=twin(-1)))
+    for name in ("up", "down"):
+        eq = res[name]["equal_cost"]["ppl_base"]
+        assert eq["word"] == "the same trait at equal ppl_base within noise", (name, eq)
+        assert all(x["word"].startswith(("the same", "not comparable")) for x in eq["levels"]), (name, eq)
+        assert all(sg == "0" for x in eq["levels"] for sg in x.get("signs") or []), (name, eq)
+        assert res[name]["further"]["word"] == "as far within noise", name
+
+
 def test_a_setting_better_at_equal_cost_comes_out_better(tmp_path):
     """A made-up setting on another curve: more trait than λ=0 at every ppl both reach (0.93 vs 0.83 at ppl 3.0),
     and more trait before it passes the ceiling."""
