@@ -346,13 +346,15 @@ def direction(runs, key, sgn):
         checks = [(n, (ln.get("direction") or {}).get(key)) for n, ln in lines]
         checks = [(n, d, check_word(d, sgn)) for n, d in checks if isinstance(d, dict)]
         seen |= bool(checks)
+        why_none = (f" ({key} is the vector's own ruler: only the persona prompt vs its opposite can check it, and "
+                    "this run has no prompting line)" if key in ON_THE_VECTOR and not r.get("prompting") else "")
         if not checks:
-            out.append(f"{r['name']}: no direction check")
+            out.append(f"{r['name']}: no direction check{why_none}")
         for n, d, w in checks:
             out.append(f"{n} {w} (persona {fmt(get(d, 'persona'), 3)} vs opposite {fmt(get(d, 'opposite'), 3)}, "
                        f"difference CI {fmt(pair(d.get('diff_ci')), 3)})")
         if not any(w == "pass" for _, _, w in checks) or any(w == "blind" for _, _, w in checks):
-            return False, ("no direction check in this run" if not seen and len(runs) == 1 else
+            return False, (f"no direction check in this run{why_none}" if not seen and len(runs) == 1 else
                            "direction check not passed: " + "; ".join(out))
     return True, "direction check passed: " + "; ".join(out)
 

@@ -126,7 +126,7 @@ def test_the_vectors_own_ruler_needs_a_check_without_the_vector(tmp_path):
     ok = dict(persona=2.0, opposite=-7.4, diff_ci=[7.0, 12.1], opposite_ci=[-9.0, -6.0])
     runs = run_with(tmp_path, "f", dict(trait_fixed=ok), readers_=("trait_fixed:+",))
     bad, why = evidence.at_chance(runs, "trait_fixed")
-    assert bad and "no direction check" in why
+    assert bad and "no direction check" in why and "no prompting line" in why  # and says why, not just that
     runs = run_with(tmp_path, "g", {}, prompting_dirs=dict(trait_fixed=ok), readers_=("trait_fixed:+",))
     assert not evidence.at_chance(runs, "trait_fixed")[0]
 
