@@ -674,10 +674,34 @@ def diff_text(p, nd=3):
     return f"{p['d']:+.{nd}f}{ci}, per seed {seeds}{sp}"
 
 
-def compare_at(paths, levels, sgn, label, cost):
+def rises(run, cost):
+    """{round: (Δcost vs the base line, its paired 95% CI by prompt or None)} along the run's path: where the cost
+    reader rose beyond its own noise. A cost that moves less than its noise cannot say which rounds cost the same
+    (a share of 64 answers moves by 1/64 at random), so a level there compares nothing."""
+    cs, its, rounds = cost_of(run, cost), cost_items(run, cost), [r["round"] for r in run["rounds"]]
+    out = {}
+    for k, c, i in zip(rounds, cs[1:], its[1:]):
+        if c is None or cs[0] is None:
+            continue
+        ok = i is not None and its[0] is not None and len(i) == len(its[0])
+        out[k] = (c - cs[0], boot([u - v for u, v in zip(i, its[0])]) if ok else None)
+    return out
+
+
+def risen(rise):
+    """Above the base's cost beyond the paired noise (True), within it (False); None without per-prompt costs."""
+    return None if rise[1] is None else rise[1][0] > RES
+
+
+def compare_at(paths, levels, sgn, label, cost, unrisen=()):
     """Setting vs λ=0 at one cost level per seed ({seed: level}): the frontier of each path there, per prompt with the
     same weights as the means, paired by seed and prompt. A seed whose paths do not both reach its level (no
-    extrapolation) makes the level not comparable."""
+    extrapolation), or whose level is λ=0 at the base's cost within noise (`unrisen`), makes the level not
+    comparable."""
+    if any(k in paths for k in unrisen):
+        return dict(label=label, level=None, of=len(paths), n=0, word="not comparable",
+                    why=f"λ=0 there is at the base's {cost} within noise in seed(s) "
+                        + ", ".join(str(k) for k in sorted(unrisen)))
     per, short = [], []
     for seed, (ps, pz) in paths.items():
         lv = levels.get(seed)
@@ -727,9 +751,21 @@ def equal_cost(runs_s, runs_z, key, sgn, cost, ok_why):
                     "kl_base", levels=[])
     if not ok_why[0]:
         return dict(word="not measurable", why=ok_why[1], levels=[])
+    # the cost axis itself must move: λ=0's cost rises beyond its noise in some round of every seed, else no level
+    # along it is told from another (degenerate at 0-5% of 64 answers is such an axis on the embedded model)
+    up = {k: rises(both[k][1], cost) for k in paths}
+    flat = [k for k, rs in up.items() if rs and not any(risen(x) is not False for x in rs.values())]
+    if flat:
+        k = flat[0]
+        top = max(up[k].items(), key=lambda kv: kv[1][0])
+        return dict(word="not measurable", levels=[], why=(
+            f"{cost} never rose beyond its noise along λ=0's path in seed(s) {', '.join(map(str, flat))} (seed {k}: "
+            f"largest rise {top[1][0]:+.3g} at r{top[0]}, paired CI [{top[1][1][0]:+.3g}, {top[1][1][1]:+.3g}]): equal "
+            "cost cannot be located on it"))
     zr = sorted({p[3] for _, pz in paths.values() for p in pz if p[3] >= 0})
     levels = [compare_at(paths, {k: next((p[0] for p in pz if p[3] == r), None) for k, (_, pz) in paths.items()}, sgn,
-                         f"λ=0's r{r}", cost) for r in zr]
+                         f"λ=0's r{r}", cost, unrisen=[k for k in paths if r in up[k] and risen(up[k][r]) is False])
+              for r in zr]
     levels.append(compare_at(paths, {k: min(max(p[0] for p in ps), max(p[0] for p in pz))
                                      for k, (ps, pz) in paths.items()}, sgn, "highest both reach", cost))
     beyond = {x["label"]: x["word"] for x in levels if x["word"].startswith(("more", "less"))}
@@ -857,6 +893,10 @@ def verdict_text(res, groups, key, sgn):
     measured = [c for c in DECIDE if any(x["equal_cost"][c]["word"] not in (NOT_MEASURED, "not measured")
                                          for x in cmp.values())]
     unmeasured = [c for c in COSTS if c not in measured and not (c == "cum_kl" and "kl_base" in measured)]
+    # a cost reader measured but too noisy to locate equal cost (it never rose beyond its noise along λ=0's path)
+    flat = {c: next(x["equal_cost"][c].get("why", "") for x in cmp.values()) for c in measured
+            if all(x["equal_cost"][c]["word"] == "not measurable" for x in cmp.values())}
+    measured = [c for c in measured if c not in flat]
 
     def best(x, c, s):
         v = max((v for v in x["equal_cost"][c]["levels"] if v["word"].startswith(s)), key=lambda v: abs(v["d"]))
@@ -872,7 +912,8 @@ def verdict_text(res, groups, key, sgn):
                f"No: no setting holds more {key} than λ=0 at equal cost beyond the paired noise, on any cost reader "
                f"measured here ({', '.join(measured) or 'none'}).")
             + (" " + "; ".join(less) + "." if less else "")
-            + (f" Not measured in these runs: {', '.join(unmeasured)}." if unmeasured else "")]
+            + (f" Not measured in these runs: {', '.join(unmeasured)}." if unmeasured else "")
+            + "".join(f" Not measurable on {c}: {w}." for c, w in flat.items())]
     text += ["**How far each gets before it breaks** (the ppl ceiling): "
              + "; ".join(how_far_text(n, rs, key, sgn) for n, rs in groups.items()) + "."]
     fw = [f"{n}: {x['further']['word']} ({x['further']['why']}; Δ{key} at the ceiling vs λ=0 "
@@ -987,7 +1028,9 @@ def summarize_rounds(out, want=8):
               "seeds' mean difference, widened to at least the mean ± the seeds' spread (lib/evidence.py's rule for "
               "groups); cells: mean difference [paired CI], each seed's sign (+ / −: its own paired CI excludes 0; "
               "0: it holds 0), @ the mean level. The cost level is taken at its mean: its own noise is not in the "
-              "interval. Cost readers:", ""]
+              "interval, but a cost must move beyond it to locate anything: a cost reader that never rises beyond "
+              "its paired noise over the base (95% bootstrap by prompt) in any round of λ=0 is *not measurable*, "
+              "and a level where λ=0 sits at the base's cost within noise is *not comparable*. Cost readers:", ""]
     lines += [f"- {v}" + ("" if seen[c] else f": {NOT_MEASURED}") for c, v in COSTS.items()]
     lines += ["", "**Further** = more trait held up to the ppl ceiling, where the loop stops (the most trait at a "
               "ppl_base at or under the ceiling, the segment that crosses it interpolated: a setting that only takes "
@@ -1013,7 +1056,9 @@ def summarize_rounds(out, want=8):
             lv = {v["label"]: v for v in e["levels"]}
             lines.append("| " + " | ".join([name] + [level_cell(lv[lb]) if lb in lv else "—" for lb in nz]
                                            + [level_cell(lv["highest both reach"]) if lv else "—", e["word"]]) + " |")
-        lines += [""]
+        whys = {x["equal_cost"][c]["why"] for x in res.values() if x.get("equal_cost", {}).get(c, {}).get("word") ==
+                "not measurable" and x["equal_cost"][c].get("why")}
+        lines += [""] + [f"Not measurable: {w}." for w in sorted(whys)] + [""] * bool(whys)
     kl_seen = any(a["kl"] is not None for x in res.values() for a in x["reach"])
     lines += ["## How far before it breaks", "",
               f"Per setting, over seeds: the rounds under the ceiling; Δ{dec[0]} at its best round under the ceiling "

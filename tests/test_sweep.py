@@ -393,6 +393,32 @@ def test_equal_cost_on_kl_and_the_coherence_readers(tmp_path):
     assert s["in_progress"] == ["cheap/seed3"] and s["costs"]["kl_base"]["measured"]
 
 
+def test_a_cost_that_never_rises_beyond_its_noise_locates_no_equal_cost(tmp_path):
+    """degenerate on the embedded model reads 0-5% of 64 answers in every round of λ=0 (a share moves by 1/64 at
+    random): no level on it is told from another, and the rule said 'rmse holds less trait at equal degenerate'.
+    Here a setting with more trait at every ppl, on a degenerate axis that moves by one answer of 16 at most, must get
+    'not measurable' there (not 'more'), and a level where λ=0 sits at the base's cost is not comparable."""
+    kl, topic = [0.2, 0.5, 0.9], [0.68, 0.64, 0.60]
+    for seed in (0, 1, 2):
+        z = with_costs(run_lines(seed, offset(SAT_PPL, seed, 3), offset(SAT_SENT, seed, 1)), kl, [0.0, 1 / 16, 1 / 16],
+                       topic, seed)
+        write_run(tmp_path / "lam0" / f"seed{seed}", seed, z)
+        b = with_costs(run_lines(seed, offset([2.2, 2.6, 3.0, 3.4, 4.2], seed, 3),
+                                 offset([0.6, 0.8, 0.93, 0.97, 0.99], seed, 1)),
+                       kl + [1.0, 1.1], [0.0, 0.0, 1 / 16, 0.0, 1 / 16], topic + [0.58, 0.56], seed)
+        write_run(tmp_path / "better" / f"seed{seed}", seed, b)
+    res = sweep.summarize_rounds(tmp_path, 8)
+    eq = res["better"]["equal_cost"]
+    assert eq["degenerate"]["word"] == "not measurable", eq["degenerate"]
+    assert "never rose beyond its noise along λ=0's path" in eq["degenerate"]["why"]
+    assert eq["ppl_base"]["word"] == "more trait at equal ppl_base"  # an axis that moves still decides
+    top = eq["on_topic"]["levels"][0]  # λ=0's r0 on-topic drop 0.02 over 16 prompts with noise 0.01: it rose
+    assert top["word"] != "not comparable" or "within noise" not in top["why"]
+    verdict = json.loads((tmp_path / "summary.json").read_text())["verdict"]
+    assert "at equal degenerate" not in verdict and "Not measurable on degenerate: degenerate never rose" in verdict
+    assert "Not measurable: degenerate never rose beyond its noise" in (tmp_path / "summary.md").read_text()
+
+
 def test_mixed_across_rounds_does_not_count_not_measured():
     assert sweep.over_rounds({0: "no effect beyond noise", 1: "not measured", 2: "no effect beyond noise"}) == \
         "no effect beyond noise"
