@@ -1103,8 +1103,8 @@ def summarize_rounds(out, want=8):
         costs={c: dict(axis=v, measured=seen[c]) for c, v in COSTS.items()},
         settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
     frontier_rounds(out, groups, readers, checks)
-    for name in every:  # each setting's group report (report.py), beside its seeds' own
-        report.write_report(str(out / name))
+    for name in groups:  # each setting's group report (report.py), beside its seeds' own; a setting none of whose
+        report.write_report(str(out / name))  # runs has finished is left to its running run (it writes its own)
     print("\n".join(lines))
     return res
 

@@ -373,7 +373,10 @@ def test_equal_cost_on_kl_and_the_coherence_readers(tmp_path):
         write_run(tmp_path / "slow" / f"seed{seed}", seed, replayed(z, [0, 0, 1, 1, 2], seed))
     # a run in progress (two rounds, no stop line): listed, not counted
     write_run(tmp_path / "cheap" / "seed3", 3, with_costs(run_lines(3, [2.2, 2.6], [0.6, 0.7]), kl, degen, topic, 3))
+    write_run(tmp_path / "going" / "seed0", 0, with_costs(run_lines(0, [2.2, 2.6], [0.6, 0.7]), kl, degen, topic, 0))
     res = sweep.summarize_rounds(tmp_path, 8)
+    assert "going" not in res and not (tmp_path / "going" / "report.md").exists()  # its running run writes its own
+    assert (tmp_path / "cheap" / "report.md").exists()
     eq = {c: res["cheap"]["equal_cost"][c]["word"] for c in sweep.COSTS}
     assert eq["kl_base"] == "more trait at equal kl_base" and eq["ppl_base"].startswith("the same")
     assert eq["degenerate"].startswith("the same") and eq["on_topic"].startswith("the same")
@@ -387,10 +390,10 @@ def test_equal_cost_on_kl_and_the_coherence_readers(tmp_path):
     assert res["slow"]["further"]["kl_word"] == "as much KL within noise"
     md = (tmp_path / "summary.md").read_text()
     assert "cheap holds more trait than λ=0 at equal kl_base" in md and "slow holds" not in md
-    assert "Runs in progress (not in this summary until they finish): cheap/seed3 (2 of 8 rounds)" in md
+    assert "Runs in progress (not in this summary until they finish): cheap/seed3 (2 of 8 rounds); going/seed0 (2 of 8 rounds)." in md
     assert "### At equal kl_base" in md and "kl_base: not measured" not in md
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["in_progress"] == ["cheap/seed3"] and s["costs"]["kl_base"]["measured"]
+    assert s["in_progress"] == ["cheap/seed3", "going/seed0"] and s["costs"]["kl_base"]["measured"]
 
 
 def test_a_cost_that_never_rises_beyond_its_noise_locates_no_equal_cost(tmp_path):
