@@ -812,13 +812,29 @@ def reach(run, key, sgn):
     j, d = max(pts, key=lambda p: sgn * p[1]) if pts else (None, None)
     steps = [evidence.get(r, "heal", "steps") for r in run["rounds"][:n]]
     return dict(rounds=n, broke=n < len(run["rounds"]), trait=t, items=ti, kl=k, kl_items=ki, reached=d,
-                best_round=j, cum_kl=cost_of(run, "cum_kl")[n], steps=None if None in steps else sum(steps))
+                best_round=j, cum_kl=cost_of(run, "cum_kl")[n], steps=None if None in steps else sum(steps),
+                late=late_move(run, key, n))
 
 
-def far_word(side, sb, zb, name, more="further", less="not as far", same="as far within noise"):
+def late_move(run, key, n):
+    """How the trait moved over the second half of the rounds under the ceiling: (from round, to round, Δ, paired
+    95% CI by prompt or None), None under 2 rounds. A run that never broke but stopped moving (the CI holds 0) has
+    stalled: more rounds would not be expected to take it further, where a run still climbing might."""
+    tr, a = trait_of(run, key), n // 2  # tr[0] is the base line, tr[j + 1] round j
+    if n < 2 or tr[n][0] is None or tr[a][0] is None:
+        return None
+    i, j = tr[n][1], tr[a][1]
+    ci = boot([u - v for u, v in zip(i, j)]) if i and j and len(i) == len(j) else None
+    return a - 1, n - 1, tr[n][0] - tr[a][0], ci
+
+
+def far_word(side, sb, zb, name, more="further", less="not as far", same="as far within noise", stalled=None):
     """further / not as far / as far from the paired side, where both broke; a run that had not broken holds a lower
-    bound, so only the difference that bound cannot undo is decided."""
+    bound, so only the difference that bound cannot undo is decided, or (`stalled`: the setting's unbroken runs used
+    the walk's whole budget and stopped moving, its text) the budget's answer: not as far within it."""
     who = f"{name} had not broken" if not sb else "λ=0 had not broken"
+    if side is not None and side < 0 and not sb and zb and stalled:
+        return f"{less} within the walk's rounds", f"{who} in every seed but stalled below λ=0's trait ({stalled})"
     if side is None:
         return "not measurable", "no noise estimate (one seed, no per-prompt readings)"
     if sb and zb:
@@ -852,12 +868,20 @@ def further(runs_s, runs_z, key, sgn, ok_why, name="the setting"):
                         [s * (x - y) for x, y in zip(a[its], b[its])]) for k, (a, b) in ra.items()
                        if None not in (a[v], b[v])])
     tr, kl = diff("trait", "items", sgn), diff("kl", "kl_items", 1)
+    # the setting's runs that never broke: did the trait still move over their last rounds (per seed, its paired CI)?
+    late = {k: a["late"] for k, (a, _) in ra.items() if not a["broke"]}
+    moving = {k: m is None or m[3] is None or sgn * m[3][0] > RES for k, m in late.items()}
+    said = "; ".join(f"seed {k}: r{m[0]} → r{m[1]} Δ{key} {m[2]:+.3f}" + (f" [{m[3][0]:+.3f}, {m[3][1]:+.3f}]" if m[3]
+                                                                          else "") for k, m in late.items() if m)
+    stalled = f"over its last rounds {said}" if late and not any(moving.values()) else None
     if not ok_why[0]:
         word, why = "not measurable", ok_why[1]
     elif not tr:
         word, why = "not measured", f"no {key} on these rows"
     else:
-        word, why = far_word(tr["side"], sb, zb, name)
+        word, why = far_word(tr["side"], sb, zb, name, stalled=stalled)
+        if word == "not decided" and late and any(moving.values()):
+            why += f" (still moving: {said})"
     kw = ((NOT_MEASURED, "the rows carry no kl_base") if not kl else
           far_word(kl["side"], sb, zb, name, "more KL travelled", "less KL travelled", "as much KL within noise"))
     return dict(out, word=word, why=why, trait=tr, kl=kl, kl_word=kw[0], kl_why=kw[1], key=key)
@@ -1036,7 +1060,9 @@ def summarize_rounds(out, want=8):
               "ppl_base at or under the ceiling, the segment that crosses it interpolated: a setting that only takes "
               "smaller steps along λ=0's curve lands nearer the ceiling and holds no more), paired per seed and "
               "prompt, decided on every seed with the noise above; a run that never broke holds a lower bound, which "
-              "decides only when it is already beyond λ=0's. Rounds under the ceiling are shown, never the verdict "
+              "decides only when it is already beyond λ=0's, or when it is below and the run stalled (the trait's "
+              "move over the second half of its rounds within its paired noise, in every seed): *not as far within "
+              "the walk's rounds*; still climbing, it is *not decided*. Rounds under the ceiling are shown, never the verdict "
               "(λ=0 slowed down has twice the rounds and the same trait); beside it, the KL from the base reached up "
               "to the ceiling (kl_base, the same way) and the cumulative KL.", ""]
     lines += ["## At equal cost, against λ=0", ""]

@@ -338,6 +338,21 @@ def test_further_on_one_seed_of_three_is_not_further(tmp_path):
     assert f["word"] != "further" and f["trait"]["signs"][0] == "+" and f["trait"]["signs"][1:] == ["0", "0"]
 
 
+def test_a_setting_that_stalls_below_lam0_is_not_as_far_and_one_still_climbing_is_undecided(tmp_path):
+    """rmse and mean on seed 0 never broke in 8 rounds and stopped moving from round 3 (+0.51 → +0.48, +0.58 → +0.57)
+    below what λ=0 held before breaking; the rule said 'not decided: run more rounds'. A run that stalled within the
+    walk's budget is not as far within it; a run still climbing (λ=0's curve, slower) stays undecided."""
+    stall = dict(stall=lambda seed, z: run_lines(seed, offset([2.2, 2.6, 2.8, 2.9, 2.9, 2.9, 2.9, 2.9], seed, 3),
+                                                 offset([0.53, 0.65, 0.70, 0.71, 0.70, 0.71, 0.70, 0.71], seed, 1)),
+                 crawl=lambda seed, z: run_lines(seed, offset([2.1 + 0.2 * k for k in range(8)], seed, 3),
+                                                 offset([0.45 + 0.05 * k for k in range(8)], seed, 1)))
+    res = null_grid(tmp_path, stall)
+    f = res["stall"]["further"]
+    assert f["word"] == "not as far within the walk's rounds" and "stalled below λ=0's trait" in f["why"], f
+    g = res["crawl"]["further"]
+    assert g["word"] == "not decided" and "still moving" in g["why"], g
+
+
 def with_costs(lines, kl, degen, topic, seed):
     """The new coherence and cost readers on a run's base and round lines (kl_base, degenerate, on_topic, with their
     per-prompt items; round k's from kl[k], degen[k], topic[k]; the base: 0, 0, 0.70)."""
