@@ -1129,8 +1129,9 @@ def summarize_rounds(out, want=8):
         costs={c: dict(axis=v, measured=seen[c]) for c, v in COSTS.items()},
         settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
     frontier_rounds(out, groups, readers, checks)
-    for name in groups:  # each setting's group report (report.py), beside its seeds' own; a setting none of whose
-        report.write_report(str(out / name))  # runs has finished is left to its running run (it writes its own)
+    for name in groups:  # each setting's group report (report.py), beside its seeds' own, once none of its runs is
+        if not any(n == name for n, _ in going):  # still going (a running run writes its own; a group report over
+            report.write_report(str(out / name))  # its partial rows would read them as a finished seed)
     print("\n".join(lines))
     return res
 

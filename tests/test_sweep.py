@@ -391,7 +391,8 @@ def test_equal_cost_on_kl_and_the_coherence_readers(tmp_path):
     write_run(tmp_path / "going" / "seed0", 0, with_costs(run_lines(0, [2.2, 2.6], [0.6, 0.7]), kl, degen, topic, 0))
     res = sweep.summarize_rounds(tmp_path, 8)
     assert "going" not in res and not (tmp_path / "going" / "report.md").exists()  # its running run writes its own
-    assert (tmp_path / "cheap" / "report.md").exists()
+    assert not (tmp_path / "cheap" / "report.md").exists()  # cheap/seed3 is still going: no group report yet
+    assert (tmp_path / "slow" / "report.md").exists()
     eq = {c: res["cheap"]["equal_cost"][c]["word"] for c in sweep.COSTS}
     assert eq["kl_base"] == "more trait at equal kl_base" and eq["ppl_base"].startswith("the same")
     assert eq["degenerate"].startswith("the same") and eq["on_topic"].startswith("the same")
