@@ -688,6 +688,17 @@ def rises(run, cost):
     return out
 
 
+def beyond_noise(level, pz, rise):
+    """Is a cost level (not one of λ=0's own rounds) told from the base's cost? It must lie above the base's cost by
+    more than the noise of a rise on this axis: half the paired CI's width at λ=0's cheapest round that rose beyond
+    noise (none rose: no). Unknown noise (no per-prompt costs) does not block."""
+    up = [(c, rise[k]) for c, _, _, k in pz if k in rise and risen(rise[k]) is not False]
+    if not up:
+        return False
+    c, (_, ci) = min(up, key=lambda x: x[0])
+    return ci is None or level - pz[0][0] > (ci[1] - ci[0]) / 2
+
+
 def risen(rise):
     """Above the base's cost beyond the paired noise (True), within it (False); None without per-prompt costs."""
     return None if rise[1] is None else rise[1][0] > RES
@@ -766,8 +777,9 @@ def equal_cost(runs_s, runs_z, key, sgn, cost, ok_why):
     levels = [compare_at(paths, {k: next((p[0] for p in pz if p[3] == r), None) for k, (_, pz) in paths.items()}, sgn,
                          f"λ=0's r{r}", cost, unrisen=[k for k in paths if r in up[k] and risen(up[k][r]) is False])
               for r in zr]
-    levels.append(compare_at(paths, {k: min(max(p[0] for p in ps), max(p[0] for p in pz))
-                                     for k, (ps, pz) in paths.items()}, sgn, "highest both reach", cost))
+    top = {k: min(max(p[0] for p in ps), max(p[0] for p in pz)) for k, (ps, pz) in paths.items()}
+    levels.append(compare_at(paths, top, sgn, "highest both reach", cost,
+                             unrisen=[k for k in paths if not beyond_noise(top[k], paths[k][1], up[k])]))
     beyond = {x["label"]: x["word"] for x in levels if x["word"].startswith(("more", "less"))}
     word = (over_rounds(beyond, "mixed across cost levels") if beyond else
             f"the same trait at equal {cost} within noise" if any(x["word"].startswith("the same") for x in levels)
@@ -811,30 +823,38 @@ def reach(run, key, sgn):
     pts = [(j - 1, d) for j, (d, _) in enumerate(trait_of(run, key)[:n + 1]) if d is not None]
     j, d = max(pts, key=lambda p: sgn * p[1]) if pts else (None, None)
     steps = [evidence.get(r, "heal", "steps") for r in run["rounds"][:n]]
-    return dict(rounds=n, broke=n < len(run["rounds"]), trait=t, items=ti, kl=k, kl_items=ki, reached=d,
-                best_round=j, cum_kl=cost_of(run, "cum_kl")[n], steps=None if None in steps else sum(steps),
-                late=late_move(run, key, n))
+    return dict(rounds=n, broke=hit, trait=t, items=ti, kl=k, kl_items=ki, reached=d, best_round=j,
+                cum_kl=cost_of(run, "cum_kl")[n], steps=None if None in steps else sum(steps),
+                late=late_move(run, key, n), budget=not run["stop"])  # budget: ran every round asked, no stop line
 
 
 def late_move(run, key, n):
     """How the trait moved over the second half of the rounds under the ceiling: (from round, to round, Δ, paired
-    95% CI by prompt or None), None under 2 rounds. A run that never broke but stopped moving (the CI holds 0) has
-    stalled: more rounds would not be expected to take it further, where a run still climbing might."""
-    tr, a = trait_of(run, key), n // 2  # tr[0] is the base line, tr[j + 1] round j
+    95% CI by prompt or None), None under 2 rounds. It tells a run still climbing (a rise beyond noise) from one whose
+    rise is no longer detected; the latter is no proof that more rounds would not help, only that these did not."""
+    tr, a = trait_of(run, key), n // 2  # tr[0] is the base line, tr[j + 1] the j-th round line
     if n < 2 or tr[n][0] is None or tr[a][0] is None:
         return None
     i, j = tr[n][1], tr[a][1]
     ci = boot([u - v for u, v in zip(i, j)]) if i and j and len(i) == len(j) else None
-    return a - 1, n - 1, tr[n][0] - tr[a][0], ci
+    return run["rounds"][a - 1]["round"], run["rounds"][n - 1]["round"], tr[n][0] - tr[a][0], ci
+
+
+def rose(move, sgn):
+    """A late_move() that rose the persona's way (sgn) beyond its paired noise; unknown (None, no CI) counts as rising,
+    so that nothing unmeasured is called a stall."""
+    return move is None or move[3] is None or min(sgn * move[3][0], sgn * move[3][1]) > RES
 
 
 def far_word(side, sb, zb, name, more="further", less="not as far", same="as far within noise", stalled=None):
     """further / not as far / as far from the paired side, where both broke; a run that had not broken holds a lower
     bound, so only the difference that bound cannot undo is decided, or (`stalled`: the setting's unbroken runs used
-    the walk's whole budget and stopped moving, its text) the budget's answer: not as far within it."""
+    the walk's whole budget and their trait's rise over the last rounds is not detected, its text) the budget's
+    answer: not as far within it (a run still climbing stays undecided)."""
     who = f"{name} had not broken" if not sb else "λ=0 had not broken"
     if side is not None and side < 0 and not sb and zb and stalled:
-        return f"{less} within the walk's rounds", f"{who} in every seed but stalled below λ=0's trait ({stalled})"
+        return (f"{less} within the walk's rounds", f"{who} in any of the walk's rounds, and it held less than λ=0 "
+                f"held before breaking ({stalled})")
     if side is None:
         return "not measurable", "no noise estimate (one seed, no per-prompt readings)"
     if sb and zb:
@@ -868,12 +888,14 @@ def further(runs_s, runs_z, key, sgn, ok_why, name="the setting"):
                         [s * (x - y) for x, y in zip(a[its], b[its])]) for k, (a, b) in ra.items()
                        if None not in (a[v], b[v])])
     tr, kl = diff("trait", "items", sgn), diff("kl", "kl_items", 1)
-    # the setting's runs that never broke: did the trait still move over their last rounds (per seed, its paired CI)?
+    # the setting's runs that never broke: did the trait still rise over their last rounds (per seed, its paired CI)?
+    # Only runs that used the walk's whole budget count (a starved or aborted run stopped early: it says nothing).
     late = {k: a["late"] for k, (a, _) in ra.items() if not a["broke"]}
-    moving = {k: m is None or m[3] is None or sgn * m[3][0] > RES for k, m in late.items()}
+    spent = all(a["budget"] for a, _ in ra.values() if not a["broke"])
+    moving = {k: rose(m, sgn) for k, m in late.items()}
     said = "; ".join(f"seed {k}: r{m[0]} → r{m[1]} Δ{key} {m[2]:+.3f}" + (f" [{m[3][0]:+.3f}, {m[3][1]:+.3f}]" if m[3]
                                                                           else "") for k, m in late.items() if m)
-    stalled = f"over its last rounds {said}" if late and not any(moving.values()) else None
+    stalled = f"no rise detected over its last rounds: {said}" if late and spent and not any(moving.values()) else None
     if not ok_why[0]:
         word, why = "not measurable", ok_why[1]
     elif not tr:
@@ -1060,9 +1082,10 @@ def summarize_rounds(out, want=8):
               "ppl_base at or under the ceiling, the segment that crosses it interpolated: a setting that only takes "
               "smaller steps along λ=0's curve lands nearer the ceiling and holds no more), paired per seed and "
               "prompt, decided on every seed with the noise above; a run that never broke holds a lower bound, which "
-              "decides only when it is already beyond λ=0's, or when it is below and the run stalled (the trait's "
-              "move over the second half of its rounds within its paired noise, in every seed): *not as far within "
-              "the walk's rounds*; still climbing, it is *not decided*. Rounds under the ceiling are shown, never the verdict "
+              "decides only when it is already beyond λ=0's, or when it is below after every round the walk allows "
+              "and no rise is detected over the second half of them (the paired CI of that move holds 0, every "
+              "seed): *not as far within the walk's rounds* (no claim about more rounds); still climbing, or "
+              "stopped early for another reason, it is *not decided*. Rounds under the ceiling are shown, never the verdict "
               "(λ=0 slowed down has twice the rounds and the same trait); beside it, the KL from the base reached up "
               "to the ceiling (kl_base, the same way) and the cumulative KL.", ""]
     lines += ["## At equal cost, against λ=0", ""]

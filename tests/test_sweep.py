@@ -348,9 +348,27 @@ def test_a_setting_that_stalls_below_lam0_is_not_as_far_and_one_still_climbing_i
                                                  offset([0.45 + 0.05 * k for k in range(8)], seed, 1)))
     res = null_grid(tmp_path, stall)
     f = res["stall"]["further"]
-    assert f["word"] == "not as far within the walk's rounds" and "stalled below λ=0's trait" in f["why"], f
+    assert f["word"] == "not as far within the walk's rounds" and "no rise detected over its last rounds" in f["why"], f
+    assert "seed 0: r3 → r7" in f["why"]  # the second half of its 8 rounds, by their own round numbers
     g = res["crawl"]["further"]
     assert g["word"] == "not decided" and "still moving" in g["why"], g
+
+
+def test_a_run_stopped_early_for_another_reason_is_not_a_stall(tmp_path):
+    """A starved (or aborted) run has a stop line after 5 of 8 rounds and never crossed the ceiling: it did not use
+    the walk's rounds, so 'not as far within them' would be a claim about rounds it never ran."""
+    def starved(seed, z):
+        lines = run_lines(seed, offset([2.2, 2.6, 2.8, 2.9, 2.9], seed, 3), offset([0.53, 0.70, 0.70, 0.71, 0.70], seed, 1))
+        return lines + [dict(kind="stop", round=4, run=f"seed{seed}", seed=seed, reason="starved: 3 survivors")]
+    f = null_grid(tmp_path, dict(starved=starved))["starved"]["further"]
+    assert f["word"] == "not decided", f
+
+
+def test_a_rise_is_read_the_persona_way():
+    """late_move's CI on the raw change: for a trait whose persona way is down (sgn -1), a CI holding 0 is no rise."""
+    assert not sweep.rose((3, 7, 0.0, (-0.05, 0.05)), -1) and not sweep.rose((3, 7, 0.0, (-0.05, 0.05)), 1)
+    assert sweep.rose((3, 7, -0.2, (-0.3, -0.1)), -1) and not sweep.rose((3, 7, -0.2, (-0.3, -0.1)), 1)
+    assert sweep.rose((3, 7, 0.2, (0.1, 0.3)), 1) and sweep.rose(None, 1) and sweep.rose((3, 7, 0.1, None), -1)
 
 
 def with_costs(lines, kl, degen, topic, seed):
@@ -436,6 +454,22 @@ def test_a_cost_that_never_rises_beyond_its_noise_locates_no_equal_cost(tmp_path
     verdict = json.loads((tmp_path / "summary.json").read_text())["verdict"]
     assert "at equal degenerate" not in verdict and "Not measurable on degenerate: degenerate never rose" in verdict
     assert "Not measurable: degenerate never rose beyond its noise" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_level_where_lam0_is_at_the_base_cost_compares_nothing(tmp_path):
+    """degenerate 0 at λ=0's r0 (the base's 0), then 4 and 8 of 16 answers: r0's level and a 'highest both reach' level
+    under λ=0's first risen cost are not comparable (r1's and r2's, which it never reaches, are not comparable either)."""
+    kl, topic = [0.2, 0.5, 0.9], [0.68, 0.64, 0.60]
+    for seed in (0, 1, 2):
+        z = with_costs(run_lines(seed, offset(SAT_PPL, seed, 3), offset(SAT_SENT, seed, 1)), kl, [0.0, 0.25, 0.5],
+                       topic, seed)
+        write_run(tmp_path / "lam0" / f"seed{seed}", seed, z)
+        low = with_costs(run_lines(seed, offset([2.2, 2.6, 4.2], seed, 3), offset([0.6, 0.8, 0.9], seed, 1)),
+                         kl, [0.0, 0.0, 1 / 16], topic, seed)  # never more than 1 of 16: under λ=0's first rise
+        write_run(tmp_path / "low" / f"seed{seed}", seed, low)
+    lv = {x["label"]: x for x in sweep.summarize_rounds(tmp_path, 8)["low"]["equal_cost"]["degenerate"]["levels"]}
+    assert lv["λ=0's r0"]["word"] == "not comparable" and "within noise" in lv["λ=0's r0"]["why"]
+    assert lv["highest both reach"]["word"] == "not comparable" and "within noise" in lv["highest both reach"]["why"]
 
 
 def test_mixed_across_rounds_does_not_count_not_measured():
