@@ -1151,7 +1151,9 @@ def summarize_rounds(out, want=8):
         differ=differ, verdict=verdict, in_progress=[f"{n}/{r['name']}" for n, r in going],
         costs={c: dict(axis=v, measured=seen[c]) for c, v in COSTS.items()},
         settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
-    frontier_rounds(out, groups, readers, checks)
+    eqs = [x["equal_cost"] for x in res.values() if x.get("equal_cost")]  # the panels equal cost cannot use
+    flat = {c for c in DECIDE if eqs and all(e.get(c, {}).get("word") == "not measurable" for e in eqs)}
+    frontier_rounds(out, groups, readers, checks, flat)
     for name in groups:  # each setting's group report (report.py), beside its seeds' own, once none of its runs is
         if not any(n == name for n, _ in going):  # still going (a running run writes its own; a group report over
             report.write_report(str(out / name))  # its partial rows would read them as a finished seed)
@@ -1180,7 +1182,7 @@ def minutes(runs):
     return statistics.fmean(per) if per else None
 
 
-def frontier_rounds(out, groups, readers, checks):
+def frontier_rounds(out, groups, readers, checks, flat=()):
     """Per persona reader (rows) and cost reader (columns: ppl_base, kl_base, cumulative KL, degenerate, on-topic
     drop), Δreader vs base against the cost: one line per setting through base → r0 → r1 ..., mean over seeds, seeds
     as bands (shaded: the reader's min–max; bars: the cost's); the ppl ceiling dotted. A cost the rows do not carry:
@@ -1216,7 +1218,8 @@ def frontier_rounds(out, groups, readers, checks):
                     if j:
                         ax.annotate(f"r{j - 1}", (x0, y0), fontsize=6, xytext=(3, 3), textcoords="offset points",
                                     color=c)
-            ax.set_xlabel(COSTS[cost].split(": ")[0] + " (cost →)")
+            ax.set_xlabel(COSTS[cost].split(": ")[0] + (" (cost →): not measurable"
+                                                       if cost in flat else " (cost →)"))
             ax.set_ylabel(f"Δ {key} vs base (the trait →)" + ("" if checks[key][0] else ": NOT readable here"))
             if not drawn:
                 ax.text(0.5, 0.5, f"{cost}: {NOT_MEASURED}", ha="center", va="center", transform=ax.transAxes)
