@@ -679,13 +679,14 @@ def rises(run, cost):
     reader rose beyond its own noise. A cost that moves less than its noise cannot say which rounds cost the same
     (a share of 64 answers moves by 1/64 at random), so a level there compares nothing."""
     cs, its, rounds = cost_of(run, cost), cost_items(run, cost), [r["round"] for r in run["rounds"]]
-    out = {}
-    for k, c, i in zip(rounds, cs[1:], its[1:]):
-        if c is None or cs[0] is None:
-            continue
-        ok = i is not None and its[0] is not None and len(i) == len(its[0])
-        out[k] = (c - cs[0], boot([u - v for u, v in zip(i, its[0])]) if ok else None)
-    return out
+    return {k: (c - cs[0], paired_ci(i, its[0])) for k, c, i in zip(rounds, cs[1:], its[1:])
+            if c is not None and cs[0] is not None}
+
+
+def paired_ci(a, b):
+    """95% bootstrap CI of the per-prompt difference a - b (one point against another on the same prompts), None
+    without matching per-prompt readings."""
+    return boot([u - v for u, v in zip(a, b)]) if a and b and len(a) == len(b) else None
 
 
 def beyond_noise(level, pz, rise):
@@ -835,9 +836,8 @@ def late_move(run, key, n):
     tr, a = trait_of(run, key), n // 2  # tr[0] is the base line, tr[j + 1] the j-th round line
     if n < 2 or tr[n][0] is None or tr[a][0] is None:
         return None
-    i, j = tr[n][1], tr[a][1]
-    ci = boot([u - v for u, v in zip(i, j)]) if i and j and len(i) == len(j) else None
-    return run["rounds"][a - 1]["round"], run["rounds"][n - 1]["round"], tr[n][0] - tr[a][0], ci
+    return (run["rounds"][a - 1]["round"], run["rounds"][n - 1]["round"], tr[n][0] - tr[a][0],
+            paired_ci(tr[n][1], tr[a][1]))
 
 
 def rose(move, sgn):
@@ -930,6 +930,14 @@ def how_far_text(name, runs, key, sgn):
             + (f", kl_base at the ceiling {spread(val('kl'))}" if val("kl") and not lb else ""))
 
 
+def unusable_costs(res):
+    """{cost: why} for each cost reader measured but too noisy to locate equal cost in every setting (it never rose
+    beyond its noise along λ=0's path): the verdict names them, the figure marks their panels."""
+    eqs = [x["equal_cost"] for x in res.values() if x.get("equal_cost")]
+    return {c: next(e[c].get("why", "") for e in eqs) for c in DECIDE
+            if eqs and all(e.get(c, {}).get("word") == "not measurable" for e in eqs)}
+
+
 def verdict_text(res, groups, key, sgn):
     """The plain verdict: does any setting hold more trait than λ=0 at equal cost, on which cost reader, beyond the
     paired noise; and how far (trait, rounds, cumulative KL) each gets before it breaks."""
@@ -939,9 +947,7 @@ def verdict_text(res, groups, key, sgn):
     measured = [c for c in DECIDE if any(x["equal_cost"][c]["word"] not in (NOT_MEASURED, "not measured")
                                          for x in cmp.values())]
     unmeasured = [c for c in COSTS if c not in measured and not (c == "cum_kl" and "kl_base" in measured)]
-    # a cost reader measured but too noisy to locate equal cost (it never rose beyond its noise along λ=0's path)
-    flat = {c: next(x["equal_cost"][c].get("why", "") for x in cmp.values()) for c in measured
-            if all(x["equal_cost"][c]["word"] == "not measurable" for x in cmp.values())}
+    flat = {c: w for c, w in unusable_costs(res).items() if c in measured}
     measured = [c for c in measured if c not in flat]
 
     def best(x, c, s):
@@ -1151,9 +1157,7 @@ def summarize_rounds(out, want=8):
         differ=differ, verdict=verdict, in_progress=[f"{n}/{r['name']}" for n, r in going],
         costs={c: dict(axis=v, measured=seen[c]) for c, v in COSTS.items()},
         settings={n: {k: v for k, v in x.items() if k != "rows"} for n, x in res.items()})), indent=1, default=str))
-    eqs = [x["equal_cost"] for x in res.values() if x.get("equal_cost")]  # the panels equal cost cannot use
-    flat = {c for c in DECIDE if eqs and all(e.get(c, {}).get("word") == "not measurable" for e in eqs)}
-    frontier_rounds(out, groups, readers, checks, flat)
+    frontier_rounds(out, groups, readers, checks, set(unusable_costs(res)))  # marks the panels equal cost cannot use
     for name in groups:  # each setting's group report (report.py), beside its seeds' own, once none of its runs is
         if not any(n == name for n, _ in going):  # still going (a running run writes its own; a group report over
             report.write_report(str(out / name))  # its partial rows would read them as a finished seed)
