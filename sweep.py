@@ -231,7 +231,7 @@ def gate(ok_why, pairs, key, sgn):
 
 def frac(num, den):
     """num / den's mean as a fraction ± its half-width: (Δ S−Z, lo, hi) over λ=0's own shift (Δ Z−base, lo, hi). The
-    denominator is uncertain too (λ=0's shift, by ~20% in results/crux_rounds): its noise is in the half-width (delta
+    denominator is uncertain too (λ=0's shift, by ~20% in results/crux_rounds4): its noise is in the half-width (delta
     method, the two taken as independent): h = sqrt(h_num² + r² h_den²) / |den|. None without an interval on either."""
     if not num or not den or not den[0]:
         return None
@@ -453,7 +453,7 @@ ROUND_SETTINGS = {
     "loosen1": ["--kl-agg", "rmse", "--lam", "1", "--tau-round-pow", "1"],  # tau_r = tau * (1 + r): loosened each round
     "topic": ["--kl-agg", "rmse", "--lam", "1", "--topic-q", "0.1"],  # the default barrier + the on-topic gate
 }
-# prev (--kl-ref prev) was dropped after the 4-round grid: it walked like lam0 (results/crux_rounds history)
+# prev (--kl-ref prev) was dropped after the 4-round grid: it walked like lam0 (results/crux_rounds4)
 # every run: the warmth persona (readers outside the model can see it); no prompting line (the steered line's ± dose
 # direction check stays, and the summary does not need prompting)
 ROUND_FLAGS = ["--persona", "love", "--no-baselines"]
@@ -486,6 +486,16 @@ def run_rounds(a, out, extra):
     if left:
         raise SystemExit(f"sweep: {left} run(s) failed or did not run (listed above, each failure with its log); "
                          "rerun the same command to resume")
+
+
+def setting_flags(name, runs):
+    """A setting's steer_heal flags: sweep.py's own, or for one it no longer has (prev, in results/crux_rounds4) what
+    its first run was given between the grid's flags and its --seed."""
+    if name in ROUND_SETTINGS:
+        return ROUND_SETTINGS[name]
+    argv = [str(x) for x in runs[0].get("argv") or []]
+    i = next((j for j in range(len(argv)) if argv[j:j + len(ROUND_FLAGS)] == ROUND_FLAGS), None)
+    return argv[i + len(ROUND_FLAGS):argv.index("--seed")] if i is not None and "--seed" in argv else ["?"]
 
 
 def seed_of(run):
@@ -1051,7 +1061,7 @@ def summarize_rounds(out, want=8):
              "get before it breaks?", "",
              f"Runs: {len(allruns)} finished under `{out}` ({', '.join(f'{n}: {len(rs)}' for n, rs in groups.items())} "
              f"seeds). Settings (steer_heal flags, beside `{' '.join(ROUND_FLAGS)}`): "
-             + "; ".join(f"{n} `{' '.join(ROUND_SETTINGS.get(n, ['?']))}`" for n in groups) + ". "
+             + "; ".join(f"{n} `{' '.join(setting_flags(n, rs))}`" for n, rs in groups.items()) + ". "
              f"Command: `python sweep.py --over-rounds --rounds {want}` (resumes; `--summarize` rewrites this from the "
              f"rows of the runs that have finished). First run's command: "
              f"`python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "", prog, "",
@@ -1142,7 +1152,7 @@ def summarize_rounds(out, want=8):
     for name, x in res.items():
         hdr = ["round", "seeds"] + [f"Δ{k}" for k, _ in readers] + [h for h, _, _ in cols]
         hdr += ["kept frac", "barrier", "steps (Σ)"]
-        lines += [f"### {name} (`{' '.join(ROUND_SETTINGS.get(name, ['?']))}`)", "",
+        lines += [f"### {name} (`{' '.join(setting_flags(name, groups[name]))}`)", "",
                   "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         lines += ["| " + " | ".join(c) + " |" for c in x["rows"]]
         miss = [h for h, c, _ in cols if not any(len(path(r, dec[0], c)) > 1 for r in groups[name])]

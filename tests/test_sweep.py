@@ -201,7 +201,7 @@ def test_trait_at_equal_ppl_is_the_frontier_of_the_path():
 
 
 # ---- the nulls the over-rounds verdicts must pass (issue 34) -------------------------------------------------------
-# λ=0 as results/crux_rounds measured it: the trait flattens while ppl keeps rising (there +0.23, +0.53, +0.61 at
+# λ=0 as results/crux_rounds4 (the 4-round grid) measured it: the trait flattens while ppl keeps rising (there +0.23, +0.53, +0.61 at
 # ppl 2.5, 3.5, 4.7 over base 2.28), past the ceiling (4.0 here) at round 2.
 SAT_PPL, SAT_SENT = [2.2, 3.0, 4.2], [0.53, 0.83, 0.91]
 
@@ -267,12 +267,12 @@ def test_lam0_slowed_down_is_neither_preferential_nor_further(tmp_path):
 
 
 def test_the_reviews_null_on_the_committed_lam0_rows(tmp_path):
-    """The same two nulls made from results/crux_rounds/lam0's own rows (the review's case: there today's rule said
+    """The same two nulls made from results/crux_rounds4/lam0's own rows (the review's case: there today's rule said
     'r1, r2: preferential', incoherence removed 0.51 ± 0.12 vs trait 0.13 ± 0.09, and 'further' [4, 4, 4] vs
     [2, 2, 2])."""
-    src = Path(__file__).resolve().parent.parent / "results" / "crux_rounds" / "lam0"
+    src = Path(__file__).resolve().parent.parent / "results" / "crux_rounds4" / "lam0"
     if not (src / "seed0" / "rounds.jsonl").exists():
-        pytest.skip("results/crux_rounds not here")
+        pytest.skip("results/crux_rounds4 not here")
     for seed in (0, 1, 2):
         d = src / f"seed{seed}"
         z = [json.loads(x) for x in (d / "rounds.jsonl").read_text().splitlines()]
@@ -292,7 +292,7 @@ def test_the_reviews_null_on_the_committed_lam0_rows(tmp_path):
 
 def test_lam0_against_itself_with_float_noise_in_its_cost_is_the_same(tmp_path):
     """λ=0's own rows as 'the setting', each cost reading moved by 1e-9 (what two runs whose round 0 is the same model
-    read: results/crux_rounds8's mean and lam0 round 0, kl_base 0.105048282 vs 0.105048284, every per-prompt reading
+    read: results/crux_rounds's mean and lam0 round 0, kl_base 0.105048282 vs 0.105048284, every per-prompt reading
     equal). The interpolation then makes a difference of ~1e-9 on every prompt, whose bootstrap CI excludes 0; the rule
     called it 'more trait at equal kl_base'. A difference below the precision the rows keep is no difference."""
     def twin(sign):
@@ -569,3 +569,13 @@ def test_over_rounds_driver_runs_resumes_and_skips(tiny_dir, tmp_path, capsys):
 def tiny_dir(tmp_path_factory):
     from conftest import build_tiny
     return build_tiny("llama", tmp_path_factory.mktemp("tiny"))
+
+
+def test_a_setting_sweep_no_longer_has_is_named_by_its_runs_flags():
+    """prev was dropped from sweep.ROUND_SETTINGS after the 4-round grid; its summary (results/crux_rounds4) still
+    names its flags, read from its first run's command line, not '?'."""
+    argv = ["steer_heal.py", *sweep.ROUND_FLAGS, "--kl-ref", "prev", "--lam", "1", "--seed", "0", "--rounds", "4"]
+    assert "prev" not in sweep.ROUND_SETTINGS
+    assert sweep.setting_flags("prev", [dict(argv=argv)]) == ["--kl-ref", "prev", "--lam", "1"]
+    assert sweep.setting_flags("rmse", [dict(argv=argv)]) == sweep.ROUND_SETTINGS["rmse"]
+    assert sweep.setting_flags("gone", [dict(argv=None)]) == ["?"]
