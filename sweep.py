@@ -490,12 +490,13 @@ def run_rounds(a, out, extra):
 
 def setting_flags(name, runs):
     """A setting's steer_heal flags: sweep.py's own, or for one it no longer has (prev, in results/crux_rounds4) what
-    its first run was given between the grid's flags and its --seed."""
+    its first run was given between the grid's flags and its --seed (the sweep's extra flags, if any, among them)."""
     if name in ROUND_SETTINGS:
         return ROUND_SETTINGS[name]
-    argv = [str(x) for x in runs[0].get("argv") or []]
-    i = next((j for j in range(len(argv)) if argv[j:j + len(ROUND_FLAGS)] == ROUND_FLAGS), None)
-    return argv[i + len(ROUND_FLAGS):argv.index("--seed")] if i is not None and "--seed" in argv else ["?"]
+    argv, n = [str(x) for x in runs[0].get("argv") or []], len(ROUND_FLAGS)
+    i = next((j + n for j in range(len(argv)) if argv[j:j + n] == ROUND_FLAGS), None)
+    k = next((j for j in range(i or 0, len(argv)) if argv[j] == "--seed"), None)
+    return argv[i:k] if i is not None and k is not None and k > i else ["?"]
 
 
 def seed_of(run):
@@ -1062,7 +1063,7 @@ def summarize_rounds(out, want=8):
              f"Runs: {len(allruns)} finished under `{out}` ({', '.join(f'{n}: {len(rs)}' for n, rs in groups.items())} "
              f"seeds). Settings (steer_heal flags, beside `{' '.join(ROUND_FLAGS)}`): "
              + "; ".join(f"{n} `{' '.join(setting_flags(n, rs))}`" for n, rs in groups.items()) + ". "
-             f"Command: `python sweep.py --over-rounds --rounds {want}` (resumes; `--summarize` rewrites this from the "
+             f"Command: `python sweep.py --over-rounds --rounds {want} --out {out}` (resumes; `--summarize` rewrites this from the "
              f"rows of the runs that have finished). First run's command: "
              f"`python {' '.join(map(str, allruns[0]['argv'] or []))}`.", "", prog, "",
              f"Base model: ppl_base {evidence.fmt(evidence.get(base, 'ppl_base'))}, ceiling "

@@ -579,3 +579,4 @@ def test_a_setting_sweep_no_longer_has_is_named_by_its_runs_flags():
     assert sweep.setting_flags("prev", [dict(argv=argv)]) == ["--kl-ref", "prev", "--lam", "1"]
     assert sweep.setting_flags("rmse", [dict(argv=argv)]) == sweep.ROUND_SETTINGS["rmse"]
     assert sweep.setting_flags("gone", [dict(argv=None)]) == ["?"]
+    assert sweep.setting_flags("gone", [dict(argv=["steer_heal.py", "--seed", "0", *sweep.ROUND_FLAGS])]) == ["?"]
