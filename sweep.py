@@ -958,7 +958,7 @@ def verdict_text(res, groups, key, sgn):
     measured = [c for c in DECIDE if any(x["equal_cost"][c]["word"] not in (NOT_MEASURED, "not measured")
                                          for x in cmp.values())]
     unmeasured = [c for c in COSTS if c not in measured and not (c == "cum_kl" and "kl_base" in measured)]
-    flat = {c: w for c, w in unusable_costs(res).items() if c in measured}
+    flat = unusable_costs(res)  # measured, but too noisy to locate equal cost (each of these is in `measured`)
     measured = [c for c in measured if c not in flat]
 
     def best(x, c, s):
