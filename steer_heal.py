@@ -898,22 +898,21 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
     base_states = [] if read_kl and read_kl != "zero" else None
     with fixed_reader(model, stash):  # the text as an answer to the plain prompt, under the original model
         fixed, nll = read_text(model, tok, plain, ids, v0, prompt_kv=prompt_kv, states=base_states)
-    self_ = None
-    if read_kl == "zero":
+    own = None  # trait_self per answer: the model reading its own states
+    if read_kl == "zero":  # the original model: no KL to itself
         items["kl_base"] = [0.0] * len(users)
-    elif read_kl:  # the line's model's pass; unsteered, trait_self comes from it too
-        own = v0 if read_self is True and vectors is None else None
-        items["kl_base"], self_ = kl_to_base(model, tok, prompts, ids, base_states, vectors, coeff, cfg, own)
+    elif read_kl:  # the line's model's pass; unsteered, trait_self comes from the same pass
+        items["kl_base"], own = kl_to_base(model, tok, prompts, ids, base_states, vectors, coeff, cfg,
+                                           v0 if read_self is True and vectors is None else None)
+    if read_self == "fixed":  # the model is the original one and the prompts plain: trait_self is that same pass
+        own = fixed
+    elif own is None and read_self and v0:
+        own = projection(model, tok, prompts, ids, v0)
     if v0:
         items["trait_fixed"] = fixed
-    if read_self == "fixed":  # the model is the original one and the prompts plain: trait_self is that same pass
-        self_ = readers.mean(fixed) if v0 else None
-    elif self_ is not None:
-        self_ = readers.mean(self_)
-    else:
-        self_ = readers.mean(projection(model, tok, prompts, ids, v0)) if v0 and read_self else None
     items["ppl_base"] = [math.exp(n.mean()) for n in nll]
-    return ans, dict({k: readers.mean(v) for k, v in items.items()}, trait_self=self_, items=items, **validity,
+    return ans, dict({k: readers.mean(v) for k, v in items.items()},
+                     trait_self=readers.mean(own) if own is not None else None, items=items, **validity,
                      rep=sum(repetition(t) for t in texts) / len(texts))
 
 

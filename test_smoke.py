@@ -266,7 +266,7 @@ def test_fixed_reader_reads_the_same_ids_the_same_whichever_model_made_them(tiny
 
 
 
-def test_kl_base_is_the_lines_model_against_the_original_and_shares_its_passes(tiny):
+def test_kl_base_is_the_lines_model_against_the_original_and_shares_its_passes(tiny, monkeypatch):
     """kl_base per answer = mean over the answer's tokens of KL(line's model after its prompt, under its hook ||
     original weights after the plain prompt), computed here from full-sequence logits; the original's side comes from
     the fixed reader's pass (read_text's states, with the prompt KV cache) and, unsteered, trait_self from the line's
@@ -293,7 +293,11 @@ def test_kl_base_is_the_lines_model_against_the_original_and_shares_its_passes(t
     pm = _peft(model)
     _randomise_lora(pm, 5, 0.3)
     healed = pm.merge_and_unload()
+    seconds = []  # a second forward for trait_self: projection() called
+    monkeypatch.setattr(sh, "projection", lambda *a, _p=sh.projection: seconds.append(1) or _p(*a))
     ans, met = sh.answer_metrics(healed, tok, cfg, stash, v0, users, read_kl=True, prompt_kv=fast.PromptKV())
+    monkeypatch.undo()
+    assert not seconds  # unsteered, trait_self came from kl_to_base's pass
     ids = [a["ids"] for a in ans]
     want = direct(healed, ids)
     assert met["items"]["kl_base"] == pytest.approx(want, rel=1e-3, abs=1e-6) and min(want) > 1e-3
