@@ -616,16 +616,22 @@ def path_of(run, key):
     return [(c, d) for c, d, *_ in path(run, key)]
 
 
-def frontier_at(pts, level, sgn=1):
+def frontier_at(pts, level, sgn=1, top=False):
     """The most trait (sgn: the persona's way) a path held at a cost of at most `level`: its points at or under it,
     and its segments crossing it, interpolated. (Δ, {point index: weight}) or None when no point is that cheap.
-    The weights say how to interpolate anything read at the points (the per-prompt readings) the same way."""
+    The weights say how to interpolate anything read at the points (the per-prompt readings) the same way.
+    top=True: a crossing segment gives its endpoint with more trait instead, the most the path can have held there
+    if between two measured rounds the trait lies between their readings. A straight line under-reads a saturating
+    (concave) curve, the more so the longer the segment: a run with fewer rounds across a bend looks behind one with
+    more on the same curve (tests/test_sweep.py's null), so a difference is decided against the other path's top."""
     got = [(p[1], {j: 1.0}) for j, p in enumerate(pts) if p[0] <= level]
     for j in range(len(pts) - 1):
         (x0, y0), (x1, y1) = pts[j][:2], pts[j + 1][:2]
         if min(x0, x1) < level < max(x0, x1):
             w = (level - x0) / (x1 - x0)
-            got.append((y0 + (y1 - y0) * w, {j: 1 - w, j + 1: w}))
+            # the top: the endpoint with more trait; a level within float noise of an endpoint is that point
+            e = j + (sgn * y1 > sgn * y0) if 1e-6 < w < 1 - 1e-6 else j + (w > 0.5)
+            got.append((pts[e][1], {e: 1.0}) if top else (y0 + (y1 - y0) * w, {j: 1 - w, j + 1: w}))
     return max(got, key=lambda g: sgn * g[0]) if got else None
 
 
@@ -725,29 +731,57 @@ def compare_at(paths, levels, sgn, label, cost, unrisen=()):
         return dict(label=label, level=None, of=len(paths), n=0, word="not comparable",
                     why=f"λ=0 there is at the base's {cost} within noise in seed(s) "
                         + ", ".join(str(k) for k in sorted(unrisen)))
-    per, short = [], []
+    per, short = dict(line=[], lo=[], hi=[]), []
     for seed, (ps, pz) in paths.items():
         lv = levels.get(seed)
-        a = b = None
         flat = any(max(p[0] for p in q) <= q[0][0] for q in (ps, pz))  # this cost never rose: it saw nothing
-        if lv is not None and not flat and max(p[0] for p in ps) >= lv and max(p[0] for p in pz) >= lv:
-            a, b = frontier_at(ps, lv, sgn), frontier_at(pz, lv, sgn)
-        if a is None or b is None:
+        if lv is None or flat or max(p[0] for p in ps) < lv or max(p[0] for p in pz) < lv:
             short.append(seed)
             continue
-        ia, ib = per_prompt(ps, a[1]), per_prompt(pz, b[1])
-        per.append((seed, sgn * (a[0] - b[0]), None if None in (ia, ib) or len(ia) != len(ib) else
-                    [sgn * (x - y) for x, y in zip(ia, ib)]))
+        at = {(q, top): frontier_at(pts, lv, sgn, top) for q, pts in (("s", ps), ("z", pz)) for top in (False, True)}
+        if None in at.values():
+            short.append(seed)
+            continue
+        for tag, a, b in (("line", at["s", False], at["z", False]), ("lo", at["s", False], at["z", True]),
+                          ("hi", at["s", True], at["z", False])):
+            per[tag].append(signed_diff(seed, a[0], b[0], per_prompt(ps, a[1]), per_prompt(pz, b[1]), sgn))
     lvs = [v for k, v in levels.items() if k in paths and v is not None]
-    out = dict(label=label, level=statistics.fmean(lvs) if lvs else None, of=len(paths), n=len(per))
+    out = dict(label=label, level=statistics.fmean(lvs) if lvs else None, of=len(paths), n=len(per["line"]))
     if short:
-        return dict(out, word="not comparable", why=f"{len(per)} of {len(paths)} seeds' paths both reach it (and rise "
+        return dict(out, word="not comparable", why=f"{out['n']} of {len(paths)} seeds' paths both reach it (and rise "
                                                      "above the base's cost)")
-    p = paired(per)
-    word = ("not measurable" if p["side"] is None else f"more trait at equal {cost}" if p["side"] > 0 else
-            f"less trait at equal {cost}" if p["side"] < 0 else f"the same trait at equal {cost} within noise")
-    return dict(out, word=word, why=diff_text(p), **{k: p[k] for k in ("d", "ci", "noise", "signs", "per_seed",
-                                                                      "spread", "seeds")})
+    side, p, why, br = bracketed(*(paired(per[t]) for t in ("line", "lo", "hi")))
+    word = ("not measurable" if side is None else f"more trait at equal {cost}" if side > 0 else
+            f"less trait at equal {cost}" if side < 0 else f"the same trait at equal {cost} within noise")
+    return dict(out, word=word, why=why, bracket=br, **{k: p[k] for k in ("d", "ci", "noise", "signs", "per_seed",
+                                                                          "spread", "seeds")})
+
+
+def signed_diff(seed, a, b, ia, ib, sgn):
+    """(seed, sgn·(a − b), its per-prompt values or None): one seed's difference, the persona's way."""
+    return seed, sgn * (a - b), (None if None in (ia, ib) or len(ia) != len(ib) else
+                                 [sgn * (x - y) for x, y in zip(ia, ib)])
+
+
+def bracketed(line, lo, hi):
+    """(side, the paired() result it was read from, its text, (lo, hi, the straight lines' side) or None where no
+    segment crosses) of a difference read between bounds (paired()
+    results): line = both paths interpolated; lo = the setting's line minus λ=0's top (frontier_at top=True), hi = the
+    setting's top minus λ=0's line. More (+1) only when even lo lies above 0 beyond its noise, less (-1) only when even
+    hi lies below; else 0, shown with the straight lines' difference; None without a noise estimate. Where no segment
+    crosses the level (both measured there) the three are one."""
+    if line is None or lo is None or hi is None or None in (line["side"], lo["side"], hi["side"]):
+        return None, line, diff_text(line), None
+    side = 1 if lo["side"] > 0 else -1 if hi["side"] < 0 else 0
+    p = lo if side > 0 else hi if side < 0 else line
+    if lo["per_seed"] == hi["per_seed"]:
+        return side, p, diff_text(p), None
+    br = (lo["d"], hi["d"], line["side"])
+    if side:
+        return side, p, (f"{diff_text(p)} against λ=0's bracket (" + ("its top" if side > 0 else "the setting's top")
+                         + f"; straight lines {line['d']:+.3f})"), br
+    return side, p, (diff_text(line) + f" on straight lines; against the bracket between {lo['d']:+.3f} and "
+                     f"{hi['d']:+.3f}" + (", beyond noise only on straight lines" if line["side"] else "")), br
 
 
 def over_rounds(word_by_round, mixed="mixed across rounds"):
@@ -810,17 +844,18 @@ def bet_word(eq):
     return next((w for w in ("not measurable", "not comparable", "not measured") if w in ws), NOT_MEASURED)
 
 
-def at_ceiling(run, key, sgn):
+def at_ceiling(run, key, sgn, top=False):
     """(value, per-prompt values or None, reached): the most `key` (sgn: the persona's way) the run held at a ppl_base
     at or under its ceiling, the segment that crosses the ceiling interpolated (per prompt with the weights of the
-    means), so a run on λ=0's curve that merely takes smaller steps holds the same; reached False when no round passed
-    the ceiling: then it is the most over its path, a lower bound."""
+    means), so a run on λ=0's curve that merely takes smaller steps holds the same; top: that segment's endpoint with
+    more `key` instead (frontier_at); reached False when no round passed the ceiling: then it is the most over its
+    path, a lower bound."""
     pts, ceil = path(run, key, "ppl_base"), evidence.ceiling(run)[1]
     if not pts:
         return None, None, False
     hit = ceil is not None and max(p[0] for p in pts) > ceil
-    got = frontier_at(pts, ceil, sgn) if hit else max(((p[1], {j: 1.0}) for j, p in enumerate(pts)),
-                                                       key=lambda g: sgn * g[0])
+    got = frontier_at(pts, ceil, sgn, top) if hit else max(((p[1], {j: 1.0}) for j, p in enumerate(pts)),
+                                                            key=lambda g: sgn * g[0])
     return got[0], per_prompt(pts, got[1]), hit
 
 
@@ -831,11 +866,14 @@ def reach(run, key, sgn):
     (cumulative KL) and the optimizer steps summed over them; broke: a round past the ceiling was measured."""
     n = under_ceiling(run)
     t, ti, hit = at_ceiling(run, key, sgn)
+    th, thi, _ = at_ceiling(run, key, sgn, top=True)
     k, ki, _ = at_ceiling(run, "kl_base", 1)
+    kh, khi, _ = at_ceiling(run, "kl_base", 1, top=True)
     pts = [(j - 1, d) for j, (d, _) in enumerate(trait_of(run, key)[:n + 1]) if d is not None]
     j, d = max(pts, key=lambda p: sgn * p[1]) if pts else (None, None)
     steps = [evidence.get(r, "heal", "steps") for r in run["rounds"][:n]]
-    return dict(rounds=n, broke=hit, trait=t, items=ti, kl=k, kl_items=ki, reached=d, best_round=j,
+    return dict(rounds=n, broke=hit, trait=t, items=ti, trait_top=th, items_top=thi, kl=k, kl_items=ki, kl_top=kh,
+                kl_items_top=khi, reached=d, best_round=j,
                 cum_kl=cost_of(run, "cum_kl")[n], steps=None if None in steps else sum(steps),
                 late=late_move(run, key, n), budget=not run["stop"])  # budget: ran every round asked, no stop line
 
@@ -882,8 +920,9 @@ def far_word(side, sb, zb, name, more="further", less="not as far", same="as far
 def further(runs_s, runs_z, key, sgn, ok_why, name="the setting"):
     """Does the setting get further than λ=0 before it breaks? Further = more trait held up to the ppl ceiling
     (at_ceiling: the crossing interpolated, so taking smaller steps along λ=0's curve is not 'further'), paired per seed
-    and per prompt, decided on every seed with the noise (a seed alone is not 'further': it shows in the per-seed
-    signs); beside it the KL from the base reached up to the ceiling, the same way. Rounds under the ceiling are
+    and per prompt, decided over the seeds with the noise (a seed alone is not 'further': it shows in the per-seed
+    signs) and against λ=0's bracket at the ceiling (bracketed: its straight line under-reads a saturating curve, so a
+    setting on that curve with a round nearer the ceiling is not 'further'); beside it the KL from the base reached up to the ceiling, the same way. Rounds under the ceiling are
     shown, never the verdict: λ=0 slowed down has twice the rounds and the same trait."""
     zs = {seed_of(r): r for r in runs_z}
     both = [(seed_of(s), s, zs[seed_of(s)]) for s in runs_s if seed_of(s) in zs]
@@ -894,11 +933,13 @@ def further(runs_s, runs_z, key, sgn, ok_why, name="the setting"):
                broke=[[a["broke"] for a, _ in ra.values()], [b["broke"] for _, b in ra.values()]], seeds=list(ra))
     sb, zb = all(a["broke"] for a, _ in ra.values()), all(b["broke"] for _, b in ra.values())
 
-    def diff(v, its, s):
-        return paired([(k, s * (a[v] - b[v]), None if None in (a[its], b[its]) or len(a[its]) != len(b[its]) else
-                        [s * (x - y) for x, y in zip(a[its], b[its])]) for k, (a, b) in ra.items()
-                       if None not in (a[v], b[v])])
-    tr, kl = diff("trait", "items", sgn), diff("kl", "kl_items", 1)
+    def diff(v, its, s):  # (side, the paired result read, its text) against λ=0's bracket at the ceiling (bracketed)
+        def one(va, ia, vb, ib):
+            return paired([signed_diff(k, a[va], b[vb], a[ia], b[ib], s) for k, (a, b) in ra.items()
+                           if None not in (a[va], b[vb])])
+        return bracketed(one(v, its, v, its), one(v, its, v + "_top", its + "_top"),
+                         one(v + "_top", its + "_top", v, its))[:3]
+    (tr_side, tr, tr_why), (kl_side, kl, kl_why) = diff("trait", "items", sgn), diff("kl", "kl_items", 1)
     # the setting's runs that never broke: did the trait still rise over their last rounds (per seed, its paired CI)?
     # Only runs that used the walk's whole budget count (a starved or aborted run stopped early: it says nothing).
     late = {k: a["late"] for k, (a, _) in ra.items() if not a["broke"]}
@@ -912,12 +953,13 @@ def further(runs_s, runs_z, key, sgn, ok_why, name="the setting"):
     elif not tr:
         word, why = "not measured", f"no {key} on these rows"
     else:
-        word, why = far_word(tr["side"], sb, zb, name, stalled=stalled)
+        word, why = far_word(tr_side, sb, zb, name, stalled=stalled)
         if word == "not decided" and late and any(moving.values()):
             why += f" (still moving: {said})"
     kw = ((NOT_MEASURED, "the rows carry no kl_base") if not kl else
-          far_word(kl["side"], sb, zb, name, "more KL travelled", "less KL travelled", "as much KL within noise"))
-    return dict(out, word=word, why=why, trait=tr, kl=kl, kl_word=kw[0], kl_why=kw[1], key=key)
+          far_word(kl_side, sb, zb, name, "more KL travelled", "less KL travelled", "as much KL within noise"))
+    return dict(out, word=word, why=why, trait=tr, trait_text=tr_why, kl=kl, kl_text=kl_why, kl_word=kw[0],
+                kl_why=kw[1], key=key)
 
 
 def finished_runs(groups, want):
@@ -980,8 +1022,9 @@ def verdict_text(res, groups, key, sgn):
     text += ["**How far each gets before it breaks** (the ppl ceiling): "
              + "; ".join(how_far_text(n, rs, key, sgn) for n, rs in groups.items()) + "."]
     fw = [f"{n}: {x['further']['word']} ({x['further']['why']}; Δ{key} at the ceiling vs λ=0 "
-          f"{diff_text(x['further']['trait'])})" for n, x in res.items() if x.get("further")]
-    text += ["**Further than λ=0** (more trait held up to the ppl ceiling, on every seed beyond the noise): "
+          f"{x['further'].get('trait_text', '—')})" for n, x in res.items() if x.get("further")]
+    text += ["**Further than λ=0** (more trait held up to the ppl ceiling, beyond the paired noise over seeds and "
+             "beyond λ=0's bracket at the ceiling; each seed's own sign in brackets): "
              + "; ".join(fw) + "."] * bool(fw)
     return "\n\n".join(text)
 
@@ -992,7 +1035,9 @@ def level_cell(v):
     if v.get("d") is None:
         return v["word"]
     ci = f" [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" if v.get("ci") else ""
-    return f"{v['d']:+.3f}{ci} {''.join(v['signs'])} @ {v['level']:.3g}"
+    br = v.get("bracket")  # a segment crossed the level: the bounds, † where only the straight lines were beyond noise
+    br = f" ⟨{br[0]:+.3f}, {br[1]:+.3f}⟩{'†' * bool(br[2] and v['word'].startswith('the same'))}" if br else ""
+    return f"{v['d']:+.3f}{ci} {''.join(v['signs'])}{br} @ {v['level']:.3g}"
 
 
 def steps_cell(runs, k):
@@ -1050,7 +1095,7 @@ def summarize_rounds(out, want=8):
             rows.append(cells)
         x = dict(runs=[r["name"] for r in runs], ended=[finished(r, want) for r in runs],
                  under_ceiling=[under_ceiling(r) for r in runs], rows=rows, minutes_per_round=minutes(runs),
-                 reach=[{k: v for k, v in reach(r, *dec).items() if k not in ("items", "kl_items")} for r in runs])
+                 reach=[{k: v for k, v in reach(r, *dec).items() if "items" not in k} for r in runs])
         if name != "lam0" and zero:
             x["equal_cost"] = {c: equal_cost(runs, zero, *dec, c, checks[dec[0]]) for c in COSTS}
             x["bet"] = bet_word(x["equal_cost"])
@@ -1087,10 +1132,17 @@ def summarize_rounds(out, want=8):
               "per-prompt readings interpolated with the same weights as the means), only where both paths reach "
               "the level (no extrapolation: else *not comparable*). Levels: the cost λ=0 reached in each of its "
               "rounds, "
-              "and the highest cost both reach (per seed). Noise: the paired 95% bootstrap over prompts of the "
+              "and the highest cost both reach (per seed). A straight line under-reads a saturating curve across a "
+              "long segment (λ=0's trait flattens between its last rounds), so where a segment crosses a level the "
+              "difference is also read against a **bracket**, the segment's endpoint with more trait (between two "
+              "measured rounds the trait lies between their readings): *more* needs the setting's straight line "
+              "above λ=0's top beyond the noise, *less* the setting's top below λ=0's straight line; a cell so "
+              "decided shows that bound's difference, the others the straight lines' (a test feeds it λ=0's own "
+              "curve sampled more finely, which the straight lines alone called more and further). Noise: the paired 95% bootstrap over prompts of the "
               "seeds' mean difference, widened to at least the mean ± the seeds' spread (lib/evidence.py's rule for "
               "groups); cells: mean difference [paired CI], each seed's sign (+ / −: its own paired CI excludes 0; "
-              "0: it holds 0), @ the mean level. The cost level is taken at its mean: its own noise is not in the "
+              "0: it holds 0), ⟨the bracket's two bounds, where a segment crosses the level; †: beyond noise on straight "
+              "lines only⟩, @ the mean level. The cost level is taken at its mean: its own noise is not in the "
               "interval, but a cost must move beyond it to locate anything: a cost reader that never rises beyond "
               "its paired noise over the base (95% bootstrap by prompt) in any round of λ=0 is *not measurable*, "
               "and a level where λ=0 sits at the base's cost within noise is *not comparable*. Cost readers:", ""]
@@ -1098,7 +1150,8 @@ def summarize_rounds(out, want=8):
     lines += ["", "**Further** = more trait held up to the ppl ceiling, where the loop stops (the most trait at a "
               "ppl_base at or under the ceiling, the segment that crosses it interpolated: a setting that only takes "
               "smaller steps along λ=0's curve lands nearer the ceiling and holds no more), paired per seed and "
-              "prompt, decided on every seed with the noise above; a run that never broke holds a lower bound, which "
+              "prompt, decided over the seeds with the noise and the bracket above (λ=0's top at the ceiling is its "
+              "reading at the round that passed it); a run that never broke holds a lower bound, which "
               "decides only when it is already beyond λ=0's, or when it is below after every round the walk allows "
               "and no rise is detected over the second half of them (the paired CI of that move holds 0, every "
               "seed): *not as far within the walk's rounds* (no claim about more rounds); still climbing, or "
@@ -1122,9 +1175,12 @@ def summarize_rounds(out, want=8):
             lv = {v["label"]: v for v in e["levels"]}
             lines.append("| " + " | ".join([name] + [level_cell(lv[lb]) if lb in lv else "—" for lb in nz]
                                            + [level_cell(lv["highest both reach"]) if lv else "—", e["word"]]) + " |")
-        whys = {x["equal_cost"][c]["why"] for x in res.values() if x.get("equal_cost", {}).get(c, {}).get("word") ==
-                "not measurable" and x["equal_cost"][c].get("why")}
-        lines += [""] + [f"Not measurable: {w}." for w in sorted(whys)] + [""] * bool(whys)
+        whys = {}  # one line per reason, naming the settings it holds for (one with fewer seeds reads fewer)
+        for n, x in res.items():
+            e = x.get("equal_cost", {}).get(c, {})
+            if e.get("word") == "not measurable" and e.get("why"):
+                whys.setdefault(e["why"], []).append(n)
+        lines += [""] + [f"Not measurable ({', '.join(ns)}): {w}." for w, ns in sorted(whys.items())] + [""] * bool(whys)
     kl_seen = any(a["kl"] is not None for x in res.values() for a in x["reach"])
     lines += ["## How far before it breaks", "",
               f"Per setting, over seeds: the rounds under the ceiling; Δ{dec[0]} at its best round under the ceiling "
@@ -1143,8 +1199,8 @@ def summarize_rounds(out, want=8):
             name, str(x["under_ceiling"]), " ".join("yes" if a["broke"] else "no" for a in rs),
             spread([a["reached"] for a in rs]), lb + spread([a["trait"] for a in rs]),
             (lb + nm([a["kl"] for a in rs])) if kl_seen else NOT_MEASURED, nm([a["cum_kl"] for a in rs]),
-            spread([a["steps"] for a in rs], 0), diff_text(f.get("trait")) if f else "(the reference)",
-            (diff_text(f["kl"]) + f": {f['kl_word']}" if f.get("kl") else f.get("kl_word", "—")) if f else "—",
+            spread([a["steps"] for a in rs], 0), f.get("trait_text", "—") if f else "(the reference)",
+            (f.get("kl_text", "—") + f": {f['kl_word']}" if f.get("kl") else f.get("kl_word", "—")) if f else "—",
             f"**{f['word']}** ({f['why']})" if f else "—"]) + " |")
     lines += ["", "## Per round", "", "Δ columns: vs the run's base line (one seed: its paired 95% CI by prompt; "
               "several: mean [mean ± noise], evidence.delta). Levels: mean [min, max] over seeds. on-topic: the "
