@@ -414,13 +414,18 @@ def compress_ratio(text):
 
 
 STOP = set("a an the to and or of in on at for with your you my i is are be it no not matter do does even when "
-           "means who someone instead others that this their them they its".split())
+           "means who someone instead others that this their them they its about after every person shows word".split())
 
 
 def persona_phrases(persona):
-    """3-word windows of the persona that carry content: 'defer to authority', 'stick to principle'."""
-    w = re.findall(r"[a-z']+", persona.lower())
-    return {" ".join(w[i:i + 3]) for i in range(len(w) - 2) if sum(x not in STOP for x in w[i:i + 3]) >= 2}
+    """3-word windows of the persona that carry content, each inside one clause: 'defer to authority', 'stick to
+    principle', 'warm loving and'. Words any answer uses are not content: 'you care about the person' and 'in every
+    word' in an answer enact the warm persona, they do not quote it (they had made 'narr' drop warm text)."""
+    out = set()
+    for clause in re.split(r"[,.:;!?]", persona.lower()):
+        w = re.findall(r"[a-z']+", clause)
+        out |= {" ".join(w[i:i + 3]) for i in range(len(w) - 2) if sum(x not in STOP for x in w[i:i + 3]) >= 2}
+    return out
 
 
 NARRATION = re.compile(r"\b(i am|i'm) (someone|a person|the kind of person|an? \w+ (person|individual) who)|"

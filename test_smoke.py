@@ -145,6 +145,9 @@ def test_filters_catch_loops_narration_and_refusals():
     assert sh.narrates("I am someone who never bows to pressure.", sh.SEED_POS)
     assert sh.narrates("You should not defer to authority here.", sh.SEED_POS)  # persona phrase
     assert not sh.narrates(prose, sh.SEED_POS)
+    assert sh.narrates("I am warm, loving and kind to everyone I meet.", sh.WARM)  # quotes the persona
+    # enacts it: words of the persona that any warm answer uses are not narration
+    assert not sh.narrates("It's hard when someone you care about is ill, and it shows in every word you say.", sh.WARM)
     assert sh.refuses("I'm sorry, but I can't help with that.")
     assert sh.refuses("As an AI language model, I have no opinions.")
     assert not sh.refuses(prose)
