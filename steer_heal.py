@@ -739,9 +739,10 @@ def heal(model, tok, train, val, anchor, cfg, k, stash, lam, task=None):
     def val_nll():
         if not val:
             return float("nan")
+        was = pm.training  # before the heal: training; after it: eval, as train_adapter left it for measure()
         pm.eval()
         n = token_nll(pm, tok, [x["prompt"] for x in val], [x["ids"] for x in val], cfg.train_batch)
-        pm.train()
+        pm.train(was)
         return torch.cat(n).mean().item()
 
     def step_losses(s, want_kl):
@@ -915,7 +916,7 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
         own = projection(model, tok, prompts, ids, v0)
     if v0:
         items["trait_fixed"] = fixed
-    items["ppl_base"] = [math.exp(n.mean()) for n in nll]
+    items["ppl_base"] = [math.exp(min(n.mean(), 700)) for n in nll]  # no overflow: a wrecked model reads ~e^700
     return ans, dict({k: readers.mean(v) for k, v in items.items()},
                      trait_self=readers.mean(own) if own is not None else None, items=items, **validity,
                      rep=sum(repetition(t) for t in texts) / len(texts))
@@ -982,7 +983,7 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     if kind in ("base", "round"):
         state["model_items"] = items  # the current model, unsteered: the next steered line's direction check is against it
     extra.setdefault("seconds", {})["measure"] = time.time() - t
-    if kind == "round" and met["ppl_base"] > state.get("ppl_max", math.inf):  # a wrecked model is no "ok" round
+    if kind == "round" and not met["ppl_base"] <= state.get("ppl_max", math.inf):  # a wrecked (or NaN) model is no "ok" round
         extra["status"] = "over_ceiling"
     line = dict(kind=kind, round=k, run=cfg.name, seed=cfg.seed, method=cfg.method, **ev, **met, **per, **extra)
     line["items"], line["answers"] = items, answers_of(ans)  # every answer: any text reader can re-read the run
@@ -1095,7 +1096,7 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
                    doses=[data["kappa"] * a for a in cfg.alphas], generated=len(items),
                    generated_tokens=sum(len(x["ids"]) for x in items), kept=len(data["kept"]), dropped_by=drops,
                    ppl_gate=data["gate"], dose_table=table, probes=data["probes"], **info,
-                   raw_ppl_base=sum(math.exp(n.mean()) for n in raw_nll) / len(raw_nll) if raw_nll else None,
+                   raw_ppl_base=sum(math.exp(min(n.mean(), 700)) for n in raw_nll) / len(raw_nll) if raw_nll else None,
                    raw_rep=sum(x["rep"] for x in raw) / len(raw) if raw else None, raw_trait_fixed=readers.mean(raw_fixed or []),
                    train_ppl_base=tr["ppl_base"], train_rep=tr["rep"], train_trait_fixed=tr["trait_fixed"],
                    heal=stats, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)

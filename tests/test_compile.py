@@ -176,9 +176,10 @@ def test_heal_runs_the_reference_once_per_example_not_per_epoch(tiny, monkeypatc
     monkeypatch.setattr(sh, "reference_states", lambda m, b, ctx: calls.append(len(b["lengths"])) or states(m, b, ctx))
     train = [dict(prompt=sh.chat(tok, u), ids=[100 + j, 200, 300 + j]) for j, u in enumerate(PROMPTS + PROMPTS[:1])]
     cfg = sh.Config(epochs=3, train_batch=2, lora_targets=("q_proj", "v_proj"), tau=0.0)
-    pm, st = sh.heal(model, tok, train, [], [], cfg, 0, sh.stash_base(model, cfg), lam=1.0)
+    pm, st = sh.heal(model, tok, train, train[:2], [], cfg, 0, sh.stash_base(model, cfg), lam=1.0)
+    assert not pm.training  # the healed model is measured next: in eval mode (dropout off), after val_nll too
     pm.unload()
-    assert st["status"] == "ok" and st["steps"] == 9 and st["kl_agg"] > 0
+    assert st["status"] == "ok" and st["steps"] == 9 and st["kl_agg"] > 0 and st["val_nll"] > 0
     assert calls == [2, 2, 2]
 
 
