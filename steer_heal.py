@@ -73,7 +73,8 @@ class Config:
     track: Literal["", "tensorboard", "wandb"] = ""  # mirror lines, heal steps and samples to tensorboard (<run>/tb) | wandb (offline, <run>/wandb); "" = off
     preset: str = ""  # quick (tiny dev run) | gpu (realistic sizes); explicit flags win over it
     method: str = "steer-heal"  # steer-heal (vector, filter, heal) | prompt-bake (distil the persona prompt) | online (on-policy policy gradient, reward = trait on the vector - incoherence): rivals.py
-    # persona
+    # persona: the chosen PERSONAS row sets its fields (pos, neg, opp, eval_prompts, readers, vignettes, statements)
+    # over these defaults, so a new persona is a row there (or --pos/--neg/... flags), not an edit here
     persona: str = "love"  # named persona (PERSONAS): love (warm vs cold) | seed (the seed's: no deference vs no persona) | contrastive (care vs authority)
     pos: str = WARM  # system prompt whose direction we steer toward
     neg: str = COLD  # baseline system prompt; "" = the model's default prompt without a persona
@@ -124,7 +125,7 @@ class Config:
     epochs: int = 3  # passes over the survivors [>= 1]
     train_batch: int = 8  # sequences per micro-batch [>= 1]
     grad_accum: int = 1  # micro-batches per optimizer step [>= 1]
-    warmup: float = 0.1  # warmup fraction of steps, then cosine to 0 [0, 1)
+    warmup: float = 0.1  # linear warmup over this fraction of steps (at least 1), times a cosine decay toward 0 [0, 1)
     val_frac: float = 0.15  # survivors held out for validation NLL [0, 1)
     lam: float = 1.0  # barrier weight: loss = NLL + lam_r * relu(D - tau); a negative barrier would reward drift [>= 0]
     tau: float = 0.5  # barrier threshold on the aggregated per-token KL, nats [>= 0]
@@ -315,8 +316,10 @@ def sample_ids(model, tok, rows, cfg, n_new, vectors=None, coeffs=None, greedy=F
 
 def backtrack_sample(model, tok, prompts, rows, cfg, n_new, vectors, coeffs, gate, greedy=False):
     """Generate in segments of --backtrack-window tokens. A row that the filter (fails()) would now drop for
-    its tail ppl under the unsteered model or for looping is cut back to the segment start and regenerates it
-    at coeff * --backtrack-scale, at most --backtrack-retries times per row (then the last attempt stands). Other rows are untouched.
+    its tail ppl under the unsteered model or its repetition (rep) is cut back to the segment start and regenerates it
+    at coeff * --backtrack-scale, at most --backtrack-retries times per row (then the last attempt stands); the row
+    keeps the lowered dose for the rest of its text (each rewind lowers it again), while its recorded `dose` stays the
+    nominal one (`rewinds` says where it was lowered). Other rows are untouched.
     Returns (new ids per row, rewind positions per row). With --steer-decay, t restarts each segment."""
     got, c, rewinds = [[] for _ in rows], [float(x) for x in coeffs], [[] for _ in rows]
     left, eos, live = [cfg.backtrack_retries] * len(rows), eos_ids(model, tok), list(range(len(rows)))
@@ -377,7 +380,8 @@ def completion_logits(model, b):
 
 
 def completion_nll(model, b, logits=None):
-    """Per-token NLL of the completion tokens [N] (the one place the gathered NLL is written)."""
+    """Per-token NLL of the completion tokens [N] (every reading's; heal_loss gathers its own from the log-probs it
+    shares with the barrier)."""
     logits = completion_logits(model, b) if logits is None else logits
     return -logits.float().log_softmax(-1).gather(1, b["tgt"][b["pred"]][:, None])[:, 0]
 
