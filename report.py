@@ -314,7 +314,8 @@ def q2_one(run):
     per = [(k, res) for k, res in per if res]
     bad = [(k, res) for k, res in per if coherence_word(res) == "no"]
     if per:
-        why += "; " + "; ".join(f"round {k}: {coherence_text(res)}" for k, res in (bad or per[-1:]))
+        short = [(k, res) for k, res in per if coherence_word(res) != "yes"]  # the rounds the word comes from
+        why += "; " + "; ".join(f"round {k}: {coherence_text(res)}" for k, res in (bad or short or per[-1:]))
         words = [coherence_word(res) for _, res in per]
         word = "no" if bad else word if word != "yes" else "yes" if all(w == "yes" for w in words) else "unclear"
     return word, why + stop, body, nums

@@ -106,6 +106,17 @@ def test_looped_answers_are_not_fluent_and_the_report_names_the_reader(healthy):
     assert v["vs prompting baseline"] == "no", text  # the loop's sentiment is up, but it loops
 
 
+def test_q2_names_the_round_its_word_comes_from(healthy):
+    """Round 0 with two loops of 24 (its degenerate share's CI straddles the +0.10 margin), round 1 clean: Q2 is
+    unclear because of round 0, and says so (it had quoted the last round, which passes)."""
+    d, _ = healthy
+    warm = [answer(u, "warm") for u in USERS]
+    v, text = make_run(str(d / "r0_loops"), {0: LOOPS + warm[2:], 1: warm})
+    q2 = next(ln for ln in text.splitlines() if ln.startswith("**Verdict") and "max ppl_base" in ln)
+    assert v["Q2 coherent over the loop?"] == "unclear" and "round 0: degenerate: unclear" in q2, q2
+    assert "round 1:" not in q2
+
+
 def test_upbeat_answers_to_other_prompts_are_not_on_topic(healthy):
     d, _ = healthy
     cheer = [answer(u, "warm") for u in USERS[3:] + USERS[:3]]  # warm, fluent, and answering another question
