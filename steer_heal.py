@@ -521,7 +521,9 @@ STREAMS = dict(round=0, gate=3, samples=5, lora_init=7, split=9, epochs=11)  # o
 
 def seed_of(cfg, k, stream):
     """The seed of a named random stream in round k: a change to one use of randomness (say the val split)
-    leaves every other stream's draws as they were. samples is the steered samples' (or a rival's prompt order)."""
+    leaves every other stream's draws as they were. samples is the steered samples' (or a rival's prompt order).
+    Seeds two apart share numbers across uses (seed 0's samples stream is seed 2's gate stream: the same permutation
+    serves a different use); hashing (seed, k, stream) would separate them, and change every committed run's draws."""
     return cfg.seed + 1000 * k + STREAMS[stream]
 
 
