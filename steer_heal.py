@@ -776,12 +776,16 @@ def load_run(run_dir, upto_round=None, device="auto"):
     return models.load_run(run_dir, upto_round, device, Config)
 
 
+def hooked(model, vectors, coeff, cfg):
+    """The readings' hook: steer() at one dose with the generator's cosine gate, or nothing without vectors."""
+    return steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None else contextlib.nullcontext()
+
+
 def mfv(model, tok, cfg, state, system=None, vectors=None, coeff=0.0):
     """tinymfv eval on state["vignettes"] (optionally with a persona or under steering) -> flat fields for rounds.jsonl."""
     if state["vignettes"] == "none":
         return {}
-    ctx = steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None else contextlib.nullcontext()
-    with ctx:
+    with hooked(model, vectors, coeff, cfg):
         r = eval_mfv.evaluate(model, tok, state["vignettes"], backend=cfg.eval_backend, n=cfg.eval_n or None,
                               system=system, seed=cfg.seed, **({"frames": cfg.eval_frames} if cfg.eval_frames else {}))
     return eval_mfv.line_fields(r)
@@ -882,8 +886,7 @@ def kl_to_base(model, tok, prompts, answers, base_states, vectors=None, coeff=0.
     for i in range(0, len(prompts), batch_size):
         cs = answers[i:i + batch_size]
         b = make_batch(tok, prompts[i:i + batch_size], cs, model.device)
-        with (steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None
-              else contextlib.nullcontext()):
+        with hooked(model, vectors, coeff, cfg):
             out = dec(input_ids=b["ids"], attention_mask=b["attn"], output_hidden_states=bool(v0))
         lp = lm_head(model, out.last_hidden_state[b["pred"]]).float().log_softmax(-1)
         lq = lm_head(model, torch.cat(base_states[i:i + batch_size])).float().log_softmax(-1)
@@ -936,7 +939,7 @@ def persona_reading(model, tok, cfg, state, system=None, vectors=None, coeff=0.0
     # scored in one forward, as tinymfv's options (mfv): the generator's knobs that act there (the cosine gate) are
     # the greedy answers'; the length decay is at t = 0 (no decode step), and every position is steered (a scored
     # text has no generated part for --steer-positions generated to spare)
-    with steer(model, vectors, coeff, cosine_gate=cfg.cosine_gate) if vectors is not None else contextlib.nullcontext():
+    with hooked(model, vectors, coeff, cfg):
         return eval_mfv.persona_eval(model, tok, state["stmts"], system, None if base else state.get("base_ll"), cfg.seed,
                                      yes_no=yes_no)
 
@@ -955,11 +958,11 @@ def measure(kind, k, model, tok, cfg, state, title, system=None, vectors=None, c
     ev = mfv(model, tok, cfg, state, system, vectors, coeff)
     per = persona_reading(model, tok, cfg, state, system, vectors, coeff, yes_no=kind in ("base", "prompting"),
                           base=kind == "base")
-    original = not system and vectors is None and is_original(model, state["stash"])
+    weights = not system and is_original(model, state["stash"])  # the original weights after the plain prompt
     ans, met = answer_metrics(model, tok, cfg, state["stash"], state["v0"], users, system, vectors, coeff,
                               probe=state.get("probe"), prompt_kv=state.get("reader_kv"),
-                              read_self="fixed" if not system and is_original(model, state["stash"]) else True,
-                              read_kl="zero" if original else True)
+                              read_self="fixed" if weights else True,
+                              read_kl="zero" if weights and vectors is None else True)
     # per-prompt readings at the precision rounds.jsonl keeps them: a resumed run pairs with the lines read back
     # from disk, so an uninterrupted one pairs with the same numbers
     items = {key: [round(x, 4) for x in v] for key, v in met["items"].items()}
