@@ -624,13 +624,13 @@ def frontier_at(pts, level, sgn=1, top=False):
     if between two measured rounds the trait lies between their readings. A straight line under-reads a saturating
     (concave) curve, the more so the longer the segment: a run with fewer rounds across a bend looks behind one with
     more on the same curve (tests/test_sweep.py's null), so a difference is decided against the other path's top."""
-    got = [(p[1], {j: 1.0}) for j, p in enumerate(pts) if p[0] <= level]
+    tol = RES * abs(level)  # a point this near the level is at it (two runs of one model differ by ~1e-9 to 1e-5)
+    got = [(p[1], {j: 1.0}) for j, p in enumerate(pts) if p[0] <= level + tol]
     for j in range(len(pts) - 1):
         (x0, y0), (x1, y1) = pts[j][:2], pts[j + 1][:2]
-        if min(x0, x1) < level < max(x0, x1):
+        if min(x0, x1) < level < max(x0, x1) and min(abs(x0 - level), abs(x1 - level)) > tol:
             w = (level - x0) / (x1 - x0)
-            # the top: the endpoint with more trait; a level within float noise of an endpoint is that point
-            e = j + (sgn * y1 > sgn * y0) if 1e-6 < w < 1 - 1e-6 else j + (w > 0.5)
+            e = j + (sgn * y1 > sgn * y0)  # the top: the endpoint with more trait (the persona's way)
             got.append((pts[e][1], {e: 1.0}) if top else (y0 + (y1 - y0) * w, {j: 1 - w, j + 1: w}))
     return max(got, key=lambda g: sgn * g[0]) if got else None
 
@@ -767,12 +767,14 @@ def bracketed(line, lo, hi):
     """(side, the paired() result it was read from, its text, (lo, hi, the straight lines' side) or None where no
     segment crosses) of a difference read between bounds (paired()
     results): line = both paths interpolated; lo = the setting's line minus λ=0's top (frontier_at top=True), hi = the
-    setting's top minus λ=0's line. More (+1) only when even lo lies above 0 beyond its noise, less (-1) only when even
-    hi lies below; else 0, shown with the straight lines' difference; None without a noise estimate. Where no segment
-    crosses the level (both measured there) the three are one."""
+    setting's top minus λ=0's line. More (+1) only when the straight lines and even lo lie above 0 beyond their noise,
+    less (-1) only when they and even hi lie below; else 0, shown with the straight lines' difference; None without a
+    noise estimate. Where no segment crosses the level (both measured there) the three are one. The bracket assumes
+    the trait between two measured rounds lies between the straight line and the endpoint with more trait (a rising,
+    saturating curve, as λ=0's is), not that the curve cannot dip below the line."""
     if line is None or lo is None or hi is None or None in (line["side"], lo["side"], hi["side"]):
         return None, line, diff_text(line), None
-    side = 1 if lo["side"] > 0 else -1 if hi["side"] < 0 else 0
+    side = 1 if lo["side"] > 0 and line["side"] > 0 else -1 if hi["side"] < 0 and line["side"] < 0 else 0
     p = lo if side > 0 else hi if side < 0 else line
     if lo["per_seed"] == hi["per_seed"]:
         return side, p, diff_text(p), None

@@ -313,6 +313,18 @@ def test_lam0s_own_curve_sampled_more_finely_is_neither_more_nor_further(tmp_pat
             seed, offset([2.4, 2.8, 3.2, 3.6, 3.9, 4.1], seed, 3), offset([0.5, 0.7, 0.91, 0.98, 1.0, 1.005], seed, 1)))
     res = sweep.summarize_rounds(tmp_path, 8)
     assert res["lifted"]["further"]["word"] == "further" and res["lifted"]["bet"] == "more trait than λ=0 at equal cost"
+    top = res["lifted"]["equal_cost"]["ppl_base"]["levels"][-1]  # at 4.1: λ=0 on its segment 2.8 -> 4.4
+    assert top["word"] == "more trait at equal ppl_base" and top["bracket"]
+    assert top["d"] == pytest.approx(top["bracket"][0]) and top["d"] < top["bracket"][1]  # the bound it was decided on
+
+
+def test_the_bracket_top_is_the_endpoint_with_more_trait_the_personas_way():
+    pts = [(2.0, 0.0), (3.0, 0.5), (4.0, 0.6)]
+    assert sweep.frontier_at(pts, 3.5)[0] == pytest.approx(0.55)  # straight line
+    assert sweep.frontier_at(pts, 3.5, top=True) == (0.6, {2: 1.0})  # the round past the level: the most it can be
+    neg = [(x, -y) for x, y in pts]  # a trait read the other way (a "key:-" reader): the top is the lower reading
+    assert sweep.frontier_at(neg, 3.5, -1, top=True) == (-0.6, {2: 1.0})
+    assert sweep.frontier_at(pts, 3.0 * (1 + 5e-5), top=True) == (0.5, {1: 1.0})  # at a round within precision: it
 
 
 def test_lam0_against_itself_with_float_noise_in_its_cost_is_the_same(tmp_path):
@@ -320,11 +332,13 @@ def test_lam0_against_itself_with_float_noise_in_its_cost_is_the_same(tmp_path):
     read: results/crux_rounds's mean and lam0 round 0, kl_base 0.105048282 vs 0.105048284, every per-prompt reading
     equal). The interpolation then makes a difference of ~1e-9 on every prompt, whose bootstrap CI excludes 0; the rule
     called it 'more trait at equal kl_base'. A difference below the precision the rows keep is no difference."""
-    def twin(sign):
-        return lambda seed, z: [dict(ln, ppl_base=ln["ppl_base"] + sign * 1e-9) if ln["kind"] in ("round", "steered")
+    def twin(move):
+        return lambda seed, z: [dict(ln, ppl_base=move(ln["ppl_base"])) if ln["kind"] in ("round", "steered")
                                 else ln for ln in z]
-    res = null_grid(tmp_path, dict(up=twin(1), down=twin(-1)))
-    for name in ("up", "down"):
+    # and by 5e-5 of itself: mean/seed1's round 0 read kl_base 6e-5 below λ=0's, the same model from another checkout
+    res = null_grid(tmp_path, dict(up=twin(lambda x: x + 1e-9), down=twin(lambda x: x - 1e-9),
+                                   rel=twin(lambda x: x * (1 - 5e-5))))
+    for name in ("up", "down", "rel"):
         eq = res[name]["equal_cost"]["ppl_base"]
         assert eq["word"] == "the same trait at equal ppl_base within noise", (name, eq)
         assert all(x["word"].startswith(("the same", "not comparable")) for x in eq["levels"]), (name, eq)
