@@ -400,6 +400,11 @@ def token_nll(model, tok, prompts, completions, batch_size=16, states=None):
     return out
 
 
+def perplexity(nll):
+    """exp(mean per-token NLL), capped at e^700 (a wrecked model's NLL would overflow exp)."""
+    return math.exp(min(nll.mean(), 700))
+
+
 def repetition(text):
     """Largest share taken by the most repeated word 2/3/4-gram or char 3/6-gram ('GLUTE GLUTE', 'TTTT')."""
     words, chars, best = text.lower().split(), re.sub(r"\s+", " ", text.lower()), 0.0
@@ -479,8 +484,8 @@ def score(model, tok, items, cfg, ppl_gate=math.inf, nll=None, topic_gate=-math.
         nll = token_nll(model, tok, [x["prompt"] for x in items], [x["ids"] for x in items], states=states)
     for x, n in zip(items, nll):
         tail = n[-max(1, math.ceil(cfg.tail_frac * len(n))):] if len(n) else torch.zeros(1)
-        x.update(n_tokens=len(x["ids"]), ppl=math.exp(min(n.mean(), 700)) if len(n) else math.inf,  # no overflow
-                 ppl_tail=math.exp(min(tail.mean(), 700)), **text_scores(x["text"], cfg.pos))
+        x.update(n_tokens=len(x["ids"]), ppl=perplexity(n) if len(n) else math.inf,
+                 ppl_tail=perplexity(tail), **text_scores(x["text"], cfg.pos))
     asked = [x for x in items if x.get("user")]
     for x, c in zip(asked, readers.on_topic([x["user"] for x in asked], [x["text"] for x in asked])[0] if asked else []):
         x["topic"] = round(c, 4)
@@ -925,7 +930,7 @@ def answer_metrics(model, tok, cfg, stash, v0, users, system=None, vectors=None,
         own = projection(model, tok, prompts, ids, v0)
     if v0:
         items["trait_fixed"] = fixed
-    items["ppl_base"] = [math.exp(min(n.mean(), 700)) for n in nll]  # no overflow: a wrecked model reads ~e^700
+    items["ppl_base"] = [perplexity(n) for n in nll]
     return ans, dict({k: readers.mean(v) for k, v in items.items()},
                      trait_self=readers.mean(own) if own is not None else None, items=items, **validity,
                      rep=sum(repetition(t) for t in texts) / len(texts))
@@ -1105,7 +1110,7 @@ def measure_round(model, tok, cfg, state, k, data, stats, info, sec):
                    doses=[data["kappa"] * a for a in cfg.alphas], generated=len(items),
                    generated_tokens=sum(len(x["ids"]) for x in items), kept=len(data["kept"]), dropped_by=drops,
                    ppl_gate=data["gate"], dose_table=table, probes=data["probes"], **info,
-                   raw_ppl_base=sum(math.exp(min(n.mean(), 700)) for n in raw_nll) / len(raw_nll) if raw_nll else None,
+                   raw_ppl_base=sum(perplexity(n) for n in raw_nll) / len(raw_nll) if raw_nll else None,
                    raw_rep=sum(x["rep"] for x in raw) / len(raw) if raw else None, raw_trait_fixed=readers.mean(raw_fixed or []),
                    train_ppl_base=tr["ppl_base"], train_rep=tr["rep"], train_trait_fixed=tr["trait_fixed"],
                    heal=stats, status="ok", fingerprint=fingerprint(model, tok), seconds=sec)

@@ -846,19 +846,19 @@ def bet_word(eq):
     return next((w for w in ("not measurable", "not comparable", "not measured") if w in ws), NOT_MEASURED)
 
 
-def at_ceiling(run, key, sgn, top=False):
-    """(value, per-prompt values or None, reached): the most `key` (sgn: the persona's way) the run held at a ppl_base
-    at or under its ceiling, the segment that crosses the ceiling interpolated (per prompt with the weights of the
-    means), so a run on λ=0's curve that merely takes smaller steps holds the same; top: that segment's endpoint with
-    more `key` instead (frontier_at); reached False when no round passed the ceiling: then it is the most over its
-    path, a lower bound."""
+def at_ceiling(run, key, sgn):
+    """(value, per-prompt values or None, the same two at the top, reached): the most `key` (sgn: the persona's way)
+    the run held at a ppl_base at or under its ceiling, the segment that crosses the ceiling interpolated (per prompt
+    with the weights of the means), so a run on λ=0's curve that merely takes smaller steps holds the same; the top:
+    that segment's endpoint with more `key` instead (frontier_at); reached False when no round passed the ceiling:
+    then both are the most over its path, a lower bound."""
     pts, ceil = path(run, key, "ppl_base"), evidence.ceiling(run)[1]
     if not pts:
-        return None, None, False
+        return None, None, None, None, False
     hit = ceil is not None and max(p[0] for p in pts) > ceil
-    got = frontier_at(pts, ceil, sgn, top) if hit else max(((p[1], {j: 1.0}) for j, p in enumerate(pts)),
-                                                            key=lambda g: sgn * g[0])
-    return got[0], per_prompt(pts, got[1]), hit
+    most = max(((p[1], {j: 1.0}) for j, p in enumerate(pts)), key=lambda g: sgn * g[0])
+    line, top = (frontier_at(pts, ceil, sgn), frontier_at(pts, ceil, sgn, True)) if hit else (most, most)
+    return line[0], per_prompt(pts, line[1]), top[0], per_prompt(pts, top[1]), hit
 
 
 def reach(run, key, sgn):
@@ -867,10 +867,8 @@ def reach(run, key, sgn):
     as measured: its rounds under the ceiling, the most trait at one of them (and which), the kl_base summed over them
     (cumulative KL) and the optimizer steps summed over them; broke: a round past the ceiling was measured."""
     n = under_ceiling(run)
-    t, ti, hit = at_ceiling(run, key, sgn)
-    th, thi, _ = at_ceiling(run, key, sgn, top=True)
-    k, ki, _ = at_ceiling(run, "kl_base", 1)
-    kh, khi, _ = at_ceiling(run, "kl_base", 1, top=True)
+    t, ti, th, thi, hit = at_ceiling(run, key, sgn)
+    k, ki, kh, khi, _ = at_ceiling(run, "kl_base", 1)
     pts = [(j - 1, d) for j, (d, _) in enumerate(trait_of(run, key)[:n + 1]) if d is not None]
     j, d = max(pts, key=lambda p: sgn * p[1]) if pts else (None, None)
     steps = [evidence.get(r, "heal", "steps") for r in run["rounds"][:n]]
